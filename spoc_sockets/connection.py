@@ -1,0 +1,562 @@
+"""ServerConnection: the sans-IO state machine of one transport.
+
+Bytes and time go in, bytes and a verdict come out; it never touches a socket or a clock.
+
+States (:class:`~spoc_sockets.ConnectionState`) and what moves them:
+
+``CONNECTING``
+    h11 reads the request head (bounded by ``router.max_request_size``: 431). The
+    request is routed (404), validated (405, 426, 400), checked by the channel (403,
+    400) and authenticated (``Reject``: its status). A ``Deferred`` decision keeps the
+    state until it arrives. The whole phase ends at ``router.handshake_timeout`` (408,
+    or 503 for an undecided ``Deferred``). A refusal writes the HTTP answer and goes
+    to ``CLOSED``; acceptance writes ``101`` and goes to ``OPEN``.
+``OPEN``
+    wsproto parses frames; messages are reassembled and passed to ``on_message``.
+    Keepalive pings every ``ping_interval``; no pong within ``ping_timeout`` fails
+    the connection with 1011. A protocol error fails it (1002, 1007, 1009) and a
+    message past ``max_message_size`` closes it with 1009 as soon as the limit is
+    crossed.
+``CLOSING``
+    A close frame was sent; the peer's close frame (or ``close_timeout``) ends it.
+    A close frame from the peer while ``OPEN`` is answered and ends it at once.
+``CLOSED``
+    :attr:`should_close` is true: the adapter writes what :meth:`data_to_send` still
+    returns, then closes the transport. Later input is ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import replace
+from http import HTTPStatus
+from typing import TYPE_CHECKING, cast
+
+import h11
+from wsproto.connection import Connection as WSConnection
+from wsproto.connection import ConnectionState as WSState
+from wsproto.connection import ConnectionType
+from wsproto.events import (
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    Pong,
+    TextMessage,
+)
+from wsproto.extensions import Extension
+
+from .channel import (
+    ChannelServer,
+    CloseRequest,
+    Connection,
+    ConnectionState,
+    Deferred,
+    Message,
+    Outgoing,
+)
+from .deflate import BoundedDeflate, negotiate
+from .errors import CloseCode, ProtocolError, Reject
+from .frames import OP_BINARY, OP_TEXT, frame_header
+from .handshake import accept_headers, check_upgrade, is_upgrade
+from .request import Request
+from .router import HTTPHandler, Router
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+__all__ = ["ServerConnection", "http_response"]
+
+logger = logging.getLogger("spoc_sockets")
+
+CONNECTING = ConnectionState.CONNECTING
+OPEN = ConnectionState.OPEN
+CLOSING = ConnectionState.CLOSING
+CLOSED = ConnectionState.CLOSED
+
+_PING = struct.Struct("!I")
+
+
+def http_response(
+    status: int, headers: tuple[tuple[str, str], ...] | list[tuple[str, str]], body: bytes = b""
+) -> bytes:
+    """The bytes of a complete HTTP/1.1 response."""
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def _refusal(status: int, headers: tuple[tuple[str, str], ...], body: bytes, ctype: str) -> bytes:
+    return http_response(
+        status,
+        (
+            *headers,
+            ("Content-Type", ctype),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+        ),
+        body,
+    )
+
+
+class ServerConnection:
+    """The sans-IO state machine of one transport (one TCP or TLS stream).
+
+    An adapter feeds it with :meth:`receive_data` (``b""`` for end of stream) and
+    :meth:`handle_timeout`, writes what :meth:`data_to_send` returns, and closes the
+    transport once :attr:`should_close` is true. Output produced from elsewhere (a
+    broadcast, a send from another thread) is announced through the :class:`Hub` that
+    opened the connection; without a hub, call :meth:`data_to_send` yourself.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        now: float,
+        *,
+        peer: tuple[str, int] | None = None,
+        transport: Hashable | None = None,
+        hub: Hub | None = None,
+    ) -> None:
+        if transport is not None:
+            router.claim(transport, self)
+        self.router = router
+        self.peer = peer
+        self.transport = transport
+        #: where this connection is in its life
+        self.state = CONNECTING
+        #: the application's handle, once upgraded
+        self.connection: Connection | None = None
+        #: the last protocol fault of the peer (for logs), or None
+        self.error: ProtocolError | None = None
+        self._hub = hub
+        self._h11: h11.Connection | None = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=router.max_request_size
+        )
+        self._ws: WSConnection | None = None
+        self._channel: ChannelServer | None = None
+        self._received_any = False
+        self._upgrade: tuple[
+            ChannelServer, Request, str, str | None, BoundedDeflate | None, str | None
+        ]
+        self._deferred: Deferred | None = None
+        self._compressed = False
+        # output: framed pieces ready for the transport, and what other threads posted
+        self._out: list[bytes] = []
+        self._buffered = 0
+        self._mailbox: deque[object] = deque()
+        self._scheduled = False
+        self._paused = False
+        # input: the parts of the message being received
+        self._parts: list[Message] = []
+        self._size = 0
+        # time
+        self._deadline: float | None = None
+        self._ping_payload: bytes | None = None
+        self._ping_sent = 0.0
+        self._pings = 0
+        self._close_code: int = CloseCode.ABNORMAL_CLOSURE
+        self._close_reason = ""
+        self._set_deadline(now + router.handshake_timeout)
+
+    # -- what the adapter calls -------------------------------------------------------
+
+    @property
+    def should_close(self) -> bool:
+        """True once the adapter should close the transport (after writing the output)."""
+        return self.state is CLOSED
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes framed for the transport and not yet taken by :meth:`data_to_send`."""
+        return self._buffered
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Feed bytes read from the transport; ``b""`` means the peer closed its side."""
+        if self.state is CLOSED:
+            return
+        if self._ws is None:
+            self._receive_handshake(data, now)
+        else:
+            self._receive_frames(data, now)
+
+    def data_to_send(self, now: float) -> bytes:
+        """Everything to write now, coalesced; ``b""`` when nothing (or while paused)."""
+        self._scheduled = False
+        if self._deferred is not None and self._deferred.done and self.state is CONNECTING:
+            self._decided(now)
+        if self._mailbox:
+            self._intake(now)
+        if self._paused or not self._out:
+            return b""
+        out = self._out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self._out = []
+        self._buffered = 0
+        return data
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timeout` must be called next, or None."""
+        return self._deadline
+
+    def handle_timeout(self, now: float) -> None:
+        """Act on a deadline that has passed (a call before it does nothing)."""
+        if self._deadline is None or now < self._deadline:
+            return
+        if self.state is CONNECTING:
+            self._handshake_expired()
+        elif self.state is OPEN:
+            self._keepalive(now)
+        elif self.state is CLOSING:
+            self._finish(self._close_code, self._close_reason)
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is full: keep output here (where the limit applies)."""
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        """The transport drained: output may flow again."""
+        self._paused = False
+        self._schedule()
+
+    def shutdown(self) -> None:
+        """The server is stopping: close 1001 when open, 503 or drop when connecting."""
+        if self.state is OPEN:
+            self.post(CloseRequest(CloseCode.GOING_AWAY, "server shutting down"))
+        elif self.state is CONNECTING:
+            if self._deferred is not None:
+                self._refuse(503, (), b"the server is shutting down")
+            else:
+                self._finish(CloseCode.ABNORMAL_CLOSURE, "")
+
+    # -- the Link a Connection posts to -------------------------------------------------
+
+    def post(self, item: object) -> None:
+        """Queue a message or request from any thread (see :meth:`Connection.send`)."""
+        self._mailbox.append(item)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            if self._hub is not None:
+                self._hub.schedule(self)
+
+    def _emit(self, data: bytes) -> None:
+        self._out.append(data)
+        self._buffered += len(data)
+        self._schedule()
+
+    def _set_deadline(self, deadline: float | None) -> None:
+        self._deadline = deadline
+        if deadline is not None and self._hub is not None:
+            self._hub.rearm(self, deadline)
+
+    # -- CONNECTING ---------------------------------------------------------------------
+
+    def _receive_handshake(self, data: bytes, now: float) -> None:
+        assert self._h11 is not None
+        if not data:
+            self._finish(CloseCode.ABNORMAL_CLOSURE, "")
+            return
+        self._received_any = True
+        self._h11.receive_data(data)
+        if self._deferred is not None:  # early frames wait in h11's buffer, bounded
+            if len(self._h11.trailing_data[0]) > self.router.max_request_size:
+                self._finish(CloseCode.ABNORMAL_CLOSURE, "")
+            return
+        try:
+            event = self._h11.next_event()
+            if isinstance(event, h11.Request):
+                self._handle_request(event, now)
+        except h11.RemoteProtocolError as exc:
+            self.error = ProtocolError(str(exc), status=exc.error_status_hint)
+            self._refuse(exc.error_status_hint, (), f"{exc}\n".encode())
+
+    def _handle_request(self, event: h11.Request, now: float) -> None:
+        assert self._h11 is not None
+        request = Request.parse(
+            event.method.decode("latin-1"),
+            event.target.decode("latin-1"),
+            [(name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers],
+            self.peer,
+        )
+        try:
+            if self._hub is not None and self._hub.refusing:
+                raise ProtocolError("the server is shutting down", status=503)
+            handler = None if is_upgrade(request) else self.router.http_handler(request.path)
+            if handler is not None:
+                self._serve_http(handler, request)
+                return
+            found = self.router.resolve(request.target.partition("?")[0])
+            if found is None:
+                raise ProtocolError(f"no channel at {request.path}", status=404)
+            channel, params = found
+            key = check_upgrade(request, event.http_version.decode())
+            self._h11.next_event()  # the EndOfMessage of a bodiless GET
+            request = replace(request, path_params=params)
+            channel.check_origin(request)
+            subprotocol = channel.select_subprotocol(request)
+            negotiated = (
+                negotiate(request, channel.max_message_size) if channel.compression else None
+            )
+            decision = channel.authenticate(request)
+        except ProtocolError as exc:
+            self.error = exc
+            self._refuse(exc.status or 400, exc.headers, f"{exc}\n".encode())
+            return
+        except Reject as reject:
+            self._refuse(reject.status, reject.headers, reject.body)
+            return
+        except Exception:
+            logger.exception("handshake of %s failed", request.path)
+            self._refuse(500, (), b"internal server error\n")
+            return
+        extension, offer = negotiated or (None, None)
+        self._upgrade = (channel, request, key, subprotocol, extension, offer)
+        if isinstance(decision, Deferred):
+            self._deferred = decision
+            decision.attach(self._schedule)
+        else:
+            self._accept(decision, now)
+
+    def _serve_http(self, handler: HTTPHandler, request: Request) -> None:
+        response = handler(request)
+        body = response.body.encode() if isinstance(response.body, str) else response.body
+        self._emit(_refusal(response.status, response.headers, body, response.content_type))
+        self._finish(CloseCode.ABNORMAL_CLOSURE, "")
+
+    def _refuse(self, status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> None:
+        self._emit(_refusal(status, headers, body, "text/plain; charset=utf-8"))
+        self._finish(CloseCode.ABNORMAL_CLOSURE, "")
+
+    def _decided(self, now: float) -> None:
+        assert self._deferred is not None
+        decision = self._deferred.decision
+        if isinstance(decision, Reject):
+            self._refuse(decision.status, decision.headers, decision.body)
+        elif decision is not None:
+            self._accept(decision[0], now)
+
+    def _handshake_expired(self) -> None:
+        if self._deferred is not None:
+            self._deferred._notify = None
+            self._refuse(503, (), b"the handshake was not decided in time\n")
+        elif self._received_any:
+            self.error = ProtocolError("request head not received in time", status=408)
+            self._refuse(408, (), b"request head not received in time\n")
+        else:
+            self._finish(CloseCode.ABNORMAL_CLOSURE, "")
+
+    def _accept(self, user: object, now: float) -> None:
+        assert self._h11 is not None
+        channel, request, key, subprotocol, extension, offer = self._upgrade
+        trailing = bytes(self._h11.trailing_data[0])
+        self._h11 = None
+        self._deferred = None
+        self._emit(http_response(101, accept_headers(key, subprotocol, offer)))
+        extensions: list[Extension] | None = [extension] if extension is not None else None
+        self._ws = WSConnection(ConnectionType.SERVER, extensions=extensions)
+        self._compressed = extension is not None
+        self._channel = channel
+        self.state = OPEN
+        self.connection = conn = Connection(self, channel, request, user, subprotocol)
+        self.router.enter(conn)
+        self._keepalive_from(now)
+        if not channel._opened(conn):
+            self._close(CloseCode.INTERNAL_ERROR, "internal error", now)
+        if trailing:
+            self._receive_frames(trailing, now)
+
+    # -- OPEN and CLOSING: input ---------------------------------------------------------
+
+    def _receive_frames(self, data: bytes, now: float) -> None:
+        ws = self._ws
+        assert ws is not None
+        if not data:
+            self._finish(self._close_code, self._close_reason)
+            return
+        ws.receive_data(data)
+        for event in ws.events():
+            self._handle_event(event, now)
+            if self.state is CLOSED:
+                return
+
+    def _handle_event(self, event: Event, now: float) -> None:
+        kind = type(event)
+        if kind is TextMessage or kind is BytesMessage:
+            if self.state is OPEN:
+                self._on_data(event, now)  # type: ignore[arg-type]
+        elif kind is Ping:
+            if self._ws is not None and self._ws.state is WSState.OPEN:
+                self._emit(self._ws.send(event.response()))  # type: ignore[attr-defined]
+        elif kind is Pong:
+            self._on_pong(event, now)  # type: ignore[arg-type]
+        elif kind is CloseConnection:
+            self._on_close_frame(event, now)  # type: ignore[arg-type]
+
+    def _on_data(self, event: TextMessage | BytesMessage, now: float) -> None:
+        assert self._channel is not None and self.connection is not None
+        data: Message = event.data if isinstance(event.data, str) else bytes(event.data)
+        if isinstance(data, str):
+            self._size += len(data) if data.isascii() else len(data.encode())
+        else:
+            self._size += len(data)
+        limit = self._channel.max_message_size
+        if limit is not None and self._size > limit:
+            self._parts = []
+            self.error = ProtocolError(
+                f"message over {limit} bytes", code=CloseCode.MESSAGE_TOO_BIG
+            )
+            self._close(CloseCode.MESSAGE_TOO_BIG, f"message over {limit} bytes", now)
+            return
+        if not event.message_finished:
+            self._parts.append(data)
+            return
+        message = data
+        if self._parts:
+            self._parts.append(data)
+            if isinstance(data, str):
+                message = "".join(cast("list[str]", self._parts))
+            else:
+                message = b"".join(cast("list[bytes]", self._parts))
+            self._parts = []
+        self._size = 0
+        if not self._channel._received(self.connection, message):
+            self._close(CloseCode.INTERNAL_ERROR, "internal error", now)
+
+    def _on_close_frame(self, event: CloseConnection, now: float) -> None:
+        ws = self._ws
+        assert ws is not None
+        if ws.state is WSState.OPEN:  # wsproto could not parse: the peer broke the protocol
+            code = CloseCode(int(event.code))
+            self.error = ProtocolError(event.reason or code.name, code=code)
+            self._fail(code, event.reason or "")
+        elif ws.state is WSState.REMOTE_CLOSING:  # the peer starts the closing handshake
+            if self.state is OPEN:
+                self._close_code, self._close_reason = int(event.code), event.reason or ""
+            self._emit(ws.send(CloseConnection(code=event.code)))
+            self._finish(self._close_code, self._close_reason)
+        else:  # the peer answered our close frame
+            self._finish(self._close_code, self._close_reason)
+
+    # -- OPEN: output ---------------------------------------------------------------------
+
+    def _intake(self, now: float) -> None:
+        mailbox = self._mailbox
+        while mailbox:
+            item = mailbox.popleft()
+            if self.state is not OPEN:
+                continue  # sent after close: discarded
+            if type(item) is CloseRequest:
+                self._close(item.code, item.reason, now)
+            else:
+                self._queue(item, now)  # type: ignore[arg-type]
+
+    def _queue(self, item: Message | Outgoing, now: float) -> None:
+        assert self._channel is not None and self._ws is not None and self.connection is not None
+        if isinstance(item, Outgoing):
+            message, header, payload = item.message, item.header, item.payload
+        elif isinstance(item, str):
+            message, payload = item, item.encode()
+            header = frame_header(OP_TEXT, len(payload))
+        else:
+            message = payload = item
+            header = frame_header(OP_BINARY, len(payload))
+        if self._buffered + len(header) + len(payload) > self._channel.max_buffered_amount:
+            if self._channel.overflow == "drop":
+                self.connection.dropped += 1
+            else:
+                self._out = []
+                self._buffered = 0
+                self._close(CloseCode.POLICY_VIOLATION, "slow consumer", now)
+            return
+        if self._compressed:
+            event = (
+                TextMessage(data=message)
+                if isinstance(message, str)
+                else BytesMessage(data=message)
+            )
+            self._emit(self._ws.send(event))
+        else:
+            self._out += (header, payload)
+            self._buffered += len(header) + len(payload)
+
+    def _close(self, code: int, reason: str, now: float) -> None:
+        """Start the closing handshake (state OPEN → CLOSING)."""
+        if self.state is not OPEN:
+            return
+        assert self._ws is not None and self._channel is not None and self.connection is not None
+        self.state = CLOSING
+        self._close_code, self._close_reason = code, reason
+        self._channel._leaving(self.connection)
+        self._emit(self._ws.send(CloseConnection(code=code, reason=reason)))
+        self._set_deadline(now + self._channel.close_timeout)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 section 7.1.7): send a close frame and finish."""
+        assert self._ws is not None
+        if self._ws.state is WSState.OPEN:
+            self._emit(self._ws.send(CloseConnection(code=code, reason=reason[:120])))
+        if self.state is OPEN:
+            self._close_code, self._close_reason = code, reason
+        self._finish(self._close_code, self._close_reason)
+
+    # -- keepalive ------------------------------------------------------------------------
+
+    def _keepalive_from(self, now: float) -> None:
+        assert self._channel is not None
+        interval = self._channel.ping_interval
+        self._set_deadline(None if interval is None else now + interval)
+
+    def _keepalive(self, now: float) -> None:
+        assert self._channel is not None and self._ws is not None
+        if self._ping_payload is not None:
+            self.error = ProtocolError("no pong within ping_timeout", code=CloseCode.INTERNAL_ERROR)
+            self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            return
+        self._pings += 1
+        payload = _PING.pack(self._pings & 0xFFFFFFFF)
+        self._emit(self._ws.send(Ping(payload=payload)))
+        self._ping_sent = now
+        if self._channel.ping_timeout is None:
+            self._keepalive_from(now)
+        else:
+            self._ping_payload = payload
+            self._set_deadline(now + self._channel.ping_timeout)
+
+    def _on_pong(self, event: Pong, now: float) -> None:
+        if self._ping_payload is None or bytes(event.payload) != self._ping_payload:
+            return  # unsolicited (allowed by RFC 6455 section 5.5.3), or stale
+        assert self._channel is not None and self._channel.ping_interval is not None
+        self._ping_payload = None
+        if self.state is OPEN:
+            self._set_deadline(max(now, self._ping_sent + self._channel.ping_interval))
+
+    # -- the end --------------------------------------------------------------------------
+
+    def _finish(self, code: int, reason: str) -> None:
+        """Leave every set, run on_close once, and ask the adapter to close (→ CLOSED)."""
+        if self.state is CLOSED:
+            return
+        self.state = CLOSED
+        self._deadline = None
+        self._mailbox.clear()
+        if self._deferred is not None:
+            self._deferred._notify = None
+        conn = self.connection
+        if conn is not None:
+            assert self._channel is not None
+            self.router.leave(conn)
+            self._channel._closed(conn, code, reason)
+        if self.transport is not None:
+            self.router.release(self.transport)
+        if self._hub is not None:
+            self._hub.forget(self)
+        self._schedule()
+
+    def __repr__(self) -> str:
+        return f"<ServerConnection {self.peer} {self.state.value}>"

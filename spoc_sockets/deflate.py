@@ -1,0 +1,88 @@
+"""permessage-deflate (RFC 7692) with the inflated size bounded while inflating.
+
+wsproto's :class:`~wsproto.extensions.PerMessageDeflate` inflates a frame in one call, so
+a few kilobytes of compressed data could expand to gigabytes before any limit is checked.
+:class:`BoundedDeflate` asks zlib for at most the bytes still allowed in the current
+message, and fails the connection with 1009 as soon as more would come out.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol
+
+from .request import Request
+
+__all__ = ["BoundedDeflate", "negotiate"]
+
+_TAIL = b"\x00\x00\xff\xff"
+
+
+class BoundedDeflate(PerMessageDeflate):
+    """permessage-deflate whose inflated message size never exceeds ``max_size`` bytes."""
+
+    def __init__(self, max_size: int | None) -> None:
+        super().__init__()
+        self.max_size = max_size
+        self._inflated = 0  # bytes of the current message inflated so far
+
+    def _inflate(self, data: bytes) -> bytes | CloseReason:
+        assert self._decompressor is not None
+        if self.max_size is None:
+            return self._decompressor.decompress(data)
+        allowed = self.max_size - self._inflated
+        out = self._decompressor.decompress(data, allowed + 1)
+        self._inflated += len(out)
+        if self._inflated > self.max_size:
+            return CloseReason.MESSAGE_TOO_BIG
+        return out
+
+    def frame_inbound_payload_data(
+        self, proto: FrameDecoder | FrameProtocol, data: bytes
+    ) -> bytes | CloseReason:
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        try:
+            return self._inflate(bytes(data))
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+
+    def frame_inbound_complete(
+        self, proto: FrameDecoder | FrameProtocol, fin: bool
+    ) -> bytes | CloseReason | None:
+        if not fin:
+            return None
+        if not (self._inbound_compressed and self._inbound_is_compressible):
+            self._inbound_compressed = None
+            return None
+        try:
+            data = self._inflate(_TAIL)
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        self._inflated = 0
+        if self.client_no_context_takeover:
+            self._decompressor = None
+        self._inbound_compressed = None
+        return data
+
+
+def negotiate(request: Request, max_size: int | None) -> tuple[BoundedDeflate, str] | None:
+    """Accept the client's first acceptable permessage-deflate offer, if any.
+
+    Returns the extension and the ``Sec-WebSocket-Extensions`` value of the response.
+    """
+    for value in request.headers.get_all("sec-websocket-extensions"):
+        for offer in value.split(","):
+            if offer.split(";", 1)[0].strip().lower() != PerMessageDeflate.name:
+                continue
+            extension = BoundedDeflate(max_size)
+            try:
+                accepted = extension.accept(offer.strip())
+            except ValueError:  # a malformed parameter: try the next offer
+                continue
+            if isinstance(accepted, str):
+                answer = PerMessageDeflate.name + (f"; {accepted}" if accepted else "")
+                return extension, answer
+    return None

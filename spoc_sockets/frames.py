@@ -1,0 +1,28 @@
+"""Server-to-client frame headers, built without wsproto so a frame can be shared.
+
+A server frame carries no mask (RFC 6455 section 5.1), so without compression the bytes
+of a message do not depend on the connection: a broadcast builds them once and every
+client's output queue holds the same two objects (header, payload), with no copy.
+"""
+
+from __future__ import annotations
+
+import struct
+
+__all__ = ["OP_BINARY", "OP_TEXT", "frame_header"]
+
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+
+_FIN = 0x80
+_LEN16 = struct.Struct("!BBH")
+_LEN64 = struct.Struct("!BBQ")
+
+
+def frame_header(opcode: int, length: int) -> bytes:
+    """The header of a final, unmasked, uncompressed frame of ``length`` payload bytes."""
+    if length < 126:
+        return bytes((_FIN | opcode, length))
+    if length < 65536:
+        return _LEN16.pack(_FIN | opcode, 126, length)
+    return _LEN64.pack(_FIN | opcode, 127, length)

@@ -1,0 +1,84 @@
+"""The server side of the RFC 6455 opening handshake (section 4.2).
+
+:func:`check_upgrade` validates what the request itself must carry, in the order of
+the answers table (405, 426, 400, 426 for the version); :func:`accept_headers` builds
+the headers of the ``101 Switching Protocols`` response.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from wsproto.utilities import generate_accept_token
+
+from .errors import ProtocolError
+from .request import Request
+
+__all__ = ["accept_headers", "check_upgrade", "is_upgrade"]
+
+
+def is_upgrade(request: Request) -> bool:
+    """Whether the request asks for a WebSocket (``Upgrade: websocket``)."""
+    return "websocket" in request.headers.tokens("upgrade")
+
+
+def check_upgrade(request: Request, http_version: str = "1.1") -> str:
+    """Validate a routed upgrade request; return its ``Sec-WebSocket-Key``.
+
+    Raises :class:`ProtocolError` carrying the HTTP status that answers the fault.
+    """
+    if request.method != "GET":
+        raise ProtocolError(
+            f"a WebSocket handshake must use GET, not {request.method}",
+            status=405,
+            headers=[("Allow", "GET")],
+        )
+    if not is_upgrade(request):
+        raise ProtocolError(
+            "this path serves WebSocket connections only (Upgrade: websocket expected)",
+            status=426,
+            headers=[("Upgrade", "websocket")],
+        )
+    if http_version != "1.1":
+        raise ProtocolError(f"a WebSocket handshake needs HTTP/1.1, not {http_version}", status=400)
+    if "upgrade" not in request.headers.tokens("connection"):
+        raise ProtocolError("the Connection header must contain 'upgrade'", status=400)
+    versions = request.headers.get_all("sec-websocket-version")
+    if versions != ["13"]:
+        raise ProtocolError(
+            f"unsupported Sec-WebSocket-Version {', '.join(versions) or '(missing)'}; 13 expected",
+            status=426,
+            headers=[("Sec-WebSocket-Version", "13")],
+        )
+    keys = request.headers.get_all("sec-websocket-key")
+    if len(keys) != 1 or not _is_valid_key(keys[0]):
+        raise ProtocolError(
+            "Sec-WebSocket-Key must be one base64-encoded 16-byte value", status=400
+        )
+    if request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers:
+        raise ProtocolError("a WebSocket handshake request has no body", status=400)
+    return keys[0]
+
+
+def _is_valid_key(key: str) -> bool:
+    try:
+        return len(base64.b64decode(key.strip(), validate=True)) == 16
+    except (binascii.Error, ValueError):
+        return False
+
+
+def accept_headers(
+    key: str, subprotocol: str | None, extension: str | None
+) -> list[tuple[str, str]]:
+    """The headers of the 101 response that accepts the handshake of ``key``."""
+    headers = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Accept", generate_accept_token(key.strip().encode()).decode()),
+    ]
+    if subprotocol is not None:
+        headers.append(("Sec-WebSocket-Protocol", subprotocol))
+    if extension is not None:
+        headers.append(("Sec-WebSocket-Extensions", extension))
+    return headers

@@ -1,0 +1,181 @@
+"""The router: path templates to channels, plain HTTP routes, the upgraded-connection set."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import unquote
+
+from .channel import ChannelServer, Connection
+from .errors import UsageError
+from .request import Request
+
+__all__ = ["Response", "Router"]
+
+C = TypeVar("C", bound=ChannelServer)
+
+
+@dataclass(frozen=True)
+class Response:
+    """The answer of a plain HTTP route (see :meth:`Router.add_http`)."""
+
+    status: int = 200
+    body: bytes | str = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+HTTPHandler = Callable[[Request], Response]
+
+
+@dataclass(frozen=True)
+class _Template:
+    path: str
+    segments: tuple[str | None, ...]  # a literal, or None for a {name} segment
+    names: tuple[str, ...]
+    server: ChannelServer
+
+    def overlaps(self, other: _Template) -> bool:
+        """Whether some path would match both templates."""
+        return len(self.segments) == len(other.segments) and all(
+            a is None or b is None or a == b
+            for a, b in zip(self.segments, other.segments, strict=True)
+        )
+
+    def match(self, raw_segments: list[str]) -> dict[str, str] | None:
+        values = []
+        for literal, raw in zip(self.segments, raw_segments, strict=True):
+            value = unquote(raw)
+            if literal is None:
+                if not value:
+                    return None
+                values.append(value)
+            elif literal != value:
+                return None
+        return dict(zip(self.names, values, strict=True))
+
+
+def _compile(path: str, server: ChannelServer) -> _Template:
+    if not path.startswith("/"):
+        raise UsageError(f"a path starts with '/': {path!r}")
+    segments: list[str | None] = []
+    names: list[str] = []
+    for segment in path.split("/")[1:]:
+        if segment.startswith("{") and segment.endswith("}"):
+            name = segment[1:-1]
+            if not name.isidentifier() or name in names:
+                raise UsageError(f"bad or repeated parameter {segment!r} in {path!r}")
+            names.append(name)
+            segments.append(None)
+        elif "{" in segment or "}" in segment:
+            raise UsageError(f"a parameter is a whole segment, like /{{name}}: {path!r}")
+        else:
+            segments.append(segment)
+    return _Template(path, tuple(segments), tuple(names), server)
+
+
+class Router:
+    """Routes each upgrade request by path to a :class:`ChannelServer`.
+
+    Static paths are looked up in a dict; templates (``/stream/{stream_id}``) are tried
+    among those with the same number of segments. A static path wins over a template
+    that also matches it; two templates that could match the same path are refused at
+    registration.
+
+    ``max_request_size`` bounds the request head (answered with 431), and
+    ``handshake_timeout`` the time from connection to decision (408, or 503 when
+    :meth:`~ChannelServer.authenticate` deferred and did not decide in time).
+    """
+
+    def __init__(self, *, max_request_size: int = 16 * 1024, handshake_timeout: float = 10.0):
+        self.max_request_size = max_request_size
+        self.handshake_timeout = handshake_timeout
+        self._static: dict[str, ChannelServer] = {}
+        self._templates: dict[int, list[_Template]] = {}
+        self._http: dict[str, HTTPHandler] = {}
+        self._upgraded: dict[Connection, None] = {}
+        self._transports: dict[Hashable, object] = {}
+
+    # -- registration ---------------------------------------------------------------
+
+    def add(self, path: str, server: C) -> C:
+        """Serve ``server`` at ``path`` (``{name}`` segments become path params)."""
+        if not isinstance(server, ChannelServer):
+            raise UsageError(f"router.add takes a ChannelServer instance, not {server!r}")
+        template = _compile(path, server)
+        if not template.names:
+            if path in self._static:
+                raise UsageError(f"a channel is already registered at {path!r}")
+            self._static[path] = server
+            return server
+        same_length = self._templates.setdefault(len(template.segments), [])
+        for other in same_length:
+            if template.overlaps(other):
+                raise UsageError(f"{path!r} conflicts with the channel at {other.path!r}")
+        same_length.append(template)
+        return server
+
+    def channel(self, path: str, **options: Any) -> Callable[[type[C]], type[C]]:
+        """Class decorator: register ``cls(**options)`` at ``path``; returns the class."""
+
+        def register(cls: type[C]) -> type[C]:
+            self.add(path, cls(**options))
+            return cls
+
+        return register
+
+    def add_http(self, path: str, handler: HTTPHandler) -> None:
+        """Answer plain (non-upgrade) HTTP requests for ``path`` with ``handler``."""
+        if path in self._http:
+            raise UsageError(f"an HTTP route is already registered at {path!r}")
+        self._http[path] = handler
+
+    @property
+    def channels(self) -> dict[str, ChannelServer]:
+        """Every registered path (static and template) and its channel."""
+        paths = dict(self._static)
+        for templates in self._templates.values():
+            paths.update((t.path, t.server) for t in templates)
+        return paths
+
+    # -- lookup ---------------------------------------------------------------------
+
+    def resolve(self, raw_path: str) -> tuple[ChannelServer, dict[str, str]] | None:
+        """The channel for a raw (percent-encoded) path and its path params, or None."""
+        server = self._static.get(unquote(raw_path))
+        if server is not None:
+            return server, {}
+        segments = raw_path.split("/")[1:]
+        for template in self._templates.get(len(segments), ()):
+            params = template.match(segments)
+            if params is not None:
+                return template.server, params
+        return None
+
+    def http_handler(self, path: str) -> HTTPHandler | None:
+        return self._http.get(path)
+
+    # -- the upgraded set -----------------------------------------------------------
+
+    @property
+    def upgraded(self) -> frozenset[Connection]:
+        """The live upgraded connections (a snapshot): empty again once all are closed."""
+        return frozenset(self._upgraded)
+
+    def claim(self, transport: Hashable, owner: object) -> None:
+        """Bind ``transport`` to its one connection; a second claim is an error."""
+        if transport in self._transports:
+            raise UsageError(
+                f"transport {transport!r} already has a connection: not upgrading twice"
+            )
+        self._transports[transport] = owner
+
+    def release(self, transport: Hashable) -> None:
+        self._transports.pop(transport, None)
+
+    def enter(self, conn: Connection) -> None:
+        self._upgraded[conn] = None
+
+    def leave(self, conn: Connection) -> None:
+        self._upgraded.pop(conn, None)

@@ -1,0 +1,295 @@
+"""TestClient: drive a :class:`~spoc_sockets.Router` in memory, with no sockets or threads.
+
+The real core runs on one side and a real client protocol (wsproto as client) on the
+other; bytes pass between them in memory, and time is a number the test moves::
+
+    with TestClient(router) as client, client.connect("/chat?token=t") as ws:
+        ws.send("hello")
+        assert ws.receive() == "hello"
+        client.advance(30)            # run the keepalive and the timeouts
+
+Every call runs both sides until neither has anything left to do, so a reply caused by
+a message is there by the time :meth:`WebSocket.receive` is called; a receive with
+nothing to receive fails at once (:class:`NothingReceived`) instead of waiting.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    RejectData,
+    TextMessage,
+)
+from wsproto.events import Request as WSRequest
+from wsproto.extensions import PerMessageDeflate
+
+from .connection import ServerConnection
+from .errors import CloseCode
+from .hub import Hub
+from .router import Router
+
+__all__ = ["ConnectionClosed", "HandshakeRejected", "NothingReceived", "TestClient", "WebSocket"]
+
+
+class HandshakeRejected(Exception):
+    """The server answered the upgrade with an HTTP status instead of 101."""
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        super().__init__(f"handshake rejected with {status}: {body[:200]!r}")
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class NothingReceived(AssertionError):
+    """:meth:`WebSocket.receive` found no message waiting."""
+
+
+class ConnectionClosed(Exception):
+    """The connection is closed and no message is left to receive."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"connection closed with {code} {reason!r}")
+        self.code = code
+        self.reason = reason
+
+
+class _Pipe:
+    """One in-memory transport: a ServerConnection and the client bytes for it."""
+
+    def __init__(self, client: TestClient, server: ServerConnection) -> None:
+        self.client = client
+        self.server = server
+        self.received = bytearray()  # what the server wrote
+        self.closed = False  # the server closed the transport
+
+    def write(self, data: bytes) -> None:
+        """Bytes from the client to the server (``b""``: the client closed its side)."""
+        self.server.receive_data(data, self.client.now)
+        self.client.pump()
+
+
+class WebSocket:
+    """The client side of one connection made by :meth:`TestClient.connect`."""
+
+    def __init__(self, pipe: _Pipe, ws: WSConnection, answer_pings: bool) -> None:
+        self._pipe = pipe
+        self._ws = ws
+        self._answer_pings = answer_pings
+        self._messages: deque[str | bytes] = deque()
+        self._parts: list[str | bytes] = []
+        self._rejection: tuple[int, list[tuple[str, str]], bytearray] | None = None
+        #: the negotiated subprotocol, once open
+        self.subprotocol: str | None = None
+        #: True once the server accepted the handshake
+        self.open = False
+        #: the close code and reason the server sent (1006 if it dropped the transport)
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        #: the number of pings received from the server
+        self.pings = 0
+
+    # -- the test's side --------------------------------------------------------------
+
+    def send(self, message: str | bytes) -> None:
+        """Send a text (``str``) or binary message, in one frame."""
+        event = (
+            TextMessage(data=message) if isinstance(message, str) else BytesMessage(data=message)
+        )
+        self._pipe.write(self._ws.send(event))
+
+    def send_json(self, obj: Any) -> None:
+        self.send(json.dumps(obj))
+
+    def send_bytes(self, data: bytes) -> None:
+        """Write raw bytes on the transport (for testing what a broken client sends)."""
+        self._pipe.write(data)
+
+    def receive(self) -> str | bytes:
+        """The next message: ``str`` for text, ``bytes`` for binary."""
+        self._pipe.client.pump()
+        if self._messages:
+            return self._messages.popleft()
+        if self.close_code is not None:
+            raise ConnectionClosed(self.close_code, self.close_reason or "")
+        raise NothingReceived("no message is waiting on this connection")
+
+    def receive_json(self) -> Any:
+        message = self.receive()
+        return json.loads(message)
+
+    def receive_all(self) -> list[str | bytes]:
+        """Every message waiting (possibly none)."""
+        self._pipe.client.pump()
+        messages = list(self._messages)
+        self._messages.clear()
+        return messages
+
+    def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Start the closing handshake; the server's answer sets :attr:`close_code`."""
+        if self.open and self.close_code is None:
+            self._pipe.write(self._ws.send(CloseConnection(code=code, reason=reason)))
+
+    def abort(self) -> None:
+        """Drop the transport without a close frame (the server sees 1006)."""
+        if not self._pipe.closed:
+            self._pipe.closed = True
+            self._pipe.write(b"")
+            self.close_code = self.close_code or CloseCode.ABNORMAL_CLOSURE
+
+    @property
+    def server(self) -> ServerConnection:
+        """The server side of this connection (its state, its buffered output)."""
+        return self._pipe.server
+
+    def __enter__(self) -> WebSocket:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+        self.abort()
+
+    # -- the client protocol ------------------------------------------------------------
+
+    def _raise_rejection(self) -> None:
+        if self._rejection is not None:
+            status, headers, body = self._rejection
+            raise HandshakeRejected(status, headers, bytes(body))
+        if self._pipe.closed and not self.open:
+            raise HandshakeRejected(0, [], b"the server closed the connection without an answer")
+
+    def _feed(self, data: bytes, closed: bool) -> None:
+        if data:
+            self._ws.receive_data(data)
+            for event in self._ws.events():
+                self._handle(event)
+        if closed:
+            if self.open:
+                self._ws.receive_data(None)  # reported as 1006 unless a close frame came
+            for event in self._ws.events():
+                self._handle(event)
+
+    def _handle(self, event: object) -> None:
+        if isinstance(event, AcceptConnection):
+            self.open = True
+            self.subprotocol = event.subprotocol
+        elif isinstance(event, RejectConnection):
+            self._rejection = (
+                event.status_code,
+                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers],
+                bytearray(),
+            )
+        elif isinstance(event, RejectData):
+            assert self._rejection is not None
+            self._rejection[2].extend(event.data)
+        elif isinstance(event, (TextMessage, BytesMessage)):
+            self._parts.append(event.data if isinstance(event.data, str) else bytes(event.data))
+            if event.message_finished:
+                first = self._parts[0]
+                joined = "".join(self._parts) if isinstance(first, str) else b"".join(self._parts)  # type: ignore[arg-type]
+                self._messages.append(joined)
+                self._parts = []
+        elif isinstance(event, Ping):
+            self.pings += 1
+            if self._answer_pings:
+                self._pipe.server.receive_data(
+                    self._ws.send(event.response()), self._pipe.client.now
+                )
+        elif isinstance(event, CloseConnection) and self.close_code is None:
+            self.close_code, self.close_reason = int(event.code), event.reason or ""
+            if self._ws.state.name == "REMOTE_CLOSING":
+                self._pipe.server.receive_data(
+                    self._ws.send(event.response()), self._pipe.client.now
+                )
+
+
+class TestClient:
+    """Drives a router in memory; a context manager that closes what it opened.
+
+    ``now`` is the starting time of the clock the test controls (see :meth:`advance`).
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, router: Router, *, now: float = 0.0) -> None:
+        self.router = router
+        #: the current time of this client's clock, in seconds
+        self.now = now
+        self.hub = Hub(router)
+        self._sockets: dict[ServerConnection, WebSocket] = {}
+
+    def connect(
+        self,
+        path: str,
+        *,
+        headers: Sequence[tuple[str, str]] = (),
+        subprotocols: Sequence[str] = (),
+        compression: bool = False,
+        answer_pings: bool = True,
+        peer: tuple[str, int] = ("127.0.0.1", 50000),
+    ) -> WebSocket:
+        """Open a connection to ``path`` (with its query string).
+
+        Raises :class:`HandshakeRejected` if the server refuses. A handshake whose
+        ``authenticate`` deferred stays pending (``ws.open`` is False) until decided.
+        """
+        server = self.hub.open(self.now, peer=peer)
+        pipe = _Pipe(self, server)
+        ws = WSConnection(ConnectionType.CLIENT)
+        socket = WebSocket(pipe, ws, answer_pings)
+        self._sockets[server] = socket
+        request = WSRequest(
+            host="testserver",
+            target=path,
+            extra_headers=[(k.encode(), v.encode()) for k, v in headers],
+            subprotocols=list(subprotocols),
+            extensions=[PerMessageDeflate()] if compression else [],
+        )
+        pipe.write(ws.send(request))
+        socket._raise_rejection()
+        return socket
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward and run every deadline that passed."""
+        self.now += seconds
+        self.hub.handle_timeouts(self.now)
+        self.pump()
+
+    def pump(self) -> None:
+        """Flush every connection's output to its client until nothing is left."""
+        while True:
+            pending = self.hub.take_pending()
+            if not pending:
+                return
+            for server in pending:
+                socket = self._sockets.get(server)
+                if socket is None:
+                    continue  # not opened by connect(): its owner reads it
+                data = server.data_to_send(self.now)
+                if server.should_close:
+                    socket._pipe.closed = True
+                    self._sockets.pop(server)
+                socket._feed(data, server.should_close)
+
+    def __enter__(self) -> TestClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for socket in list(self._sockets.values()):
+            socket.abort()

@@ -1,0 +1,80 @@
+"""The architecture's promises that a test can check."""
+
+from __future__ import annotations
+
+import ast
+import re
+import runpy
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import spoc_sockets
+
+PACKAGE = Path(spoc_sockets.__file__).parent
+ROOT = PACKAGE.parent
+CORE = [
+    "__init__.py",
+    "channel.py",
+    "connection.py",
+    "deflate.py",
+    "errors.py",
+    "frames.py",
+    "handshake.py",
+    "hub.py",
+    "request.py",
+    "router.py",
+    "testing.py",
+]
+FORBIDDEN = {"asyncio", "trio", "threading", "socket", "selectors", "time", "_thread"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_core_never_imports_io_threads_or_clock(module: str) -> None:
+    assert not imported_modules(PACKAGE / module) & FORBIDDEN
+
+
+def test_core_list_is_complete() -> None:
+    adapters = {"asyncio.py", "trio.py", "threads.py", "asgi.py", "__main__.py"}
+    present = {p.name for p in PACKAGE.glob("*.py")} - adapters
+    assert present == set(CORE)
+
+
+def example_blocks() -> list[str]:
+    """The Python blocks of DESIGN.md (beside the checkout) or of the getting-started page."""
+    design = ROOT.parent / "shared" / "DESIGN.md"
+    if design.exists():
+        return re.findall(r"```python\n(.*?)```", design.read_text(), re.S)
+    page = (ROOT / "docs" / "getting-started.rst").read_text()
+    blocks = re.findall(r"\.\. code-block:: python\n\n((?:    .*\n|\n)+)", page)
+    return [textwrap.dedent(block) for block in blocks]
+
+
+def test_design_example_runs_as_written() -> None:
+    blocks = [b for b in example_blocks() if "Router()" in b or "TestClient(router)" in b]
+    api = blocks[0].split('router.add("/stream/{stream_id}"')[0]  # StreamServer: a later issue
+    testing = next(b for b in blocks if "TestClient(router)" in b)
+    verify = "def verify(token):\n    return {'t': 'ada'}.get(token)\n"
+    namespace: dict[str, object] = {}
+    exec(compile(verify + api + testing, "DESIGN.md", "exec"), namespace)
+    assert namespace["router"].upgraded == frozenset()  # type: ignore[attr-defined]
+
+
+def test_quickstart_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    runpy.run_path(str(ROOT / "examples" / "quickstart.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "grace received 'hello'" in out
+    assert "refused with 401" in out
+    assert "upgraded connections left: 0" in out
