@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar, Literal, Protocol
@@ -324,16 +324,32 @@ class ChannelServer:
         return frozenset(self._clients)
 
     def broadcast(
-        self, message: str | bytes, exclude: Connection | Collection[Connection] = ()
+        self,
+        message: str | bytes,
+        exclude: Connection | Collection[Connection] = (),
+        to: Iterable[Connection] | None = None,
     ) -> None:
-        """Send ``message`` to every open client but ``exclude``, framing it once."""
+        """Send ``message`` to every open client (or to those of ``to``) but ``exclude``.
+
+        The message is framed once; every recipient's queue holds the same bytes.
+        """
         outgoing = Outgoing.build(as_message(message))
         skip = (exclude,) if isinstance(exclude, Connection) else exclude
-        for conn in tuple(self._clients):
+        for conn in tuple(self._clients) if to is None else to:
             if conn not in skip:
                 conn._link.post(outgoing)
 
     # -- called by the core ---------------------------------------------------------
+
+    def _handshake(self, request: Request) -> tuple[str | None, object]:
+        """Origin, subprotocol, then authentication: ``(subprotocol, decision)``.
+
+        The decision is the user, or a :class:`Deferred`; a refusal raises
+        :class:`Reject`.
+        """
+        self.check_origin(request)
+        subprotocol = self.select_subprotocol(request)
+        return subprotocol, self.authenticate(request)
 
     def _opened(self, conn: Connection) -> bool:
         """Register ``conn`` and run :meth:`on_connect`; False if the hook failed."""

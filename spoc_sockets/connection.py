@@ -138,7 +138,7 @@ class ServerConnection:
         )
         self._ws: WSConnection | None = None
         self._channel: ChannelServer | None = None
-        self._received_any = False
+        self._received = 0  # bytes of the request head (and what came with it)
         self._upgrade: tuple[
             ChannelServer, Request, str, str | None, BoundedDeflate | None, str | None
         ]
@@ -236,6 +236,8 @@ class ServerConnection:
 
     def post(self, item: object) -> None:
         """Queue a message or request from any thread (see :meth:`Connection.send`)."""
+        if self.state is CLOSED:
+            return  # discarded, and nothing accumulates on a dead connection
         self._mailbox.append(item)
         self._schedule()
 
@@ -262,7 +264,7 @@ class ServerConnection:
         if not data:
             self._finish(CloseCode.ABNORMAL_CLOSURE, "")
             return
-        self._received_any = True
+        self._received += len(data)
         self._h11.receive_data(data)
         if self._deferred is not None:  # early frames wait in h11's buffer, bounded
             if len(self._h11.trailing_data[0]) > self.router.max_request_size:
@@ -271,6 +273,10 @@ class ServerConnection:
         try:
             event = self._h11.next_event()
             if isinstance(event, h11.Request):
+                # h11 bounds only an incomplete head; one read can bring a complete, huge one
+                head = self._received - len(self._h11.trailing_data[0])
+                if head > self.router.max_request_size:
+                    raise h11.RemoteProtocolError("request head too large", 431)
                 self._handle_request(event, now)
         except h11.RemoteProtocolError as exc:
             self.error = ProtocolError(str(exc), status=exc.error_status_hint)
@@ -298,12 +304,10 @@ class ServerConnection:
             key = check_upgrade(request, event.http_version.decode())
             self._h11.next_event()  # the EndOfMessage of a bodiless GET
             request = replace(request, path_params=params)
-            channel.check_origin(request)
-            subprotocol = channel.select_subprotocol(request)
+            subprotocol, decision = channel._handshake(request)
             negotiated = (
                 negotiate(request, channel.max_message_size) if channel.compression else None
             )
-            decision = channel.authenticate(request)
         except ProtocolError as exc:
             self.error = exc
             self._refuse(exc.status or 400, exc.headers, f"{exc}\n".encode())
@@ -345,7 +349,7 @@ class ServerConnection:
         if self._deferred is not None:
             self._deferred._notify = None
             self._refuse(503, (), b"the handshake was not decided in time\n")
-        elif self._received_any:
+        elif self._received:
             self.error = ProtocolError("request head not received in time", status=408)
             self._refuse(408, (), b"request head not received in time\n")
         else:

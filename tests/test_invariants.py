@@ -25,6 +25,7 @@ CORE = [
     "hub.py",
     "request.py",
     "router.py",
+    "session.py",
     "testing.py",
 ]
 FORBIDDEN = {"asyncio", "trio", "threading", "socket", "selectors", "time", "_thread"}
@@ -46,10 +47,20 @@ def test_core_never_imports_io_threads_or_clock(module: str) -> None:
     assert not imported_modules(PACKAGE / module) & FORBIDDEN
 
 
+# Outside the sans-IO core: the adapters, the demo, and the built-in channels (applications
+# of the core, which read a wall clock for timestamps and lock their shared room state).
+ADAPTERS = {"asyncio.py", "trio.py", "threads.py", "asgi.py", "__main__.py"}
+CHANNELS = {"chat.py", "stream.py", "seed.py"}
+
+
 def test_core_list_is_complete() -> None:
-    adapters = {"asyncio.py", "trio.py", "threads.py", "asgi.py", "__main__.py"}
-    present = {p.name for p in PACKAGE.glob("*.py")} - adapters
+    present = {p.name for p in PACKAGE.glob("*.py")} - ADAPTERS - CHANNELS
     assert present == set(CORE)
+
+
+@pytest.mark.parametrize("module", sorted(CHANNELS))
+def test_channels_never_touch_sockets_or_event_loops(module: str) -> None:
+    assert not imported_modules(PACKAGE / module) & {"asyncio", "trio", "socket", "selectors"}
 
 
 def example_blocks() -> list[str]:

@@ -1,7 +1,10 @@
-"""The ``serve`` fixture: each behaviour test runs once per harness.
+"""The ``serve`` fixtures: each behaviour test runs once per harness.
 
 Every module ``harness_<name>.py`` here that defines ``HARNESS`` adds one (an adapter
-serving over loopback); ``memory`` is the in-memory TestClient.
+serving over loopback); ``memory`` is the in-memory TestClient. ``serve`` gives every
+harness; ``serve_bytes`` only those where the library itself parses the bytes (not ASGI,
+where the server owns the HTTP parsing, the frames and the keepalive: a module says so
+with ``SERVER_OWNS_BYTES = True``).
 """
 
 from __future__ import annotations
@@ -14,12 +17,21 @@ import pytest
 from .harness import Harness, memory
 
 HARNESSES: dict[str, Harness] = {"memory": memory}
+BYTES: set[str] = {"memory"}
 for path in sorted(Path(__file__).parent.glob("harness_*.py")):
     module = importlib.import_module(f"{__package__}.{path.stem}")
     if hasattr(module, "HARNESS"):
-        HARNESSES[path.stem.removeprefix("harness_")] = module.HARNESS
+        name = path.stem.removeprefix("harness_")
+        HARNESSES[name] = module.HARNESS
+        if not getattr(module, "SERVER_OWNS_BYTES", False):
+            BYTES.add(name)
 
 
 @pytest.fixture(params=sorted(HARNESSES))
 def serve(request: pytest.FixtureRequest) -> Harness:
+    return HARNESSES[request.param]
+
+
+@pytest.fixture(params=sorted(BYTES))
+def serve_bytes(request: pytest.FixtureRequest) -> Harness:
     return HARNESSES[request.param]

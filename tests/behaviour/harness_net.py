@@ -7,6 +7,7 @@ manager ``start(router)`` yielding a :class:`NetServer` (its port and a graceful
 
 from __future__ import annotations
 
+import inspect
 import socket
 import threading
 import time
@@ -22,6 +23,8 @@ from spoc_sockets import Router
 from .harness import Client, Closed, Message, Raw, Rejected, Served
 
 HOST = "127.0.0.1"
+# websockets 17 warns unless a directly returned connection is asked for explicitly
+LEGACY = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
 TIMEOUT = 20.0
 
 
@@ -103,6 +106,7 @@ class NetServed:
                 open_timeout=TIMEOUT,
                 close_timeout=TIMEOUT,
                 ping_interval=None,
+                **LEGACY,
             )
         except InvalidStatus as exc:
             raise Rejected(exc.response.status_code, exc.response.body or b"") from None

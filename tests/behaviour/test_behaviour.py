@@ -123,29 +123,48 @@ def test_origin_not_allowed_is_403(serve: Harness) -> None:
         client.close()
 
 
-@pytest.mark.parametrize(
-    ("request_bytes", "status", "header"),
-    [
-        (upgrade_request("/echo", method="POST"), 405, b"Allow: GET"),
-        (upgrade_request("/echo", upgrade=""), 426, b"Upgrade: websocket"),
-        (upgrade_request("/echo", version="8"), 426, b"Sec-WebSocket-Version: 13"),
-        (upgrade_request("/echo", key="short"), 400, b"Connection: close"),
-        (upgrade_request("/nowhere"), 404, b"Connection: close"),
-    ],
-)
+BAD_HANDSHAKES = [
+    (upgrade_request("/echo", method="POST", upgrade="", key=None, version=""), 405, b"Allow: GET"),
+    (upgrade_request("/echo", upgrade="", key=None, version=""), 426, b"Upgrade: websocket"),
+    (upgrade_request("/echo", version="8"), 426, b"Sec-WebSocket-Version: 13"),
+    (upgrade_request("/nowhere"), 404, b"Connection: close"),
+]
+BAD_HANDSHAKE_BYTES = [
+    (upgrade_request("/echo", method="POST"), 405, b"Allow: GET"),
+    (upgrade_request("/echo", key="short"), 400, b"Connection: close"),
+    (upgrade_request("/echo", version=""), 426, b"Sec-WebSocket-Version: 13"),
+    (b"GET /echo HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20000 + b"\r\n\r\n", 431, b""),
+    (b"NOT HTTP AT ALL\r\n\r\n", 400, b""),
+]
+
+
+def check_answer(raw_request: bytes, answer: bytes, status: int, header: bytes) -> None:
+    assert status_of(answer) == status, (raw_request[:60], answer[:200])
+    assert header.lower() in answer.partition(b"\r\n\r\n")[0].lower()
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "header"), BAD_HANDSHAKES)
 def test_bad_handshakes_get_their_status(
     serve: Harness, request_bytes: bytes, status: int, header: bytes
 ) -> None:
     with serve(make_router()) as served:
         raw = served.raw()
         raw.send(request_bytes)
-        answer = raw.read_all()
-        assert status_of(answer) == status
-        assert header in answer.partition(b"\r\n\r\n")[0]
+        check_answer(request_bytes, raw.read_all(), status, header)
 
 
-def test_slowloris_handshake_gets_408_at_its_deadline(serve: Harness) -> None:
-    with serve(make_router()) as served:
+@pytest.mark.parametrize(("request_bytes", "status", "header"), BAD_HANDSHAKE_BYTES)
+def test_malformed_handshakes_get_their_status(
+    serve_bytes: Harness, request_bytes: bytes, status: int, header: bytes
+) -> None:
+    with serve_bytes(make_router()) as served:
+        raw = served.raw()
+        raw.send(request_bytes)
+        check_answer(request_bytes, raw.read_all(), status, header)
+
+
+def test_slowloris_handshake_gets_408_at_its_deadline(serve_bytes: Harness) -> None:
+    with serve_bytes(make_router()) as served:
         raw = served.raw()
         raw.send(b"GET /echo HTTP/1.1\r\nHost: x\r\n")
         assert status_of(raw.read_all()) == 408
@@ -192,16 +211,18 @@ def test_server_close_codes(serve: Harness, message: str, code: int) -> None:
         (client_frame(0x1, b"x", rsv=4), 1002),
     ],
 )
-def test_protocol_errors_close_with_their_code(serve: Harness, frame: bytes, code: int) -> None:
-    with serve(make_router()) as served:
+def test_protocol_errors_close_with_their_code(
+    serve_bytes: Harness, frame: bytes, code: int
+) -> None:
+    with serve_bytes(make_router()) as served:
         raw = served.raw()
         raw.send(upgrade_request("/record") + frame)
         assert close_frame_code(raw.read_all()) == code
         served.wait_for(lambda: not served.router.upgraded)
 
 
-def test_unanswered_pings_close_with_1011(serve: Harness) -> None:
-    with serve(make_router()) as served:
+def test_unanswered_pings_close_with_1011(serve_bytes: Harness) -> None:
+    with serve_bytes(make_router()) as served:
         raw = served.raw()
         raw.send(upgrade_request("/record"))  # and never answers a ping
         assert close_frame_code(raw.read_all()) == 1011

@@ -1,0 +1,188 @@
+"""The ASGI adapter: the same channels inside uvicorn, hypercorn, Starlette or FastAPI.
+
+``ASGIApp(router, fallback=None)`` is an ASGI 3 application. A ``websocket`` scope becomes
+the same :class:`~spoc_sockets.Request` and goes through the same routing, checks,
+authentication and hooks (a :class:`~spoc_sockets.session.MessageSession` does that work);
+a refusal is sent as an HTTP response through the server's ``websocket.http.response``
+extension when it has it (uvicorn does), else as a close before accept (the server then
+answers 403). ``http`` scopes go to the router's plain HTTP routes
+(:meth:`Router.add_http <spoc_sockets.Router.add_http>`), then to ``fallback``, else 404.
+
+The ASGI server frames messages, answers pings and runs the closing handshake, so its own
+limits apply too (uvicorn's ``--ws-max-size``, ``--ws-ping-interval``). The adapter runs on
+an asyncio event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from .channel import CloseRequest
+from .errors import ProtocolError
+from .handshake import check_upgrade
+from .request import Request
+from .router import Router
+from .session import Accept, MessageSession, Refuse
+
+__all__ = ["ASGIApp"]
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGI = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def _request(scope: Scope) -> Request:
+    raw_path = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string", b"")
+    target = raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+    client = scope.get("client")
+    peer = (client[0], client[1]) if client else None
+    return Request.parse(scope.get("method", "GET"), target, headers, peer)
+
+
+class ASGIApp:
+    """Serve ``router``'s channels as an ASGI application."""
+
+    def __init__(self, router: Router, fallback: ASGI | None = None) -> None:
+        self.router = router
+        self.fallback = fallback
+        self._sessions: set[MessageSession] = set()
+        self._refusing = False
+        self._drained: asyncio.Event | None = None
+
+    async def shutdown(self) -> None:
+        """Graceful shutdown: 503 to new handshakes, close 1001 to every client, and
+        return once all are gone (each within its channel's ``close_timeout``).
+
+        Call it before stopping the ASGI server: uvicorn, for one, closes WebSockets
+        with 1012 itself before the lifespan shutdown (which also calls this).
+        """
+        self._refusing = True
+        loop = asyncio.get_running_loop()
+        self._drained = asyncio.Event()
+        for session in list(self._sessions):
+            session.shutdown(loop.time())
+        if self._sessions:
+            await self._drained.wait()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+        elif scope["type"] == "http" and self.router.http_handler(scope["path"]):
+            await self._http(scope, send)
+        elif scope["type"] == "http" and self.router.resolve(scope["path"]) is not None:
+            try:  # a channel's path without an upgrade: 405 or 426, as the core answers
+                check_upgrade(_request(scope))
+            except ProtocolError as exc:
+                body = f"{exc}\n".encode()
+                await self._respond(send, "http.response", exc.status or 400, exc.headers, body)
+        elif self.fallback is not None:
+            await self.fallback(scope, receive, send)
+        elif scope["type"] == "http":
+            await self._respond(send, "http.response", 404, (), b"not found\n")
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+
+        def wakeup() -> None:
+            loop.call_soon_threadsafe(woken.set)
+
+        first = await receive()
+        if first["type"] != "websocket.connect":
+            return
+        session = MessageSession(
+            self.router, _request(scope), loop.time(), wakeup, refusing=self._refusing
+        )
+        self._sessions.add(session)
+        denial = "websocket.http.response" in scope.get("extensions", {})
+        reader = asyncio.ensure_future(self._read(session, receive, loop))
+        try:
+            while True:
+                for action in session.actions(loop.time()):
+                    await self._send(send, action, denial)
+                if session.done:
+                    return
+                deadline = session.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                waiter = asyncio.ensure_future(woken.wait())
+                await asyncio.wait(
+                    {waiter, reader}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                waiter.cancel()
+                woken.clear()
+                if reader.done():  # the server reported the disconnect (or failed)
+                    session.disconnected(1006)
+                session.handle_timeout(loop.time())
+        finally:
+            reader.cancel()
+            session.disconnected(1006)
+            self._sessions.discard(session)
+            if not self._sessions and self._drained is not None:
+                self._drained.set()
+
+    @staticmethod
+    async def _read(
+        session: MessageSession, receive: Receive, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.receive":
+                text = message.get("text")
+                session.receive(text if text is not None else message["bytes"], loop.time())
+            elif message["type"] == "websocket.disconnect":
+                session.disconnected(message.get("code", 1005), message.get("reason") or "")
+                return
+
+    @classmethod
+    async def _send(cls, send: Send, action: object, denial: bool) -> None:
+        if isinstance(action, Accept):
+            await send({"type": "websocket.accept", "subprotocol": action.subprotocol})
+        elif isinstance(action, Refuse):
+            if denial:
+                await cls._respond(
+                    send, "websocket.http.response", action.status, action.headers, action.body
+                )
+            else:
+                await send({"type": "websocket.close", "code": 1008})
+        elif isinstance(action, CloseRequest):
+            await send({"type": "websocket.close", "code": action.code, "reason": action.reason})
+        elif isinstance(action, str):
+            await send({"type": "websocket.send", "text": action})
+        else:
+            await send({"type": "websocket.send", "bytes": action})
+
+    @staticmethod
+    async def _respond(
+        send: Send, prefix: str, status: int, headers: tuple[tuple[str, str], ...], body: bytes
+    ) -> None:
+        raw = [(k.lower().encode(), v.encode()) for k, v in headers]
+        raw += [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
+        await send({"type": f"{prefix}.start", "status": status, "headers": raw})
+        await send({"type": f"{prefix}.body", "body": body})
+
+    async def _http(self, scope: Scope, send: Send) -> None:
+        handler = self.router.http_handler(scope["path"])
+        assert handler is not None
+        response = handler(_request(scope))
+        body = response.body.encode() if isinstance(response.body, str) else response.body
+        headers = [(k.lower().encode(), v.encode()) for k, v in response.headers]
+        headers.append((b"content-type", response.content_type.encode()))
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return

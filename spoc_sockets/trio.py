@@ -1,0 +1,319 @@
+"""Serve a :class:`~spoc_sockets.Router` with trio (the optional extra ``trio``).
+
+Two entry points::
+
+    from spoc_sockets.trio import serve, handle_stream
+
+    # a listening server: runs until cancelled (graceful shutdown) or server.aclose()
+    server = await nursery.start(serve, router, "127.0.0.1", 8765)   # server.port
+
+    # one stream accepted by your own listener (a socket stream, a trio.SSLStream...)
+    await trio.serve_listeners(functools.partial(handle_stream, router), listeners)
+
+The adapter only moves bytes and time: per stream, a reader task feeds
+``receive_data`` and a writer task writes what the core returns (one ``send_all`` at a
+time; the core holds and bounds further output meanwhile). One timer task per hub
+honours ``next_deadline``. ``Connection.send`` from any thread wakes the hub through
+the trio token (``run_sync_soon``).
+
+Cancellation is a graceful shutdown: stop accepting, close every client with 1001, keep
+serving until the core has finished every connection (``close_timeout`` bounds it),
+then let the cancellation through. ``shutdown_timeout`` is a hard bound on top.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import ssl
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from .connection import ServerConnection
+from .hub import Hub
+from .router import Router
+
+__all__ = ["Server", "handle_stream", "serve"]
+
+#: Bytes asked of the transport per read.
+READ_SIZE = 65536
+
+
+class _Link:
+    """The adapter's side of one stream: output in flight and the writer's wake-up."""
+
+    __slots__ = ("closing", "conn", "drop_at", "event", "out", "paused", "sending", "stream")
+
+    def __init__(self, stream: trio.abc.Stream, conn: ServerConnection) -> None:
+        self.stream = stream
+        self.conn = conn
+        self.out: list[bytes] = []
+        self.paused = False  # a write is in flight: the core keeps (and bounds) the rest
+        self.closing = False  # the core said close and gave its last bytes
+        self.event = trio.Event()
+        self.sending: trio.CancelScope | None = None  # the write in flight
+        self.drop_at = math.inf  # when to give up on it
+
+
+class Server:
+    """One hub served by trio: its connections, its timer, its graceful shutdown.
+
+    Made by :func:`serve` (and by :func:`handle_stream` for one stream); not meant to
+    be constructed directly.
+
+    * ``shutdown_timeout`` (default ``30.0`` seconds, ``None`` for none): hard bound on
+      a graceful shutdown; past it the remaining transports are dropped.
+    * ``drain_timeout`` (default ``5.0`` seconds): once the core has closed a
+      connection, how long its last bytes (and, for an ``SSLStream`` given to
+      :func:`handle_stream`, its ``close_notify``) may take to leave before the
+      transport is dropped.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        *,
+        shutdown_timeout: float | None = 30.0,
+        drain_timeout: float = 5.0,
+    ) -> None:
+        self.router = router
+        self.shutdown_timeout = shutdown_timeout
+        self.drain_timeout = drain_timeout
+        #: the core's side of this server
+        self.hub = Hub(router, self._wakeup)
+        #: the listeners (empty for :func:`handle_stream`)
+        self.listeners: list[trio.SocketListener] = []
+        self._token = trio.lowlevel.current_trio_token()
+        self._links: dict[ServerConnection, _Link] = {}
+        self._timer_scope: trio.CancelScope | None = None
+        self._accepting = trio.CancelScope()
+        self._shield = trio.CancelScope(shield=True)
+        self._stopping = False
+        self._idle = trio.Event()  # set once stopping and no stream is left
+        self._done = trio.Event()
+
+    @property
+    def port(self) -> int:
+        """The port of the first listener (the one chosen when ``port=0``)."""
+        port: int = self.listeners[0].socket.getsockname()[1]
+        return port
+
+    async def aclose(self) -> None:
+        """Graceful shutdown without cancelling :func:`serve`; returns once done."""
+        self._begin_shutdown()
+        await self._done.wait()
+
+    # -- the core's flush rule --------------------------------------------------------
+
+    def _wakeup(self) -> None:  # any thread
+        with contextlib.suppress(trio.RunFinishedError):  # gone: nothing left to flush
+            self._token.run_sync_soon(self._flush)
+
+    def _flush(self) -> None:  # the trio thread
+        now = trio.current_time()
+        for conn in self.hub.take_pending():
+            link = self._links.get(conn)
+            if link is None:  # its stream is gone: late sends are discarded by the core
+                conn.data_to_send(now)
+                continue
+            was_paused = link.paused
+            data = conn.data_to_send(now)  # b"" while a write is in flight
+            if data:
+                link.out.append(data)
+                link.paused = True
+                conn.pause_writing()
+            if conn.should_close:
+                if not was_paused:
+                    link.closing = True  # the resumed write brings the rest otherwise
+                else:  # and if the write in flight never ends, drop the transport
+                    link.drop_at = min(link.drop_at, now + self.drain_timeout)
+                    if link.sending is not None:
+                        link.sending.deadline = link.drop_at
+            link.event.set()
+        if self._timer_scope is not None:
+            deadline = self.hub.next_deadline()
+            self._timer_scope.deadline = math.inf if deadline is None else deadline
+
+    async def _timer(self) -> None:
+        while True:
+            deadline = self.hub.next_deadline()
+            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            self._timer_scope = None
+            self.hub.handle_timeouts(trio.current_time())
+            self._flush()
+
+    # -- one stream ---------------------------------------------------------------------
+
+    async def handle_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one stream on this server's hub until the core closes it."""
+        conn = self.hub.open(trio.current_time(), peer=_peer(stream), transport=stream)
+        link = self._links[conn] = _Link(stream, conn)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read, link)
+                await self._write(link)
+                nursery.cancel_scope.cancel()
+        finally:
+            if not conn.should_close:  # transport lost, or a hard stop
+                conn.receive_data(b"", trio.current_time())
+                self._flush()
+            del self._links[conn]
+            with trio.move_on_after(self.drain_timeout):
+                await stream.aclose()  # forceful when cancelled
+            if self._stopping and not self._links:
+                self._idle.set()
+
+    async def _read(self, link: _Link) -> None:
+        conn = link.conn
+        while not conn.should_close:
+            try:
+                data = await link.stream.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            conn.receive_data(bytes(data), trio.current_time())
+            self._flush()
+            if not data:
+                return
+
+    async def _write(self, link: _Link) -> None:
+        conn = link.conn
+        while True:
+            if link.out:
+                data = b"".join(link.out) if len(link.out) > 1 else link.out[0]
+                link.out.clear()
+                with trio.CancelScope(deadline=link.drop_at) as link.sending:
+                    try:
+                        await link.stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return  # transport lost: handle_stream tells the core
+                if link.sending.cancelled_caught:
+                    return  # closed by the core, and the last bytes could not leave
+                link.sending = None
+                link.paused = False
+                conn.resume_writing()  # schedules a flush of what waited meanwhile
+                continue
+            if link.closing:
+                return
+            link.event = trio.Event()
+            await link.event.wait()
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    def _begin_shutdown(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self._accepting.cancel()
+        if self.shutdown_timeout is not None:
+            self._shield.deadline = trio.current_time() + self.shutdown_timeout
+        self.hub.shutdown()
+        self._flush()
+        if not self._links:
+            self._idle.set()
+
+    async def _run(self, body: Callable[[trio.Nursery], Awaitable[None]]) -> None:
+        """Run ``body`` and the timer; an outer cancellation becomes a graceful shutdown."""
+        try:
+            async with trio.open_nursery() as watch:
+                watch.start_soon(self._watch_cancellation)
+                with self._shield:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._timer)
+                        await body(nursery)
+                        self._begin_shutdown()
+                        await self._idle.wait()
+                        nursery.cancel_scope.cancel()
+                watch.cancel_scope.cancel()
+        finally:
+            self._done.set()
+
+    async def _watch_cancellation(self) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._begin_shutdown()
+
+
+def _peer(stream: trio.abc.Stream) -> tuple[str, int] | None:
+    """The remote address under ``stream`` (through SSLStream layers), if it has one."""
+    inner: object = stream
+    while not isinstance(inner, trio.SocketStream):
+        inner = getattr(inner, "transport_stream", None)
+        if inner is None:
+            return None
+    try:
+        address = inner.socket.getpeername()
+    except OSError:
+        return None
+    return (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
+
+
+async def serve(
+    router: Router,
+    host: str | None,
+    port: int,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    backlog: int | None = None,
+    shutdown_timeout: float | None = 30.0,
+    drain_timeout: float = 5.0,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on ``host``:``port`` and serve ``router`` until cancelled.
+
+    Use it with ``server = await nursery.start(serve, router, host, port)``: the
+    :class:`Server` it reports has ``port`` (the one chosen for ``port=0``), ``hub`` and
+    ``listeners``. ``host=None`` listens on every interface. ``ssl_context`` serves
+    ``wss://`` (each stream wrapped in a :class:`trio.SSLStream`); ``backlog`` goes to
+    :func:`trio.open_tcp_listeners` (``None``: trio's default).
+
+    Cancelling it shuts down gracefully (see :class:`Server` for the two timeouts),
+    then the cancellation propagates; ``await server.aclose()`` does the same shutdown
+    and ``serve`` returns normally.
+    """
+    server = Server(router, shutdown_timeout=shutdown_timeout, drain_timeout=drain_timeout)
+    server.listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+
+    async def handler(stream: trio.SocketStream) -> None:
+        if ssl_context is None:
+            await server.handle_stream(stream)
+        else:
+            tls = trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=True)
+            await server.handle_stream(tls)
+
+    async def accept(nursery: trio.Nursery) -> None:
+        with server._accepting:
+            task_status.started(server)
+            await trio.serve_listeners(handler, server.listeners, handler_nursery=nursery)
+
+    try:
+        await server._run(accept)
+    finally:
+        for listener in server.listeners:  # closed already, unless cancelled early
+            await trio.aclose_forcefully(listener)
+
+
+async def handle_stream(
+    router: Router,
+    stream: trio.abc.Stream,
+    *,
+    shutdown_timeout: float | None = 30.0,
+    drain_timeout: float = 5.0,
+) -> None:
+    """Serve one stream accepted by your own listener; returns once it is closed.
+
+    ``stream`` is any :class:`trio.abc.Stream` (a socket stream, a
+    :class:`trio.SSLStream` you wrapped...); it is closed on return. Each call has its
+    own :class:`~spoc_sockets.hub.Hub` and timer task (the router, its channels and
+    their broadcasts are shared as usual). Cancelling the call closes this one client
+    gracefully with 1001, like :func:`serve`.
+    """
+    server = Server(router, shutdown_timeout=shutdown_timeout, drain_timeout=drain_timeout)
+
+    async def one(nursery: trio.Nursery) -> None:
+        await server.handle_stream(stream)
+
+    await server._run(one)

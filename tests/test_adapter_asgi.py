@@ -1,0 +1,130 @@
+"""ASGIApp specifics: HTTP scopes, fallback, lifespan, servers without denial responses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import MutableMapping
+from typing import Any
+
+import pytest
+from websockets.sync.client import connect
+
+from spoc_sockets import ChannelServer, Connection, Reject, Request, Response, Router
+from spoc_sockets.asgi import ASGIApp
+
+from .behaviour.harness_asgi import start
+from .behaviour.harness_net import LEGACY
+
+Message = MutableMapping[str, Any]
+
+
+class Echo(ChannelServer):
+    def authenticate(self, request: Request) -> object:
+        if request.query.get("deny"):
+            raise Reject(401, "no")
+        return None
+
+    def on_message(self, conn: Connection, message: str | bytes) -> None:
+        conn.send(message)
+
+
+def make_router() -> Router:
+    router = Router()
+    router.add("/echo", Echo())
+    router.add_http("/", lambda request: Response(200, "<h1>hi</h1>", "text/html"))
+    return router
+
+
+async def call(
+    app: ASGIApp, scope: Message, incoming: list[Message], wait_sends: int = 0
+) -> list[Message]:
+    sent: list[Message] = []
+    queue = list(incoming)
+
+    async def receive() -> Message:
+        while queue and queue[0]["type"] == "websocket.disconnect" and len(sent) < wait_sends:
+            await asyncio.sleep(0)  # a client that disconnects once it got its replies
+        if queue:
+            return queue.pop(0)
+        await asyncio.Event().wait()  # nothing more: wait until cancelled
+        raise AssertionError
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(app(scope, receive, send), timeout=5)
+    return sent
+
+
+def http_scope(path: str, method: str = "GET") -> Message:
+    return {"type": "http", "path": path, "raw_path": path.encode(), "method": method,
+            "headers": [], "query_string": b""}  # fmt: skip
+
+
+def ws_scope(path: str, query: bytes = b"", extensions: dict[str, Any] | None = None) -> Message:
+    return {"type": "websocket", "path": path, "raw_path": path.encode(), "query_string": query,
+            "headers": [], "subprotocols": [], "extensions": extensions or {}}  # fmt: skip
+
+
+def test_http_route_fallback_and_404() -> None:
+    async def fallback(scope: Message, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": b"fallback"})
+
+    router = make_router()
+    page = asyncio.run(call(ASGIApp(router), http_scope("/"), []))
+    assert page[0]["status"] == 200 and page[1]["body"] == b"<h1>hi</h1>"
+    assert (b"content-type", b"text/html") in page[0]["headers"]
+    assert asyncio.run(call(ASGIApp(router), http_scope("/other"), []))[0]["status"] == 404
+    other = asyncio.run(call(ASGIApp(router, fallback), http_scope("/other"), []))
+    assert other[0]["status"] == 299
+    plain = asyncio.run(call(ASGIApp(router), http_scope("/echo", "POST"), []))
+    assert plain[0]["status"] == 405
+
+
+def test_refusal_without_denial_extension_closes_before_accept() -> None:
+    sent = asyncio.run(
+        call(ASGIApp(make_router()), ws_scope("/echo", b"deny=1"), [{"type": "websocket.connect"}])
+    )
+    assert sent == [{"type": "websocket.close", "code": 1008}]
+
+
+def test_refusal_with_denial_extension_is_an_http_response() -> None:
+    scope = ws_scope("/echo", b"deny=1", {"websocket.http.response": {}})
+    sent = asyncio.run(call(ASGIApp(make_router()), scope, [{"type": "websocket.connect"}]))
+    assert sent[0]["type"] == "websocket.http.response.start" and sent[0]["status"] == 401
+    assert sent[1]["body"] == b"no"
+
+
+def test_messages_and_disconnect_through_the_asgi_interface() -> None:
+    router = make_router()
+    incoming = [
+        {"type": "websocket.connect"},
+        {"type": "websocket.receive", "text": "hello"},
+        {"type": "websocket.receive", "bytes": b"\x01"},
+        {"type": "websocket.disconnect", "code": 1000},
+    ]
+    sent = asyncio.run(call(ASGIApp(router), ws_scope("/echo"), incoming, wait_sends=3))
+    assert sent[0] == {"type": "websocket.accept", "subprotocol": None}
+    assert {"type": "websocket.send", "text": "hello"} in sent
+    assert {"type": "websocket.send", "bytes": b"\x01"} in sent
+    assert not router.upgraded
+
+
+def test_lifespan_completes() -> None:
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent = asyncio.run(call(ASGIApp(make_router()), {"type": "lifespan"}, incoming))
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+def test_uvicorn_serves_echo_and_graceful_shutdown_sends_1001() -> None:
+    router = make_router()
+    with start(router) as server:
+        ws = connect(f"ws://127.0.0.1:{server.port}/echo", **LEGACY)
+        ws.send("over uvicorn")
+        assert ws.recv(timeout=10) == "over uvicorn"
+        server.shutdown()
+        with pytest.raises(Exception):  # noqa: B017 - the websockets ConnectionClosed family
+            ws.recv(timeout=10)
+        assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1001
+        assert not router.upgraded
