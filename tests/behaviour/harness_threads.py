@@ -1,0 +1,27 @@
+"""The behaviour suite over :mod:`spoc_sockets.threads` (loop in a background thread)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from spoc_sockets import Router
+from spoc_sockets.threads import serve
+
+from .harness_net import HOST, NetServer, net_harness
+
+
+@contextmanager
+def start(router: Router) -> Iterator[NetServer]:
+    with serve(router, HOST, 0) as server:
+        thread = threading.Thread(target=server.serve_forever, name="spoc-threads-loop")
+        thread.start()
+        try:
+            yield NetServer(server.port, server.shutdown)
+        finally:
+            server.shutdown()
+            thread.join()
+
+
+HARNESS = net_harness(start)
