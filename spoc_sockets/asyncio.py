@@ -1,0 +1,326 @@
+"""Serve a :class:`~spoc_sockets.Router` on asyncio (protocols and transports).
+
+::
+
+    from spoc_sockets.asyncio import serve
+
+    async with serve(router, "127.0.0.1", 8765) as server:   # server.port
+        await server.serve_forever()                          # until server.close()
+
+One :class:`~spoc_sockets.hub.Hub` per :class:`Server`. Each accepted transport gets an
+:class:`asyncio.Protocol` that feeds the bytes it reads to its connection; after every
+feed, every timer and every wake-up (a send from another task or thread), the server
+writes what the core returns and closes the transports the core is done with. One
+``loop.call_at`` timer follows the hub's earliest deadline. The transport's flow control
+reaches the core (``pause_writing`` / ``resume_writing``), so a slow reader's backlog
+stays in the core, where the channel's ``max_buffered_amount`` bounds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, cast
+
+from .hub import Hub
+from .router import Router
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
+
+    from .connection import ServerConnection
+
+__all__ = ["Server", "serve"]
+
+logger = logging.getLogger("spoc_sockets")
+
+
+class _Protocol(asyncio.Protocol):
+    """One transport: bytes in to its connection, end of stream as ``b""``."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.conn: ServerConnection | None = None
+        self.paused = False
+        self.lost = False
+        self._drain: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast("asyncio.Transport", transport)
+        server = self.server
+        peername = transport.get_extra_info("peername")
+        peer = (str(peername[0]), int(peername[1])) if isinstance(peername, tuple) else None
+        server._protocols[self] = None
+        self.conn = server.hub.open(server._loop.time(), peer=peer, transport=self)
+        logger.debug("connection from %s", peer)
+        server._flush()  # the new handshake deadline may be the earliest: rearm
+
+    def data_received(self, data: bytes) -> None:
+        assert self.conn is not None
+        self.conn.receive_data(data, self.server._loop.time())
+        self.server._flush()
+
+    def eof_received(self) -> bool | None:
+        assert self.conn is not None
+        self.conn.receive_data(b"", self.server._loop.time())
+        self.server._flush()
+        return None  # the transport closes itself (after writing what it holds)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self._drain is not None:
+            self._drain.cancel()
+        server = self.server
+        if self.conn is not None:
+            self.conn.receive_data(b"", server._loop.time())
+            logger.debug("connection from %s closed", self.conn.peer)
+        server._protocols.pop(self, None)
+        server._flush()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        if self.conn is not None:
+            self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.conn is not None:
+            self.conn.resume_writing()  # makes the connection pending: the hub wakes us
+
+    def write(self, data: bytes) -> None:
+        if not self.lost and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def finish(self) -> None:
+        """The core is done: close after the last bytes, or drop a stalled transport."""
+        transport = self.transport
+        if self.lost or transport is None or transport.is_closing():
+            return
+        if self.paused:  # the peer stopped reading: waiting for a drain could be forever
+            transport.abort()
+            return
+        transport.close()
+        self._drain = self.server._loop.call_later(self.server.drain_timeout, transport.abort)
+
+
+class Server:
+    """A running asyncio server for one router: see :func:`serve`.
+
+    :attr:`hub` is its :class:`~spoc_sockets.hub.Hub` (``hub.connections`` lists the
+    live connections). Every method runs on the server's event loop; only the core's
+    own thread-safe calls (``conn.send``, ``conn.close``, ``Deferred.accept``...) may
+    come from other threads.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        *,
+        ssl: SSLContext | None = None,
+        shutdown_timeout: float | None = 30.0,
+        drain_timeout: float = 5.0,
+    ) -> None:
+        self.router = router
+        #: the core's side of this server
+        self.hub = Hub(router, self._wakeup)
+        #: seconds a graceful :meth:`close` may take before the remaining transports are
+        #: dropped (``None``: no bound but the channels' ``close_timeout``)
+        self.shutdown_timeout = shutdown_timeout
+        #: seconds a closing transport may take to write its last bytes before it is dropped
+        self.drain_timeout = drain_timeout
+        self._ssl = ssl
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._listener: asyncio.AbstractServer | None = None
+        self._port: int | None = None
+        self._protocols: dict[_Protocol, None] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._flushed: list[asyncio.Future[None]] = []  # close() waits on these
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one chosen by the system when ``port=0``)."""
+        if self._port is None:
+            raise RuntimeError("this server has no listener (it was started with port=None)")
+        return self._port
+
+    async def _listen(self, host: str | None, port: int, backlog: int) -> None:
+        self._listener = await self._loop.create_server(
+            self._protocol, host, port, backlog=backlog, ssl=self._ssl, **self._ssl_options()
+        )
+        names = [s.getsockname() for s in self._listener.sockets]
+        self._port = int(names[0][1])
+        scheme = "wss" if self._ssl is not None else "ws"
+        logger.info("serving on %s", ", ".join(f"{scheme}://{n[0]}:{n[1]}" for n in names))
+
+    def _ssl_options(self) -> dict[str, Any]:
+        # the TLS handshake is part of the opening handshake: the same bound applies
+        if self._ssl is None:
+            return {}
+        return {"ssl_handshake_timeout": self.router.handshake_timeout}
+
+    def _protocol(self) -> _Protocol:
+        return _Protocol(self)
+
+    async def adopt(self, sock: socket.socket) -> None:
+        """Serve a socket accepted elsewhere (a connected TCP socket) with this router.
+
+        For applications that run their own listener. With ``ssl``, the TLS handshake
+        runs first (this returns once it is done, and raises if it fails). The socket
+        belongs to the server from then on; after :meth:`close` it is closed at once.
+        """
+        if self._closed.is_set():
+            sock.close()
+            raise RuntimeError("this server is closed")
+        await self._loop.connect_accepted_socket(
+            self._protocol, sock, ssl=self._ssl, **self._ssl_options()
+        )
+
+    async def serve_forever(self) -> None:
+        """Wait until the server is closed (connections are served from the start)."""
+        await self._closed.wait()
+
+    async def close(self) -> None:
+        """Graceful shutdown; returns once every transport is closed.
+
+        Stops listening, answers new handshakes with 503 and closes open connections
+        with 1001 (:meth:`Hub.shutdown <spoc_sockets.hub.Hub.shutdown>`), keeps serving
+        until the hub has no connection left (each channel's ``close_timeout`` bounds
+        this, and ``shutdown_timeout`` bounds the whole), then drops whatever transport
+        remains. If this call is cancelled, the remaining transports are dropped at once.
+        A second call waits for the first.
+        """
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        try:
+            if self._listener is not None:
+                self._listener.close()
+            logger.info("shutting down (%d connections)", len(self.hub.connections))
+            self.hub.shutdown()
+            self._flush()
+            bound = self.shutdown_timeout
+            deadline = None if bound is None else self._loop.time() + bound
+            while self.hub.connections:
+                left = None if deadline is None else deadline - self._loop.time()
+                if left is not None and left <= 0:
+                    logger.warning("shutdown_timeout passed: dropping the remaining clients")
+                    break
+                await asyncio.wait({self._event_after_flush()}, timeout=left)
+        finally:
+            try:
+                for proto in list(self._protocols):
+                    if proto.transport is not None and not proto.lost:
+                        proto.transport.abort()
+                while self._protocols:  # connection_lost follows abort within a loop turn
+                    await asyncio.sleep(0)
+                if self._listener is not None:
+                    await self._listener.wait_closed()
+            finally:
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                self._closed.set()
+                logger.info("server closed")
+
+    async def wait_closed(self) -> None:
+        """Wait until :meth:`close` has finished."""
+        await self._closed.wait()
+
+    # -- the flush rule --------------------------------------------------------------
+
+    def _event_after_flush(self) -> asyncio.Future[None]:
+        """A future resolved by the next flush pass."""
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._flushed.append(future)
+        return future
+
+    def _wakeup(self) -> None:
+        """Called by the hub from any thread: schedule a flush on the loop."""
+        # a RuntimeError means the loop is closed: every connection is gone already
+        with contextlib.suppress(RuntimeError):
+            if threading.get_ident() == self._thread:
+                self._loop.call_soon(self._flush)  # no need to wake the selector
+            else:
+                self._loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        """Write what the core has for each pending connection, close those it is done with."""
+        now = self._loop.time()
+        for conn in self.hub.take_pending():
+            proto = cast("_Protocol", conn.transport)
+            data = conn.data_to_send(now)
+            if data:
+                proto.write(data)
+            if conn.should_close:
+                proto.finish()
+        self._rearm()
+        flushed, self._flushed = self._flushed, []
+        for future in flushed:
+            if not future.done():
+                future.set_result(None)
+
+    def _rearm(self) -> None:
+        """One timer, at the hub's earliest deadline (deadlines change only in core calls)."""
+        deadline = self.hub.next_deadline()
+        timer = self._timer
+        if timer is not None:
+            if deadline is not None and timer.when() == deadline:
+                return
+            timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        assert self._timer is not None
+        when = self._timer.when()
+        self._timer = None
+        # the loop may run a timer up to its clock resolution early
+        self.hub.handle_timeouts(max(self._loop.time(), when))
+        self._flush()
+
+
+@asynccontextmanager
+async def serve(
+    router: Router,
+    host: str | None,
+    port: int | None,
+    *,
+    ssl: SSLContext | None = None,
+    backlog: int = 100,
+    shutdown_timeout: float | None = 30.0,
+    drain_timeout: float = 5.0,
+) -> AsyncIterator[Server]:
+    """Serve ``router`` on ``host:port`` for the duration of the ``async with`` block.
+
+    ``port=0`` picks a free port (:attr:`Server.port` tells which); ``port=None``
+    opens no listener, for applications that accept sockets themselves and hand them
+    over with :meth:`Server.adopt`. ``host=None`` listens on every interface.
+
+    :param ssl: an :class:`ssl.SSLContext` (server side) to serve ``wss://``; the TLS
+        handshake is bounded by the router's ``handshake_timeout``.
+    :param backlog: the listen queue length.
+    :param shutdown_timeout: seconds a graceful shutdown may take before the remaining
+        transports are dropped; ``None`` for no bound but the channels' ``close_timeout``.
+    :param drain_timeout: seconds a closing transport may take to write its last bytes
+        (and, with TLS, its close_notify) before it is dropped.
+
+    Leaving the block closes the server gracefully (:meth:`Server.close`).
+    """
+    server = Server(router, ssl=ssl, shutdown_timeout=shutdown_timeout, drain_timeout=drain_timeout)
+    if port is not None:
+        await server._listen(host, port, backlog)
+    try:
+        yield server
+    finally:
+        await server.close()
