@@ -279,8 +279,9 @@ class ServerConnection:
                     raise h11.RemoteProtocolError("request head too large", 431)
                 self._handle_request(event, now)
         except h11.RemoteProtocolError as exc:
-            self.error = ProtocolError(str(exc), status=exc.error_status_hint)
-            self._refuse(exc.error_status_hint, (), f"{exc}\n".encode())
+            status = 431 if exc.error_status_hint == 431 else 400  # the table's answers only
+            self.error = ProtocolError(str(exc), status=status)
+            self._refuse(status, (), f"{exc}\n".encode())
 
     def _handle_request(self, event: h11.Request, now: float) -> None:
         assert self._h11 is not None
@@ -396,11 +397,19 @@ class ServerConnection:
                 self._on_data(event, now)  # type: ignore[arg-type]
         elif kind is Ping:
             if self._ws is not None and self._ws.state is WSState.OPEN:
-                self._emit(self._ws.send(event.response()))  # type: ignore[attr-defined]
+                self._pong(event, now)  # type: ignore[arg-type]
         elif kind is Pong:
             self._on_pong(event, now)  # type: ignore[arg-type]
         elif kind is CloseConnection:
             self._on_close_frame(event, now)  # type: ignore[arg-type]
+
+    def _pong(self, ping: Ping, now: float) -> None:
+        """Answer a ping; pongs count against ``max_buffered_amount`` like messages do."""
+        assert self._ws is not None
+        pong = self._ws.send(ping.response())
+        if self._overflows(len(pong), now):
+            return
+        self._emit(pong)
 
     def _on_data(self, event: TextMessage | BytesMessage, now: float) -> None:
         assert self._channel is not None and self.connection is not None
@@ -470,13 +479,7 @@ class ServerConnection:
         else:
             message = payload = item
             header = frame_header(OP_BINARY, len(payload))
-        if self._buffered + len(header) + len(payload) > self._channel.max_buffered_amount:
-            if self._channel.overflow == "drop":
-                self.connection.dropped += 1
-            else:
-                self._out = []
-                self._buffered = 0
-                self._close(CloseCode.POLICY_VIOLATION, "slow consumer", now)
+        if self._overflows(len(header) + len(payload), now):
             return
         if self._compressed:
             event = (
@@ -488,6 +491,20 @@ class ServerConnection:
         else:
             self._out += (header, payload)
             self._buffered += len(header) + len(payload)
+
+    def _overflows(self, size: int, now: float) -> bool:
+        """Whether ``size`` more bytes would pass ``max_buffered_amount``; if so, apply
+        the channel's ``overflow`` policy (drop the output, or close with 1008)."""
+        assert self._channel is not None and self.connection is not None
+        if self._buffered + size <= self._channel.max_buffered_amount:
+            return False
+        if self._channel.overflow == "drop":
+            self.connection.dropped += 1
+        else:
+            self._out = []
+            self._buffered = 0
+            self._close(CloseCode.POLICY_VIOLATION, "slow consumer", now)
+        return True
 
     def _close(self, code: int, reason: str, now: float) -> None:
         """Start the closing handshake (state OPEN → CLOSING)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import zlib
 
 from wsproto.extensions import PerMessageDeflate
-from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 
 from .request import Request
 
@@ -39,6 +39,20 @@ class BoundedDeflate(PerMessageDeflate):
             return CloseReason.MESSAGE_TOO_BIG
         return out
 
+    def frame_inbound_header(
+        self,
+        proto: FrameDecoder | FrameProtocol,
+        opcode: Opcode,
+        rsv: RsvBits,
+        payload_length: int,
+    ) -> CloseReason | RsvBits:
+        if opcode.iscontrol():  # never compressed, and may come between fragments:
+            if rsv.rsv1:  # the message's compression state is left alone
+                return CloseReason.PROTOCOL_ERROR
+            self._inbound_is_compressible = False
+            return RsvBits(False, False, False)
+        return super().frame_inbound_header(proto, opcode, rsv, payload_length)
+
     def frame_inbound_payload_data(
         self, proto: FrameDecoder | FrameProtocol, data: bytes
     ) -> bytes | CloseReason:
@@ -54,7 +68,9 @@ class BoundedDeflate(PerMessageDeflate):
     ) -> bytes | CloseReason | None:
         if not fin:
             return None
-        if not (self._inbound_compressed and self._inbound_is_compressible):
+        if not self._inbound_is_compressible:
+            return None  # a control frame: the message it may interrupt goes on
+        if not self._inbound_compressed:
             self._inbound_compressed = None
             return None
         try:

@@ -43,10 +43,9 @@ class _Template:
             for a, b in zip(self.segments, other.segments, strict=True)
         )
 
-    def match(self, raw_segments: list[str]) -> dict[str, str] | None:
+    def match(self, decoded: list[str]) -> dict[str, str] | None:
         values = []
-        for literal, raw in zip(self.segments, raw_segments, strict=True):
-            value = unquote(raw)
+        for literal, value in zip(self.segments, decoded, strict=True):
             if literal is None:
                 if not value:
                     return None
@@ -142,13 +141,20 @@ class Router:
     # -- lookup ---------------------------------------------------------------------
 
     def resolve(self, raw_path: str) -> tuple[ChannelServer, dict[str, str]] | None:
-        """The channel for a raw (percent-encoded) path and its path params, or None."""
-        server = self._static.get(unquote(raw_path))
-        if server is not None:
-            return server, {}
+        """The channel for a raw (percent-encoded) path and its path params, or None.
+
+        Segments are percent-decoded one by one, so ``%2F`` never splits a segment.
+        """
+        if not raw_path.startswith("/"):
+            return None
         segments = raw_path.split("/")[1:]
+        decoded = [unquote(segment) for segment in segments]
+        if not any("/" in segment for segment in decoded):  # %2F stays inside a segment
+            server = self._static.get("/" + "/".join(decoded))
+            if server is not None:
+                return server, {}
         for template in self._templates.get(len(segments), ()):
-            params = template.match(segments)
+            params = template.match(decoded)
             if params is not None:
                 return template.server, params
         return None

@@ -1,0 +1,223 @@
+"""Router registration, lookup, plain HTTP routes and the one-connection-per-transport claim."""
+
+from __future__ import annotations
+
+import pytest
+
+from spoc_sockets import ChannelServer, Hub, Response, Router, UsageError
+from spoc_sockets.testing import TestClient
+
+from ..frames import upgrade_request
+from .wire import Echo, Peer, Recorder
+
+
+def test_add_returns_the_instance_and_lists_it() -> None:
+    router = Router()
+    echo = Echo()
+    assert router.add("/echo", echo) is echo
+    room = Recorder()
+    router.add("/rooms/{room}", room)
+    assert router.channels == {"/echo": echo, "/rooms/{room}": room}
+
+
+def test_channel_decorator_registers_an_instance_with_options() -> None:
+    router = Router()
+
+    @router.channel("/deco", max_message_size=10, ping_interval=None, overflow="drop")
+    class Deco(ChannelServer):
+        pass
+
+    assert isinstance(Deco, type)  # the class itself is returned
+    instance = router.channels["/deco"]
+    assert type(instance) is Deco
+    assert instance.max_message_size == 10
+    assert instance.ping_interval is None
+    assert instance.overflow == "drop"
+    assert Deco.max_message_size == 2**20  # the class default is untouched
+
+
+def test_unknown_option_and_bad_overflow_refused() -> None:
+    router = Router()
+    with pytest.raises(UsageError):
+        router.channel("/x", max_mesage_size=1)(Echo)
+    with pytest.raises(UsageError):
+        Echo(overflow="block")
+    assert router.channels == {}
+
+
+def test_add_of_a_non_channel_server_refused() -> None:
+    router = Router()
+    with pytest.raises(UsageError):
+        router.add("/echo", Echo)  # type: ignore[arg-type]  # the class, not an instance
+    with pytest.raises(UsageError):
+        router.add("/echo", object())  # type: ignore[type-var]
+    assert router.channels == {}
+
+
+def test_static_lookup_and_templates() -> None:
+    router = Router()
+    echo, stream, user = Echo(), Echo(), Echo()
+    router.add("/echo", echo)
+    router.add("/stream/{stream_id}", stream)
+    router.add("/u/{a}/x/{b}", user)
+    assert router.resolve("/echo") == (echo, {})
+    assert router.resolve("/stream/42") == (stream, {"stream_id": "42"})
+    assert router.resolve("/u/1/x/2") == (user, {"a": "1", "b": "2"})
+    assert router.resolve("/u/1/y/2") is None
+    assert router.resolve("/stream/") is None  # an empty segment is not a value
+    assert router.resolve("/stream/1/2") is None
+    assert router.resolve("/nowhere") is None
+    assert router.resolve("/stream/a%20b") == (stream, {"stream_id": "a b"})
+
+
+def test_static_wins_over_a_template_in_either_order() -> None:
+    for static_first in (True, False):
+        router = Router()
+        static, template = Echo(), Echo()
+        if static_first:
+            router.add("/stream/live", static)
+            router.add("/stream/{id}", template)
+        else:
+            router.add("/stream/{id}", template)
+            router.add("/stream/live", static)
+        assert router.resolve("/stream/live") == (static, {})
+        assert router.resolve("/stream/other") == (template, {"id": "other"})
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("/a/{x}", "/a/{y}"),
+        ("/a/{x}", "/{y}/b"),
+        ("/{x}/{y}", "/a/{z}"),
+    ],
+)
+def test_conflicting_templates_refused(first: str, second: str) -> None:
+    router = Router()
+    router.add(first, Echo())
+    with pytest.raises(UsageError):
+        router.add(second, Echo())
+    assert list(router.channels) == [first]
+
+
+def test_templates_that_cannot_overlap_are_both_accepted() -> None:
+    router = Router()
+    router.add("/a/{x}", Echo())
+    router.add("/b/{x}", Echo())
+    router.add("/a/{x}/more", Echo())
+    assert len(router.channels) == 3
+
+
+def test_duplicate_static_refused() -> None:
+    router = Router()
+    first = router.add("/echo", Echo())
+    with pytest.raises(UsageError):
+        router.add("/echo", Echo())
+    assert router.channels == {"/echo": first}
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/a/x{id}", "/a/{id}x", "/a/{id", "/a/id}", "/{a}/{a}", "/{1x}", "/{}", "echo", "", "{x}"],
+)
+def test_bad_templates_refused(path: str) -> None:
+    router = Router()
+    with pytest.raises(UsageError):
+        router.add(path, Echo())
+    assert router.channels == {}
+
+
+def _get(router: Router, request: bytes) -> Peer:
+    peer = Peer(router)
+    peer.send(request)
+    return peer
+
+
+def test_http_route_serves_plain_get_while_upgrade_goes_to_channel() -> None:
+    router = Router()
+    recorder = router.add("/", Recorder())
+    seen = []
+
+    def page(request: object) -> Response:
+        seen.append(request)
+        return Response(201, "<h1>é</h1>", "text/html; charset=utf-8", (("X-Extra", "1"),))
+
+    router.add_http("/", page)
+    plain = _get(router, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = plain.answer
+    assert answer.status == 201
+    assert answer.header("Content-Type") == "text/html; charset=utf-8"
+    assert answer.header("X-Extra") == "1"
+    assert answer.body == "<h1>é</h1>".encode()
+    assert answer.header("Content-Length") == str(len(answer.body))
+    assert plain.server.should_close
+    assert len(seen) == 1 and not recorder.connected
+
+    upgraded = _get(router, upgrade_request("/"))
+    assert upgraded.answer.status == 101
+    assert len(recorder.connected) == 1 and len(seen) == 1
+    assert router.upgraded == {upgraded.server.connection}
+
+
+def test_http_route_without_channel_and_bytes_body() -> None:
+    router = Router()
+    router.add_http("/health", lambda request: Response(body=b"ok"))
+    answer = _get(router, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").answer
+    assert (answer.status, answer.body) == (200, b"ok")
+    assert answer.header("Content-Type") == "text/plain; charset=utf-8"
+    # an upgrade on a path with only an HTTP route finds no channel
+    assert _get(router, upgrade_request("/health")).answer.status == 404
+    with pytest.raises(UsageError):
+        router.add_http("/health", lambda request: Response())
+
+
+def test_http_handler_that_raises_gives_500_without_the_text() -> None:
+    router = Router()
+
+    def broken(request: object) -> Response:
+        raise RuntimeError("secret-internal")
+
+    router.add_http("/b", broken)
+    answer = _get(router, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n").answer
+    assert answer.status == 500
+    assert b"secret" not in answer.body
+
+
+def test_the_same_transport_cannot_be_opened_twice_while_alive() -> None:
+    router = Router()
+    router.add("/echo", Echo())
+    hub = Hub(router)
+    transport = object()
+    first = Peer(router, hub=hub, transport=transport)
+    first.handshake()
+    with pytest.raises(UsageError):
+        hub.open(0.0, transport=transport)
+    assert hub.connections == [first.server]
+    other = hub.open(0.0, transport=object())  # another transport is fine
+    first.send(b"\x88\x82" + b"\x00\x00\x00\x00" + b"\x03\xe8")  # close 1000
+    assert first.server.should_close
+    again = hub.open(0.0, transport=transport)  # allowed once the first finished
+    assert set(hub.connections) == {other, again}
+
+
+def test_a_refused_transport_is_released_too() -> None:
+    router = Router()
+    hub = Hub(router)
+    transport = ("10.0.0.1", 1234)
+    peer = Peer(router, hub=hub, transport=transport)
+    peer.send(upgrade_request("/nowhere"))
+    assert peer.answer.status == 404
+    hub.open(1.0, transport=transport)
+
+
+def test_upgraded_set_follows_connections() -> None:
+    router = Router()
+    router.add("/echo", Echo())
+    with TestClient(router) as client:
+        a = client.connect("/echo")
+        b = client.connect("/echo")
+        assert router.upgraded == {a.server.connection, b.server.connection}
+        a.close()
+        assert router.upgraded == {b.server.connection}
+        b.abort()
+        assert router.upgraded == frozenset()
