@@ -62,10 +62,9 @@ class ASGIApp:
         with 1012 itself before the lifespan shutdown (which also calls this).
         """
         self._refusing = True
-        loop = asyncio.get_running_loop()
         self._drained = asyncio.Event()
         for session in list(self._sessions):
-            session.shutdown(loop.time())
+            session.shutdown()
         if self._sessions:
             await self._drained.wait()
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections import deque
 from collections.abc import Hashable
 from dataclasses import replace
 from http import HTTPStatus
@@ -49,17 +48,10 @@ from wsproto.events import (
 )
 from wsproto.extensions import Extension
 
-from .channel import (
-    ChannelServer,
-    CloseRequest,
-    Connection,
-    ConnectionState,
-    Deferred,
-    Message,
-    Outgoing,
-)
+from .channel import Message, Outgoing
 from .deflate import BoundedDeflate, negotiate
-from .errors import CloseCode, ProtocolError, Reject
+from .endpoint import CLOSED, OPEN, Endpoint
+from .errors import CloseCode, ProtocolError
 from .frames import OP_BINARY, OP_TEXT, frame_header
 from .handshake import accept_headers, check_upgrade, is_upgrade
 from .request import Request
@@ -71,11 +63,6 @@ if TYPE_CHECKING:
 __all__ = ["ServerConnection", "http_response"]
 
 logger = logging.getLogger("spoc_sockets")
-
-CONNECTING = ConnectionState.CONNECTING
-OPEN = ConnectionState.OPEN
-CLOSING = ConnectionState.CLOSING
-CLOSED = ConnectionState.CLOSED
 
 _PING = struct.Struct("!I")
 
@@ -102,7 +89,7 @@ def _refusal(status: int, headers: tuple[tuple[str, str], ...], body: bytes, cty
     )
 
 
-class ServerConnection:
+class ServerConnection(Endpoint):
     """The sans-IO state machine of one transport (one TCP or TLS stream).
 
     An adapter feeds it with :meth:`receive_data` (``b""`` for end of stream) and
@@ -123,44 +110,27 @@ class ServerConnection:
     ) -> None:
         if transport is not None:
             router.claim(transport, self)
-        self.router = router
         self.peer = peer
         self.transport = transport
-        #: where this connection is in its life
-        self.state = CONNECTING
-        #: the application's handle, once upgraded
-        self.connection: Connection | None = None
         #: the last protocol fault of the peer (for logs), or None
         self.error: ProtocolError | None = None
         self._hub = hub
         self._h11: h11.Connection | None = h11.Connection(
             h11.SERVER, max_incomplete_event_size=router.max_request_size
         )
-        self._ws: WSConnection | None = None
-        self._channel: ChannelServer | None = None
         self._received = 0  # bytes of the request head (and what came with it)
-        self._upgrade: tuple[
-            ChannelServer, Request, str, str | None, BoundedDeflate | None, str | None
-        ]
-        self._deferred: Deferred | None = None
+        self._key = ""
+        self._extension: tuple[BoundedDeflate, str] | None = None
+        self._ws: WSConnection | None = None
         self._compressed = False
-        # output: framed pieces ready for the transport, and what other threads posted
-        self._out: list[bytes] = []
-        self._buffered = 0
-        self._mailbox: deque[object] = deque()
-        self._scheduled = False
+        self._out: list[bytes] = []  # framed pieces for the transport
         self._paused = False
-        # input: the parts of the message being received
-        self._parts: list[Message] = []
+        self._parts: list[Message] = []  # the message being received
         self._size = 0
-        # time
-        self._deadline: float | None = None
         self._ping_payload: bytes | None = None
         self._ping_sent = 0.0
         self._pings = 0
-        self._close_code: int = CloseCode.ABNORMAL_CLOSURE
-        self._close_reason = ""
-        self._set_deadline(now + router.handshake_timeout)
+        super().__init__(router, now)
 
     # -- what the adapter calls -------------------------------------------------------
 
@@ -168,11 +138,6 @@ class ServerConnection:
     def should_close(self) -> bool:
         """True once the adapter should close the transport (after writing the output)."""
         return self.state is CLOSED
-
-    @property
-    def buffered_amount(self) -> int:
-        """Bytes framed for the transport and not yet taken by :meth:`data_to_send`."""
-        return self._buffered
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Feed bytes read from the transport; ``b""`` means the peer closed its side."""
@@ -186,8 +151,7 @@ class ServerConnection:
     def data_to_send(self, now: float) -> bytes:
         """Everything to write now, coalesced; ``b""`` when nothing (or while paused)."""
         self._scheduled = False
-        if self._deferred is not None and self._deferred.done and self.state is CONNECTING:
-            self._decided(now)
+        self._take_decision(now)
         if self._mailbox:
             self._intake(now)
         if self._paused or not self._out:
@@ -198,21 +162,6 @@ class ServerConnection:
         self._buffered = 0
         return data
 
-    def next_deadline(self) -> float | None:
-        """When :meth:`handle_timeout` must be called next, or None."""
-        return self._deadline
-
-    def handle_timeout(self, now: float) -> None:
-        """Act on a deadline that has passed (a call before it does nothing)."""
-        if self._deadline is None or now < self._deadline:
-            return
-        if self.state is CONNECTING:
-            self._handshake_expired()
-        elif self.state is OPEN:
-            self._keepalive(now)
-        elif self.state is CLOSING:
-            self._finish(self._close_code, self._close_reason)
-
     def pause_writing(self) -> None:
         """The transport's buffer is full: keep output here (where the limit applies)."""
         self._paused = True
@@ -222,40 +171,45 @@ class ServerConnection:
         self._paused = False
         self._schedule()
 
-    def shutdown(self) -> None:
-        """The server is stopping: close 1001 when open, 503 or drop when connecting."""
-        if self.state is OPEN:
-            self.post(CloseRequest(CloseCode.GOING_AWAY, "server shutting down"))
-        elif self.state is CONNECTING:
-            if self._deferred is not None:
-                self._refuse(503, (), b"the server is shutting down")
-            else:
-                self._finish(CloseCode.ABNORMAL_CLOSURE, "")
+    # -- Endpoint: wake-ups, timers, sending ----------------------------------------------
 
-    # -- the Link a Connection posts to -------------------------------------------------
+    def _wake(self) -> None:
+        if self._hub is not None:
+            self._hub.schedule(self)
 
-    def post(self, item: object) -> None:
-        """Queue a message or request from any thread (see :meth:`Connection.send`)."""
-        if self.state is CLOSED:
-            return  # discarded, and nothing accumulates on a dead connection
-        self._mailbox.append(item)
-        self._schedule()
-
-    def _schedule(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            if self._hub is not None:
-                self._hub.schedule(self)
+    def _set_deadline(self, deadline: float | None) -> None:
+        self._deadline = deadline
+        if deadline is not None and self._hub is not None:
+            self._hub.rearm(self, deadline)
 
     def _emit(self, data: bytes) -> None:
         self._out.append(data)
         self._buffered += len(data)
         self._schedule()
 
-    def _set_deadline(self, deadline: float | None) -> None:
-        self._deadline = deadline
-        if deadline is not None and self._hub is not None:
-            self._hub.rearm(self, deadline)
+    def _send_refusal(self, status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> None:
+        self._emit(_refusal(status, headers, body, "text/plain; charset=utf-8"))
+
+    def _send_accept(self, now: float) -> None:
+        extension, offer = self._extension or (None, None)
+        self._emit(http_response(101, accept_headers(self._key, self._subprotocol, offer)))
+        extensions: list[Extension] | None = [extension] if extension is not None else None
+        self._ws = WSConnection(ConnectionType.SERVER, extensions=extensions)
+        self._compressed = extension is not None
+
+    def _send_close(self, code: int, reason: str) -> None:
+        assert self._ws is not None
+        self._emit(self._ws.send(CloseConnection(code=code, reason=reason)))
+
+    def _discard_output(self) -> None:
+        self._out = []
+        self._buffered = 0
+
+    def _ended(self) -> None:
+        if self.transport is not None:
+            self.router.release(self.transport)
+        if self._hub is not None:
+            self._hub.forget(self)
 
     # -- CONNECTING ---------------------------------------------------------------------
 
@@ -282,8 +236,12 @@ class ServerConnection:
             status = 431 if exc.error_status_hint == 431 else 400  # the table's answers only
             self.error = ProtocolError(str(exc), status=status)
             self._refuse(status, (), f"{exc}\n".encode())
+        except ProtocolError as exc:
+            self.error = exc
+            self._refuse(exc.status or 400, exc.headers, f"{exc}\n".encode())
 
     def _handle_request(self, event: h11.Request, now: float) -> None:
+        """Route and validate the request (raising ProtocolError), then decide."""
         assert self._h11 is not None
         request = Request.parse(
             event.method.decode("latin-1"),
@@ -291,89 +249,47 @@ class ServerConnection:
             [(name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers],
             self.peer,
         )
-        try:
-            if self._hub is not None and self._hub.refusing:
-                raise ProtocolError("the server is shutting down", status=503)
-            handler = None if is_upgrade(request) else self.router.http_handler(request.path)
-            if handler is not None:
-                self._serve_http(handler, request)
-                return
-            found = self.router.resolve(request.target.partition("?")[0])
-            if found is None:
-                raise ProtocolError(f"no channel at {request.path}", status=404)
-            channel, params = found
-            key = check_upgrade(request, event.http_version.decode())
-            self._h11.next_event()  # the EndOfMessage of a bodiless GET
-            request = replace(request, path_params=params)
-            subprotocol, decision = channel._handshake(request)
-            negotiated = (
-                negotiate(request, channel.max_message_size) if channel.compression else None
-            )
-        except ProtocolError as exc:
-            self.error = exc
-            self._refuse(exc.status or 400, exc.headers, f"{exc}\n".encode())
+        if self._hub is not None and self._hub.refusing:
+            raise ProtocolError("the server is shutting down", status=503)
+        handler = None if is_upgrade(request) else self.router.http_handler(request.path)
+        if handler is not None:
+            self._serve_http(handler, request)
             return
-        except Reject as reject:
-            self._refuse(reject.status, reject.headers, reject.body)
-            return
-        except Exception:
-            logger.exception("handshake of %s failed", request.path)
-            self._refuse(500, (), b"internal server error\n")
-            return
-        extension, offer = negotiated or (None, None)
-        self._upgrade = (channel, request, key, subprotocol, extension, offer)
-        if isinstance(decision, Deferred):
-            self._deferred = decision
-            decision.attach(self._schedule)
-        else:
-            self._accept(decision, now)
+        found = self.router.resolve(request.target.partition("?")[0])
+        if found is None:
+            raise ProtocolError(f"no channel at {request.path}", status=404)
+        channel, params = found
+        self._key = check_upgrade(request, event.http_version.decode())
+        self._h11.next_event()  # the EndOfMessage of a bodiless GET
+        request = replace(request, path_params=params)
+        if channel.compression:
+            self._extension = negotiate(request, channel.max_message_size)
+        self._decide(channel, request, now)
 
     def _serve_http(self, handler: HTTPHandler, request: Request) -> None:
-        response = handler(request)
+        try:
+            response = handler(request)
+        except Exception:
+            logger.exception("HTTP route %s failed", request.path)
+            self._refuse(500, (), b"internal server error\n")
+            return
         body = response.body.encode() if isinstance(response.body, str) else response.body
         self._emit(_refusal(response.status, response.headers, body, response.content_type))
         self._finish(CloseCode.ABNORMAL_CLOSURE, "")
 
-    def _refuse(self, status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> None:
-        self._emit(_refusal(status, headers, body, "text/plain; charset=utf-8"))
-        self._finish(CloseCode.ABNORMAL_CLOSURE, "")
-
-    def _decided(self, now: float) -> None:
-        assert self._deferred is not None
-        decision = self._deferred.decision
-        if isinstance(decision, Reject):
-            self._refuse(decision.status, decision.headers, decision.body)
-        elif decision is not None:
-            self._accept(decision[0], now)
-
     def _handshake_expired(self) -> None:
-        if self._deferred is not None:
-            self._deferred._notify = None
-            self._refuse(503, (), b"the handshake was not decided in time\n")
-        elif self._received:
+        if self._deferred is None and self._received:
             self.error = ProtocolError("request head not received in time", status=408)
             self._refuse(408, (), b"request head not received in time\n")
         else:
-            self._finish(CloseCode.ABNORMAL_CLOSURE, "")
+            super()._handshake_expired()
 
     def _accept(self, user: object, now: float) -> None:
         assert self._h11 is not None
-        channel, request, key, subprotocol, extension, offer = self._upgrade
         trailing = bytes(self._h11.trailing_data[0])
         self._h11 = None
-        self._deferred = None
-        self._emit(http_response(101, accept_headers(key, subprotocol, offer)))
-        extensions: list[Extension] | None = [extension] if extension is not None else None
-        self._ws = WSConnection(ConnectionType.SERVER, extensions=extensions)
-        self._compressed = extension is not None
-        self._channel = channel
-        self.state = OPEN
-        self.connection = conn = Connection(self, channel, request, user, subprotocol)
-        self.router.enter(conn)
-        self._keepalive_from(now)
-        if not channel._opened(conn):
-            self._close(CloseCode.INTERNAL_ERROR, "internal error", now)
-        if trailing:
+        super()._accept(user, now)
+        if trailing:  # frames that came with the request head
             self._receive_frames(trailing, now)
 
     # -- OPEN and CLOSING: input ---------------------------------------------------------
@@ -438,8 +354,7 @@ class ServerConnection:
                 message = b"".join(cast("list[bytes]", self._parts))
             self._parts = []
         self._size = 0
-        if not self._channel._received(self.connection, message):
-            self._close(CloseCode.INTERNAL_ERROR, "internal error", now)
+        self._deliver(message, now)
 
     def _on_close_frame(self, event: CloseConnection, now: float) -> None:
         ws = self._ws
@@ -457,17 +372,6 @@ class ServerConnection:
             self._finish(self._close_code, self._close_reason)
 
     # -- OPEN: output ---------------------------------------------------------------------
-
-    def _intake(self, now: float) -> None:
-        mailbox = self._mailbox
-        while mailbox:
-            item = mailbox.popleft()
-            if self.state is not OPEN:
-                continue  # sent after close: discarded
-            if type(item) is CloseRequest:
-                self._close(item.code, item.reason, now)
-            else:
-                self._queue(item, now)  # type: ignore[arg-type]
 
     def _queue(self, item: Message | Outgoing, now: float) -> None:
         assert self._channel is not None and self._ws is not None and self.connection is not None
@@ -492,31 +396,6 @@ class ServerConnection:
             self._out += (header, payload)
             self._buffered += len(header) + len(payload)
 
-    def _overflows(self, size: int, now: float) -> bool:
-        """Whether ``size`` more bytes would pass ``max_buffered_amount``; if so, apply
-        the channel's ``overflow`` policy (drop the output, or close with 1008)."""
-        assert self._channel is not None and self.connection is not None
-        if self._buffered + size <= self._channel.max_buffered_amount:
-            return False
-        if self._channel.overflow == "drop":
-            self.connection.dropped += 1
-        else:
-            self._out = []
-            self._buffered = 0
-            self._close(CloseCode.POLICY_VIOLATION, "slow consumer", now)
-        return True
-
-    def _close(self, code: int, reason: str, now: float) -> None:
-        """Start the closing handshake (state OPEN → CLOSING)."""
-        if self.state is not OPEN:
-            return
-        assert self._ws is not None and self._channel is not None and self.connection is not None
-        self.state = CLOSING
-        self._close_code, self._close_reason = code, reason
-        self._channel._leaving(self.connection)
-        self._emit(self._ws.send(CloseConnection(code=code, reason=reason)))
-        self._set_deadline(now + self._channel.close_timeout)
-
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 section 7.1.7): send a close frame and finish."""
         assert self._ws is not None
@@ -527,6 +406,9 @@ class ServerConnection:
         self._finish(self._close_code, self._close_reason)
 
     # -- keepalive ------------------------------------------------------------------------
+
+    def _opened(self, now: float) -> None:
+        self._keepalive_from(now)
 
     def _keepalive_from(self, now: float) -> None:
         assert self._channel is not None
@@ -556,28 +438,6 @@ class ServerConnection:
         self._ping_payload = None
         if self.state is OPEN:
             self._set_deadline(max(now, self._ping_sent + self._channel.ping_interval))
-
-    # -- the end --------------------------------------------------------------------------
-
-    def _finish(self, code: int, reason: str) -> None:
-        """Leave every set, run on_close once, and ask the adapter to close (→ CLOSED)."""
-        if self.state is CLOSED:
-            return
-        self.state = CLOSED
-        self._deadline = None
-        self._mailbox.clear()
-        if self._deferred is not None:
-            self._deferred._notify = None
-        conn = self.connection
-        if conn is not None:
-            assert self._channel is not None
-            self.router.leave(conn)
-            self._channel._closed(conn, code, reason)
-        if self.transport is not None:
-            self.router.release(self.transport)
-        if self._hub is not None:
-            self._hub.forget(self)
-        self._schedule()
 
     def __repr__(self) -> str:
         return f"<ServerConnection {self.peer} {self.state.value}>"

@@ -19,6 +19,7 @@ CORE = [
     "channel.py",
     "connection.py",
     "deflate.py",
+    "endpoint.py",
     "errors.py",
     "frames.py",
     "handshake.py",

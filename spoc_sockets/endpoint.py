@@ -1,0 +1,269 @@
+"""Endpoint: the part of a connection's life that does not depend on how messages travel.
+
+Two kinds of connection share it: :class:`~spoc_sockets.ServerConnection` (the library
+parses bytes with h11 and wsproto) and :class:`~spoc_sockets.session.MessageSession` (an
+ASGI server parses them). What they share lives here, once:
+
+* the handshake decision: the channel's checks, ``authenticate``, a :class:`Deferred`
+  decided later from any thread, within ``router.handshake_timeout`` (else 503);
+* the :class:`Connection` handle, the upgraded set, and the mailbox other threads post to
+  (:meth:`post`), with one wake-up until the owner flushes;
+* the output limit (``max_buffered_amount``) and the channel's ``overflow`` policy;
+* the close bookkeeping (``CLOSING`` until the peer answers or ``close_timeout``) and the
+  end (:meth:`_finish`: every set left, ``on_close`` run once).
+
+A subclass says how things are sent (:meth:`_send_accept`, :meth:`_send_refusal`,
+:meth:`_queue`, :meth:`_send_close`, :meth:`_discard_output`) and how its owner is woken
+(:meth:`_wake`).
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections import deque
+
+from .channel import (
+    ChannelServer,
+    CloseRequest,
+    Connection,
+    ConnectionState,
+    Deferred,
+    Message,
+    Outgoing,
+)
+from .errors import CloseCode, Reject
+from .request import Request
+from .router import Router
+
+__all__ = ["CLOSED", "CLOSING", "CONNECTING", "OPEN", "Endpoint"]
+
+logger = logging.getLogger("spoc_sockets")
+
+CONNECTING = ConnectionState.CONNECTING
+OPEN = ConnectionState.OPEN
+CLOSING = ConnectionState.CLOSING
+CLOSED = ConnectionState.CLOSED
+
+
+class Endpoint(ABC):
+    """One connection's decision, handle, output limit and end (see the module)."""
+
+    def __init__(self, router: Router, now: float) -> None:
+        self.router = router
+        #: where this connection is in its life
+        self.state = CONNECTING
+        #: the application's handle, once accepted
+        self.connection: Connection | None = None
+        self._channel: ChannelServer | None = None
+        self._request: Request | None = None
+        self._subprotocol: str | None = None
+        self._deferred: Deferred | None = None
+        self._mailbox: deque[object] = deque()
+        self._scheduled = False
+        self._buffered = 0
+        self._deadline: float | None = None
+        self._close_code: int = CloseCode.ABNORMAL_CLOSURE
+        self._close_reason = ""
+        self._set_deadline(now + router.handshake_timeout)
+
+    # -- what the owner reads and calls ------------------------------------------------------
+
+    @property
+    def buffered_amount(self) -> int:
+        """Output queued here and not yet taken by the owner."""
+        return self._buffered
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timeout` must be called next, or None."""
+        return self._deadline
+
+    def handle_timeout(self, now: float) -> None:
+        """Act on a deadline that has passed (a call before it does nothing)."""
+        if self._deadline is None or now < self._deadline:
+            return
+        if self.state is CONNECTING:
+            self._handshake_expired()
+        elif self.state is OPEN:
+            self._keepalive(now)
+        elif self.state is CLOSING:
+            self._finish(self._close_code, self._close_reason)
+
+    def post(self, item: object) -> None:
+        """Queue a message or close request from any thread (see :meth:`Connection.send`)."""
+        if self.state is CLOSED:
+            return  # discarded, and nothing accumulates on a dead connection
+        self._mailbox.append(item)
+        self._schedule()
+
+    def shutdown(self) -> None:
+        """The server is stopping: close 1001 when open, 503 or drop when connecting."""
+        if self.state is OPEN:
+            self.post(CloseRequest(CloseCode.GOING_AWAY, "server shutting down"))
+        elif self.state is CONNECTING:
+            if self._deferred is not None:
+                self._refuse(503, (), b"the server is shutting down\n")
+            else:
+                self._finish(CloseCode.ABNORMAL_CLOSURE, "")
+
+    # -- wake-ups and timers ---------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self._wake()
+
+    @abstractmethod
+    def _wake(self) -> None:
+        """Tell the owner there is something to flush (at most once until it flushes)."""
+
+    def _set_deadline(self, deadline: float | None) -> None:
+        self._deadline = deadline
+
+    def _keepalive(self, now: float) -> None:  # noqa: B027 - an optional hook
+        """A deadline passed while OPEN (keepalive, where the subclass runs one)."""
+
+    # -- the decision -------------------------------------------------------------------
+
+    def _decide(self, channel: ChannelServer, request: Request, now: float) -> None:
+        """Run the channel's checks and ``authenticate``: accept, refuse, or wait."""
+        try:
+            subprotocol, decision = channel._handshake(request)
+        except Reject as reject:
+            self._refuse(reject.status, reject.headers, reject.body)
+            return
+        except Exception:
+            logger.exception("handshake of %s failed", request.path)
+            self._refuse(500, (), b"internal server error\n")
+            return
+        self._channel, self._request, self._subprotocol = channel, request, subprotocol
+        if isinstance(decision, Deferred):
+            self._deferred = decision
+            decision.attach(self._schedule)
+        else:
+            self._accept(decision, now)
+
+    def _take_decision(self, now: float) -> None:
+        """Apply a :class:`Deferred` decision that arrived (called when flushing)."""
+        if self._deferred is None or self.state is not CONNECTING:
+            return
+        decision = self._deferred.decision
+        if isinstance(decision, Reject):
+            self._refuse(decision.status, decision.headers, decision.body)
+        elif decision is not None:
+            self._accept(decision[0], now)
+
+    def _accept(self, user: object, now: float) -> None:
+        channel, request = self._channel, self._request
+        assert channel is not None and request is not None
+        self._deferred = None
+        self._send_accept(now)
+        self.state = OPEN
+        self.connection = conn = Connection(self, channel, request, user, self._subprotocol)
+        self.router.enter(conn)
+        self._set_deadline(None)
+        self._opened(now)
+        if not channel._opened(conn):
+            self._close(CloseCode.INTERNAL_ERROR, "internal error", now)
+
+    def _refuse(self, status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> None:
+        self._send_refusal(status, headers, body)
+        self._finish(CloseCode.ABNORMAL_CLOSURE, "")
+
+    def _handshake_expired(self) -> None:
+        if self._deferred is not None:
+            self._deferred._notify = None
+            self._refuse(503, (), b"the handshake was not decided in time\n")
+        else:
+            self._finish(CloseCode.ABNORMAL_CLOSURE, "")
+
+    def _opened(self, now: float) -> None:  # noqa: B027 - an optional hook
+        """Just accepted, before ``on_connect`` (keepalive starts here, where there is one)."""
+
+    # -- messages -------------------------------------------------------------------------
+
+    def _deliver(self, message: Message, now: float) -> None:
+        """A complete message from the peer: ``on_message``, or 1011 if it raises."""
+        assert self._channel is not None and self.connection is not None
+        if not self._channel._received(self.connection, message):
+            self._close(CloseCode.INTERNAL_ERROR, "internal error", now)
+
+    def _intake(self, now: float) -> None:
+        """Take what other threads posted, in order, on the owner's thread."""
+        mailbox = self._mailbox
+        while mailbox:
+            item = mailbox.popleft()
+            if self.state is not OPEN:
+                continue  # sent after close: discarded
+            if isinstance(item, CloseRequest):
+                self._close(item.code, item.reason, now)
+            else:
+                self._queue(item, now)  # type: ignore[arg-type]
+
+    def _overflows(self, size: int, now: float) -> bool:
+        """Whether ``size`` more bytes would pass ``max_buffered_amount``; if so, apply
+        the channel's ``overflow`` policy (drop this output, or close with 1008)."""
+        assert self._channel is not None and self.connection is not None
+        if self._buffered + size <= self._channel.max_buffered_amount:
+            return False
+        if self._channel.overflow == "drop":
+            self.connection.dropped += 1
+        else:
+            self._discard_output()
+            self._close(CloseCode.POLICY_VIOLATION, "slow consumer", now)
+        return True
+
+    # -- the end --------------------------------------------------------------------------
+
+    def _close(self, code: int, reason: str, now: float) -> None:
+        """Start the closing handshake (OPEN → CLOSING), bounded by ``close_timeout``."""
+        if self.state is not OPEN:
+            return
+        assert self._channel is not None and self.connection is not None
+        self.state = CLOSING
+        self._close_code, self._close_reason = code, reason
+        self._channel._leaving(self.connection)
+        self._send_close(code, reason)
+        self._set_deadline(now + self._channel.close_timeout)
+
+    def _finish(self, code: int, reason: str) -> None:
+        """Leave every set, run ``on_close`` once, and tell the owner (→ CLOSED)."""
+        if self.state is CLOSED:
+            return
+        self.state = CLOSED
+        self._deadline = None
+        self._mailbox.clear()
+        if self._deferred is not None:
+            self._deferred._notify = None
+        conn = self.connection
+        if conn is not None:
+            assert self._channel is not None
+            self.router.leave(conn)
+            self._channel._closed(conn, code, reason)
+        self._ended()
+        self._schedule()
+
+    def _ended(self) -> None:  # noqa: B027 - an optional hook
+        """Just finished (a subclass releases what it holds)."""
+
+    # -- how a subclass sends -------------------------------------------------------------
+
+    @abstractmethod
+    def _send_accept(self, now: float) -> None:
+        """Accept the handshake (a 101 response, or an ASGI accept)."""
+
+    @abstractmethod
+    def _send_refusal(self, status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> None:
+        """Answer the handshake with an HTTP status instead."""
+
+    @abstractmethod
+    def _queue(self, item: Message | Outgoing, now: float) -> None:
+        """Queue one message for the peer (after :meth:`_overflows` allows it)."""
+
+    @abstractmethod
+    def _send_close(self, code: int, reason: str) -> None:
+        """Send the close frame (or ASGI close)."""
+
+    @abstractmethod
+    def _discard_output(self) -> None:
+        """Drop every queued message (the overflow policy closes the connection)."""
