@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from .channel import CloseRequest
+from .channel import CloseRequest, Outgoing
 from .errors import ProtocolError
 from .handshake import check_upgrade
 from .request import Request
@@ -104,8 +104,10 @@ class ASGIApp:
         reader = asyncio.ensure_future(self._read(session, receive, loop))
         try:
             while True:
-                for action in session.actions(loop.time()):
+                actions = session.actions(loop.time())
+                for action in actions:
                     await self._send(send, action, denial)
+                session.delivered(actions)
                 if session.done:
                     return
                 deadline = session.next_deadline()
@@ -152,10 +154,12 @@ class ASGIApp:
                 await send({"type": "websocket.close", "code": 1008})
         elif isinstance(action, CloseRequest):
             await send({"type": "websocket.close", "code": action.code, "reason": action.reason})
-        elif isinstance(action, str):
-            await send({"type": "websocket.send", "text": action})
-        else:
-            await send({"type": "websocket.send", "bytes": action})
+        elif isinstance(action, Outgoing):
+            message = action.message
+            if isinstance(message, str):
+                await send({"type": "websocket.send", "text": message})
+            else:
+                await send({"type": "websocket.send", "bytes": message})
 
     @staticmethod
     async def _respond(

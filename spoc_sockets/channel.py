@@ -51,6 +51,11 @@ class Outgoing:
     header: bytes
     payload: bytes
 
+    @property
+    def size(self) -> int:
+        """Bytes on the wire (header and payload), what the output limit counts."""
+        return len(self.header) + len(self.payload)
+
     @classmethod
     def build(cls, message: Message) -> Outgoing:
         if isinstance(message, str):
@@ -61,10 +66,14 @@ class Outgoing:
 
 @dataclass(frozen=True, slots=True)
 class CloseRequest:
-    """``Connection.close()`` queued for the transport's owner."""
+    """``Connection.close()`` queued for the transport's owner.
+
+    ``discard`` drops the output still queued (the ``"close"`` overflow policy).
+    """
 
     code: int
     reason: str
+    discard: bool = False
 
 
 class Link(Protocol):
@@ -72,8 +81,8 @@ class Link(Protocol):
 
     state: ConnectionState
 
-    def post(self, item: object) -> None:
-        """Queue ``item`` (a message, :class:`Outgoing` or :class:`CloseRequest`)."""
+    def post(self, item: Outgoing | CloseRequest) -> None:
+        """Queue ``item`` from any thread, applying the output limit."""
 
     @property
     def buffered_amount(self) -> int:
@@ -148,20 +157,20 @@ class Connection:
 
     @property
     def buffered_amount(self) -> int:
-        """Bytes queued for this client and not yet handed to its transport.
+        """Bytes queued for this client (framed) and not yet handed to its transport.
 
-        Updated by the adapter each time it flushes; the channel's
+        It grows as soon as :meth:`send` returns, from any thread, and the channel's
         ``max_buffered_amount`` bounds it.
         """
         return self._link.buffered_amount
 
     def send(self, message: str | bytes) -> None:
         """Send a text (``str``) or binary (bytes-like) message."""
-        self._link.post(as_message(message))
+        self._link.post(Outgoing.build(as_message(message)))
 
     def send_json(self, obj: Any) -> None:
         """Send ``obj`` encoded as compact JSON in a text message."""
-        self._link.post(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
+        self._link.post(Outgoing.build(json.dumps(obj, separators=(",", ":"), ensure_ascii=False)))
 
     def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Start the closing handshake; :meth:`ChannelServer.on_close` follows."""

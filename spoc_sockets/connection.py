@@ -52,7 +52,6 @@ from .channel import Message, Outgoing
 from .deflate import BoundedDeflate, negotiate
 from .endpoint import CLOSED, OPEN, Endpoint
 from .errors import CloseCode, ProtocolError
-from .frames import OP_BINARY, OP_TEXT, frame_header
 from .handshake import accept_headers, check_upgrade, is_upgrade
 from .request import Request
 from .router import HTTPHandler, Router
@@ -71,7 +70,11 @@ def http_response(
     status: int, headers: tuple[tuple[str, str], ...] | list[tuple[str, str]], body: bytes = b""
 ) -> bytes:
     """The bytes of a complete HTTP/1.1 response."""
-    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:  # a status http.HTTPStatus does not name, e.g. Reject(499)
+        phrase = "Error" if status >= 400 else "Status"
+    lines = [f"HTTP/1.1 {status} {phrase}"]
     lines += [f"{name}: {value}" for name, value in headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
@@ -124,6 +127,7 @@ class ServerConnection(Endpoint):
         self._ws: WSConnection | None = None
         self._compressed = False
         self._out: list[bytes] = []  # framed pieces for the transport
+        self._kept = 0  # how many of them discarding must keep (the 101 response)
         self._paused = False
         self._parts: list[Message] = []  # the message being received
         self._size = 0
@@ -143,22 +147,25 @@ class ServerConnection(Endpoint):
         """Feed bytes read from the transport; ``b""`` means the peer closed its side."""
         if self.state is CLOSED:
             return
-        if self._ws is None:
-            self._receive_handshake(data, now)
-        else:
-            self._receive_frames(data, now)
+        with self._guard():
+            if self._ws is None:
+                self._receive_handshake(data, now)
+            else:
+                self._receive_frames(data, now)
 
     def data_to_send(self, now: float) -> bytes:
         """Everything to write now, coalesced; ``b""`` when nothing (or while paused)."""
         self._scheduled = False
-        self._take_decision(now)
-        if self._mailbox:
-            self._intake(now)
+        with self._guard():
+            self._take_decision(now)
+            if self._mailbox:
+                self._intake(now)
         if self._paused or not self._out:
             return b""
         out = self._out
         data = out[0] if len(out) == 1 else b"".join(out)
         self._out = []
+        self._kept = 0
         self._buffered = 0
         return data
 
@@ -193,6 +200,7 @@ class ServerConnection(Endpoint):
     def _send_accept(self, now: float) -> None:
         extension, offer = self._extension or (None, None)
         self._emit(http_response(101, accept_headers(self._key, self._subprotocol, offer)))
+        self._kept = len(self._out)
         extensions: list[Extension] | None = [extension] if extension is not None else None
         self._ws = WSConnection(ConnectionType.SERVER, extensions=extensions)
         self._compressed = extension is not None
@@ -202,8 +210,8 @@ class ServerConnection(Endpoint):
         self._emit(self._ws.send(CloseConnection(code=code, reason=reason)))
 
     def _discard_output(self) -> None:
-        self._out = []
-        self._buffered = 0
+        del self._out[self._kept :]  # the 101 response (if not yet taken) always goes out
+        self._buffered = sum(map(len, self._out))
 
     def _ended(self) -> None:
         if self.transport is not None:
@@ -373,28 +381,19 @@ class ServerConnection(Endpoint):
 
     # -- OPEN: output ---------------------------------------------------------------------
 
-    def _queue(self, item: Message | Outgoing, now: float) -> None:
-        assert self._channel is not None and self._ws is not None and self.connection is not None
-        if isinstance(item, Outgoing):
-            message, header, payload = item.message, item.header, item.payload
-        elif isinstance(item, str):
-            message, payload = item, item.encode()
-            header = frame_header(OP_TEXT, len(payload))
-        else:
-            message = payload = item
-            header = frame_header(OP_BINARY, len(payload))
-        if self._overflows(len(header) + len(payload), now):
-            return
-        if self._compressed:
+    def _queue(self, item: Outgoing, now: float) -> None:
+        assert self._ws is not None
+        if self._compressed:  # each connection compresses its own copy
+            message = item.message
             event = (
                 TextMessage(data=message)
                 if isinstance(message, str)
                 else BytesMessage(data=message)
             )
             self._emit(self._ws.send(event))
-        else:
-            self._out += (header, payload)
-            self._buffered += len(header) + len(payload)
+        else:  # the shared frame: the same two bytes objects for every recipient
+            self._out += (item.header, item.payload)
+            self._buffered += item.size
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 section 7.1.7): send a close frame and finish."""

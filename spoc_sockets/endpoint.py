@@ -22,6 +22,8 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from .channel import (
     ChannelServer,
@@ -39,6 +41,7 @@ from .router import Router
 __all__ = ["CLOSED", "CLOSING", "CONNECTING", "OPEN", "Endpoint"]
 
 logger = logging.getLogger("spoc_sockets")
+core_logger = logging.getLogger("spoc_sockets.core")
 
 CONNECTING = ConnectionState.CONNECTING
 OPEN = ConnectionState.OPEN
@@ -61,7 +64,12 @@ class Endpoint(ABC):
         self._deferred: Deferred | None = None
         self._mailbox: deque[object] = deque()
         self._scheduled = False
+        # output accounting: framed bytes the owner holds, plus what sits in the mailbox
+        # (``_posted`` is added to by any thread, ``_taken`` by the owner only)
         self._buffered = 0
+        self._posted = 0
+        self._taken = 0
+        self._overflowed = False
         self._deadline: float | None = None
         self._close_code: int = CloseCode.ABNORMAL_CLOSURE
         self._close_reason = ""
@@ -71,8 +79,9 @@ class Endpoint(ABC):
 
     @property
     def buffered_amount(self) -> int:
-        """Output queued here and not yet taken by the owner."""
-        return self._buffered
+        """Bytes queued for the peer: posted from any thread, or framed and not yet
+        taken by the owner. ``max_buffered_amount`` bounds it."""
+        return self._buffered + max(0, self._posted - self._taken)
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timeout` must be called next, or None."""
@@ -82,17 +91,45 @@ class Endpoint(ABC):
         """Act on a deadline that has passed (a call before it does nothing)."""
         if self._deadline is None or now < self._deadline:
             return
-        if self.state is CONNECTING:
-            self._handshake_expired()
-        elif self.state is OPEN:
-            self._keepalive(now)
-        elif self.state is CLOSING:
-            self._finish(self._close_code, self._close_reason)
+        with self._guard():
+            if self.state is CONNECTING:
+                self._handshake_expired()
+            elif self.state is OPEN:
+                self._keepalive(now)
+            elif self.state is CLOSING:
+                self._finish(self._close_code, self._close_reason)
 
-    def post(self, item: object) -> None:
-        """Queue a message or close request from any thread (see :meth:`Connection.send`)."""
-        if self.state is CLOSED:
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Nothing raises out of the core: an unexpected error ends this connection only
+        (logged on ``spoc_sockets.core``, and the transport is dropped)."""
+        try:
+            yield
+        except Exception:
+            core_logger.exception("internal error in the core; dropping %r", self)
+            self._discard_output()
+            self._finish(CloseCode.INTERNAL_ERROR, "internal error")
+
+    def post(self, item: Outgoing | CloseRequest) -> None:
+        """Queue a message or close request from any thread (see :meth:`Connection.send`).
+
+        The output limit applies here, so memory stays bounded however fast other
+        threads send: past ``max_buffered_amount`` the channel's ``overflow`` policy
+        drops the message, or closes the connection with 1008 (dropping what is queued).
+        """
+        if self.state is CLOSED or self._overflowed:
             return  # discarded, and nothing accumulates on a dead connection
+        if isinstance(item, Outgoing):
+            channel, conn = self._channel, self.connection
+            assert channel is not None and conn is not None
+            if self.buffered_amount + item.size > channel.max_buffered_amount:
+                if channel.overflow == "drop":
+                    conn.dropped += 1
+                    return
+                self._overflowed = True
+                item = CloseRequest(CloseCode.POLICY_VIOLATION, "slow consumer", discard=True)
+            else:
+                self._posted += item.size
         self._mailbox.append(item)
         self._schedule()
 
@@ -193,18 +230,22 @@ class Endpoint(ABC):
         mailbox = self._mailbox
         while mailbox:
             item = mailbox.popleft()
-            if self.state is not OPEN:
-                continue  # sent after close: discarded
-            if isinstance(item, CloseRequest):
+            if isinstance(item, Outgoing):
+                self._taken += item.size
+                if self.state is OPEN:
+                    self._queue(item, now)
+            elif isinstance(item, CloseRequest) and self.state is OPEN:
+                if item.discard:
+                    self._discard_output()
                 self._close(item.code, item.reason, now)
-            else:
-                self._queue(item, now)  # type: ignore[arg-type]
+        # posters race only with each other on ``_posted``; an empty mailbox resyncs it
+        self._posted = self._taken
 
     def _overflows(self, size: int, now: float) -> bool:
         """Whether ``size`` more bytes would pass ``max_buffered_amount``; if so, apply
         the channel's ``overflow`` policy (drop this output, or close with 1008)."""
         assert self._channel is not None and self.connection is not None
-        if self._buffered + size <= self._channel.max_buffered_amount:
+        if self.buffered_amount + size <= self._channel.max_buffered_amount:
             return False
         if self._channel.overflow == "drop":
             self.connection.dropped += 1
@@ -257,8 +298,8 @@ class Endpoint(ABC):
         """Answer the handshake with an HTTP status instead."""
 
     @abstractmethod
-    def _queue(self, item: Message | Outgoing, now: float) -> None:
-        """Queue one message for the peer (after :meth:`_overflows` allows it)."""
+    def _queue(self, item: Outgoing, now: float) -> None:
+        """Queue one message for the peer (already counted against the limit)."""
 
     @abstractmethod
     def _send_close(self, code: int, reason: str) -> None:
@@ -266,4 +307,4 @@ class Endpoint(ABC):
 
     @abstractmethod
     def _discard_output(self) -> None:
-        """Drop every queued message (the overflow policy closes the connection)."""
+        """Drop the queued messages (not the handshake answer): the connection closes."""

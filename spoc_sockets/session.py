@@ -12,7 +12,8 @@ The adapter turns the server's events into :meth:`receive` / :meth:`disconnected
 
 * :class:`Accept` — accept the handshake (with a subprotocol);
 * :class:`Refuse` — answer the handshake with an HTTP status instead;
-* a ``str`` or ``bytes`` — send that message;
+* an :class:`~spoc_sockets.channel.Outgoing` — send its ``message`` (``str`` or
+  ``bytes``), then report it with :meth:`delivered`;
 * :class:`~spoc_sockets.channel.CloseRequest` — close with that code and reason.
 
 States: ``CONNECTING`` until the decision, ``OPEN``, ``CLOSING`` once a close was asked
@@ -21,7 +22,7 @@ States: ``CONNECTING`` until the decision, ``OPEN``, ``CLOSING`` once a close wa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from .channel import CloseRequest, Message, Outgoing
@@ -45,7 +46,7 @@ class Refuse:
     body: bytes
 
 
-Action = Accept | Refuse | Message | CloseRequest
+Action = Accept | Refuse | Outgoing | CloseRequest
 
 
 class MessageSession(Endpoint):
@@ -87,10 +88,11 @@ class MessageSession(Endpoint):
         assert self._channel is not None
         size = len(message.encode()) if isinstance(message, str) else len(message)
         limit = self._channel.max_message_size
-        if limit is not None and size > limit:
-            self._close(CloseCode.MESSAGE_TOO_BIG, f"message over {limit} bytes", now)
-        else:
-            self._deliver(message, now)
+        with self._guard():
+            if limit is not None and size > limit:
+                self._close(CloseCode.MESSAGE_TOO_BIG, f"message over {limit} bytes", now)
+            else:
+                self._deliver(message, now)
 
     def disconnected(self, code: int, reason: str = "") -> None:
         """The server reports the connection gone (with the peer's or its own code)."""
@@ -101,11 +103,16 @@ class MessageSession(Endpoint):
     def actions(self, now: float) -> list[Action]:
         """What the adapter must send now, in order."""
         self._scheduled = False
-        self._take_decision(now)
-        if self._mailbox:
-            self._intake(now)
-        actions, self._actions, self._buffered = self._actions, [], 0
+        with self._guard():
+            self._take_decision(now)
+            if self._mailbox:
+                self._intake(now)
+        actions, self._actions = self._actions, []
         return actions
+
+    def delivered(self, actions: Sequence[Action]) -> None:
+        """The server took these actions: their messages no longer count as queued."""
+        self._buffered -= sum(a.size for a in actions if isinstance(a, Outgoing))
 
     # -- Endpoint: how this session sends ----------------------------------------------------
 
@@ -122,15 +129,14 @@ class MessageSession(Endpoint):
     def _send_refusal(self, status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> None:
         self._act(Refuse(status, headers, body))
 
-    def _queue(self, item: Message | Outgoing, now: float) -> None:
-        message = item.message if isinstance(item, Outgoing) else item
-        if not self._overflows(len(message), now):
-            self._act(message)
-            self._buffered += len(message)
+    def _queue(self, item: Outgoing, now: float) -> None:
+        self._act(item)
+        self._buffered += item.size
 
     def _send_close(self, code: int, reason: str) -> None:
         self._act(CloseRequest(code, reason))
 
     def _discard_output(self) -> None:
-        self._actions = [a for a in self._actions if isinstance(a, Accept)]
-        self._buffered = 0
+        dropped = [a for a in self._actions if isinstance(a, Outgoing)]
+        self._actions = [a for a in self._actions if not isinstance(a, Outgoing)]
+        self.delivered(dropped)

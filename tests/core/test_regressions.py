@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import zlib
 
-from spoc_sockets import Router
+import pytest
+
+from spoc_sockets import Connection, Deferred, Reject, Request, Router
 
 from ..frames import upgrade_request
 from .wire import Peer, Recorder, frame, router_with
@@ -60,3 +63,73 @@ def test_an_encoded_slash_never_matches_a_static_path() -> None:
     peer = Peer(router)
     peer.send(upgrade_request("/a%2Fb"))
     assert peer.answer.status == 404
+
+
+class Refuses499(Recorder):
+    def authenticate(self, request: Request) -> object:
+        if request.query.get("later"):
+            deferred = Deferred()
+            deferred.reject(499, "client closed request")
+            return deferred
+        raise Reject(499, "client closed request")
+
+
+@pytest.mark.parametrize("path", ["/r", "/r?later=1"])
+def test_a_status_http_does_not_name_is_still_answered(path: str) -> None:
+    peer = Peer(router_with("/r", Refuses499()))
+    peer.send(upgrade_request(path))
+    peer.flush()
+    assert peer.answer.status == 499
+    assert peer.server.should_close
+
+
+class Greedy(Recorder):
+    def on_message(self, conn: Connection, message: str | bytes) -> None:
+        conn.send(b"x" * 2000)
+
+
+def test_overflow_close_keeps_the_101_response() -> None:
+    peer = Peer(router_with("/g", Greedy(max_buffered_amount=1000)))
+    peer.send(upgrade_request("/g") + frame(0x1, b"go"))
+    peer.flush()
+    assert peer.answer.status == 101
+    assert peer.close_code == 1008
+
+
+@pytest.mark.parametrize("overflow", ["drop", "close"])
+def test_sends_from_a_thread_stay_bounded_before_any_flush(overflow: str) -> None:
+    channel = Recorder(max_buffered_amount=64 * 1024, overflow=overflow)
+    peer = Peer(router_with("/r", channel))
+    conn = peer.handshake("/r")
+    peer.server.pause_writing()
+    worker = threading.Thread(target=lambda: [conn.send(b"m" * 1024) for _ in range(10_000)])
+    worker.start()
+    worker.join()
+    assert conn.buffered_amount <= 64 * 1024  # counted as soon as send returned
+    assert len(peer.server._mailbox) <= 64  # and nothing more is held
+    if overflow == "drop":
+        assert conn.dropped > 9_000
+    else:
+        peer.server.resume_writing()
+        peer.flush()
+        assert peer.close_code == 1008
+
+
+def test_stream_viewer_bound_sees_what_one_read_queued() -> None:
+    from spoc_sockets.stream import DELTA, KEY, StreamServer
+
+    stream = StreamServer(viewer_buffer=100_000)
+    router = Router()
+    router.add("/s/{stream_id}", stream)
+    viewer, publisher = Peer(router), Peer(router)
+    viewer_conn = viewer.handshake("/s/x")
+    publisher.handshake("/s/x?role=publish")
+    viewer.server.pause_writing()
+    body = bytes(10_000)
+    burst = frame(0x2, bytes([KEY]) + body) + b"".join(
+        frame(0x2, bytes([DELTA]) + body) for _ in range(60)
+    )
+    publisher.send(burst)  # 600 kB in one read: no flush between the relays
+    assert viewer_conn.buffered_amount <= 100_000 + 20_000
+    assert stream.stats("x").drops > 40
+    assert viewer_conn.dropped == 0  # the stream's own policy acted, not the core's
