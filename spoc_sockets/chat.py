@@ -59,8 +59,8 @@ class ProtocolMistake(Exception):
 class ChatServer(ChannelServer):
     """Chat rooms over one WebSocket: ``join``, ``leave``, ``post``, ``who``.
 
-    Override :meth:`authenticate` (the default takes ``?user=`` from the URL, else a
-    guest name), :meth:`can_join` and :meth:`can_post` for the platform's policy.
+    Override :meth:`authenticate` (by default everyone is a guest), :meth:`can_join` and
+    :meth:`can_post` for the platform's policy.
     """
 
     max_message_size: int | None = 64 * 1024
@@ -75,6 +75,10 @@ class ChatServer(ChannelServer):
     burst: float = 20.0
     #: consecutive rate-limited messages after which the connection is closed (1008)
     max_strikes: int = 20
+    #: rooms one connection may be in at once (one more: error ``too_many_rooms``)
+    max_rooms: int = 50
+    #: take the user id from ``?user=`` (for demos and tests only: anyone can claim it)
+    trust_user_param: bool = False
     #: where rooms live (``None``: a new in-process MemoryBroker)
     broker: Broker | None = None
     #: the wall clock (seconds since the epoch) for timestamps and the rate limit
@@ -88,6 +92,8 @@ class ChatServer(ChannelServer):
         "rate",
         "burst",
         "max_strikes",
+        "max_rooms",
+        "trust_user_param",
         "broker",
         "clock",
     )
@@ -111,8 +117,14 @@ class ChatServer(ChannelServer):
     # -- policy hooks -------------------------------------------------------------------
 
     def authenticate(self, request: Request) -> object:
-        """The user id: ``?user=`` from the URL by default (override for real auth)."""
-        return request.query.get("user") or None
+        """The user id, or ``None`` for a guest. Override it with the platform's
+        authentication: :meth:`notify` reaches whoever is authenticated as that user.
+
+        By default everyone is a guest, unless ``trust_user_param`` is set (demos and
+        tests), which takes the id from ``?user=``: any client could claim any name."""
+        if self.trust_user_param:
+            return request.query.get("user") or None
+        return None
 
     def can_join(self, conn: Connection, room: str) -> bool:
         """Whether ``conn`` may join ``room`` (default: yes)."""
@@ -217,6 +229,8 @@ class ChatServer(ChannelServer):
             raise ProtocolMistake("bad_field", "since is the id of the last message seen")
         if room in self._joined[conn]:
             raise ProtocolMistake("already_joined", f"already in {room}")
+        if len(self._joined[conn]) >= self.max_rooms:
+            raise ProtocolMistake("too_many_rooms", f"at most {self.max_rooms} rooms at once")
         if not self.can_join(conn, room):
             raise ProtocolMistake("not_allowed", f"not allowed to join {room}")
         with self._lock:

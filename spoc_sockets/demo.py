@@ -46,7 +46,9 @@ def static_handler(name: str, content_type: str) -> HTTPHandler:
 
 def demo_router() -> Router:
     """The demo's router: the real chat and stream channels, plus the page at ``/``."""
-    router = setup_websocket_handlers(create_chat_server(), create_stream_server())
+    router = setup_websocket_handlers(
+        create_chat_server(trust_user_param=True), create_stream_server()
+    )
     for path, (name, content_type) in STATIC_FILES.items():
         router.add_http(path, static_handler(name, content_type))
     return router

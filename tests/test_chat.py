@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from spoc_sockets import Connection, Router
+from spoc_sockets.brokers.memory import MemoryBroker
 from spoc_sockets.chat import ChatServer, TokenBucket
 from spoc_sockets.testing import ConnectionClosed, TestClient, WebSocket
 
@@ -23,7 +24,7 @@ class Clock:
 def setup(**options: Any) -> tuple[Router, ChatServer, Clock]:
     clock = Clock()
     router = Router()
-    chat = router.add("/chat", ChatServer(clock=clock, **options))
+    chat = router.add("/chat", ChatServer(clock=clock, trust_user_param=True, **options))
     return router, chat, clock
 
 
@@ -187,7 +188,7 @@ def test_policy_hooks_refuse_join_and_post() -> None:
             return conn.user != "muted"
 
     router = Router()
-    router.add("/chat", Strict())
+    router.add("/chat", Strict(trust_user_param=True))
     with TestClient(router) as client:
         muted = connect(client, "muted")
         muted.send_json({"type": "join", "room": "staff-room"})
@@ -233,3 +234,30 @@ def test_token_bucket_refills_up_to_burst() -> None:
     assert bucket.take(0.0) and bucket.take(0.0) and not bucket.take(0.0)
     assert bucket.take(0.5) and not bucket.take(0.5)
     assert bucket.take(100.0) and bucket.take(100.0) and not bucket.take(100.0)
+
+
+def test_everyone_is_a_guest_unless_authenticated() -> None:
+    router = Router()
+    chat = router.add("/chat", ChatServer())
+    with TestClient(router) as client:
+        impostor = client.connect("/chat?user=ada")
+        assert impostor.receive_json()["user"].startswith("guest-")
+        chat.notify("ada", {"secret": 1})
+        assert impostor.receive_all() == []
+
+
+def test_rooms_per_connection_are_capped_and_reads_leave_no_state() -> None:
+    router, chat, _ = setup(max_rooms=2, burst=1000)
+    with TestClient(router) as client:
+        ada = connect(client, "ada")
+        join(ada, "a")
+        join(ada, "b")
+        ada.send_json({"type": "join", "room": "c"})
+        assert ada.receive_json()["code"] == "too_many_rooms"
+        for i in range(100):
+            ada.send_json({"type": "who", "room": f"nowhere-{i}"})
+        ada.receive_all()
+        ada.close()
+        broker = chat.broker
+        assert isinstance(broker, MemoryBroker)
+        assert broker._members == {}

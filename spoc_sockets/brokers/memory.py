@@ -11,7 +11,11 @@ __all__ = ["MemoryBroker"]
 
 
 class MemoryBroker(Broker):
-    """Rooms, history and fan-out in memory; events are delivered synchronously."""
+    """Rooms, history and fan-out in memory; events are delivered synchronously.
+
+    Membership is kept only for rooms with members; the history of a room (its last
+    ``retention`` messages, for resume) is kept for the life of the process.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -53,8 +57,9 @@ class MemoryBroker(Broker):
     def since(self, room: str, last_id: int) -> tuple[list[Event], bool]:
         with self._lock:
             history = list(self._history.get(room, ()))
+            last = self._last_id.get(room, 0)
         missed = [m for m in history if m["id"] > last_id]
-        oldest = history[0]["id"] if history else self._last_id[room] + 1
+        oldest = history[0]["id"] if history else last + 1
         return missed, last_id >= oldest - 1
 
     def join(self, room: str, user: str) -> bool:
@@ -64,15 +69,17 @@ class MemoryBroker(Broker):
 
     def leave(self, room: str, user: str) -> bool:
         with self._lock:
-            members = self._members[room]
-            if members[user] <= 0:
+            members = self._members.get(room)
+            if members is None or members[user] <= 0:
                 return False
             members[user] -= 1
-            if members[user] == 0:
-                del members[user]
-                return True
-            return False
+            if members[user] > 0:
+                return False
+            del members[user]
+            if not members:
+                del self._members[room]
+            return True
 
     def members(self, room: str) -> list[str]:
         with self._lock:
-            return sorted(self._members[room])
+            return sorted(self._members.get(room, ()))
