@@ -20,10 +20,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from .channel import CloseRequest, Outgoing
-from .errors import ProtocolError
-from .handshake import check_upgrade
 from .request import Request
-from .router import Router
+from .router import Response, Router
 from .session import Accept, MessageSession, Refuse
 
 __all__ = ["ASGIApp"]
@@ -71,18 +69,14 @@ class ASGIApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
-        elif scope["type"] == "http" and self.router.http_handler(scope["path"]):
-            await self._http(scope, send)
-        elif scope["type"] == "http" and self.router.resolve(scope["path"]) is not None:
-            try:  # a channel's path without an upgrade: 405 or 426, as the core answers
-                check_upgrade(_request(scope))
-            except ProtocolError as exc:
-                body = f"{exc}\n".encode()
-                await self._respond(send, "http.response", exc.status or 400, exc.headers, body)
-        elif self.fallback is not None:
-            await self.fallback(scope, receive, send)
         elif scope["type"] == "http":
-            await self._respond(send, "http.response", 404, (), b"not found\n")
+            response = self.router.answer_http(_request(scope))
+            if response is not None:
+                await self._respond(send, response)
+            elif self.fallback is not None:
+                await self.fallback(scope, receive, send)
+            else:
+                await self._respond(send, Response(404, "not found\n"))
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
@@ -147,9 +141,8 @@ class ASGIApp:
             await send({"type": "websocket.accept", "subprotocol": action.subprotocol})
         elif isinstance(action, Refuse):
             if denial:
-                await cls._respond(
-                    send, "websocket.http.response", action.status, action.headers, action.body
-                )
+                refusal = Response(action.status, action.body, headers=action.headers)
+                await cls._respond(send, refusal, "websocket.http.response")
             else:
                 await send({"type": "websocket.close", "code": 1008})
         elif isinstance(action, CloseRequest):
@@ -162,30 +155,30 @@ class ASGIApp:
                 await send({"type": "websocket.send", "bytes": message})
 
     @staticmethod
-    async def _respond(
-        send: Send, prefix: str, status: int, headers: tuple[tuple[str, str], ...], body: bytes
-    ) -> None:
-        raw = [(k.lower().encode(), v.encode()) for k, v in headers]
-        raw += [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
-        await send({"type": f"{prefix}.start", "status": status, "headers": raw})
-        await send({"type": f"{prefix}.body", "body": body})
-
-    async def _http(self, scope: Scope, send: Send) -> None:
-        handler = self.router.http_handler(scope["path"])
-        assert handler is not None
-        response = handler(_request(scope))
+    async def _respond(send: Send, response: Response, prefix: str = "http.response") -> None:
         body = response.body.encode() if isinstance(response.body, str) else response.body
         headers = [(k.lower().encode(), v.encode()) for k, v in response.headers]
-        headers.append((b"content-type", response.content_type.encode()))
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        headers += [(b"content-type", response.content_type.encode()), (b"connection", b"close")]
+        await send({"type": f"{prefix}.start", "status": response.status, "headers": headers})
+        await send({"type": f"{prefix}.body", "body": body})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
+        """Run :meth:`shutdown` at the lifespan shutdown; the fallback (a Starlette or
+        FastAPI app, say) still sees every lifespan event and answers them."""
+
+        async def receive_and_shut_down() -> MutableMapping[str, Any]:
             message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+            return message
+
+        if self.fallback is not None:
+            await self.fallback({"type": "lifespan"}, receive_and_shut_down, send)
+            return
+        while True:
+            message = await receive_and_shut_down()
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

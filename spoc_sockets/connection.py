@@ -54,7 +54,7 @@ from .endpoint import CLOSED, OPEN, Endpoint
 from .errors import CloseCode, ProtocolError
 from .handshake import accept_headers, check_upgrade, is_upgrade
 from .request import Request
-from .router import HTTPHandler, Router
+from .router import Response, Router
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -259,10 +259,11 @@ class ServerConnection(Endpoint):
         )
         if self._hub is not None and self._hub.refusing:
             raise ProtocolError("the server is shutting down", status=503)
-        handler = None if is_upgrade(request) else self.router.http_handler(request.path)
-        if handler is not None:
-            self._serve_http(handler, request)
-            return
+        if not is_upgrade(request):
+            response = self.router.answer_http(request)
+            if response is not None:
+                self._respond(response)
+                return
         found = self.router.resolve(request.target.partition("?")[0])
         if found is None:
             raise ProtocolError(f"no channel at {request.path}", status=404)
@@ -274,13 +275,7 @@ class ServerConnection(Endpoint):
             self._extension = negotiate(request, channel.max_message_size)
         self._decide(channel, request, now)
 
-    def _serve_http(self, handler: HTTPHandler, request: Request) -> None:
-        try:
-            response = handler(request)
-        except Exception:
-            logger.exception("HTTP route %s failed", request.path)
-            self._refuse(500, (), b"internal server error\n")
-            return
+    def _respond(self, response: Response) -> None:
         body = response.body.encode() if isinstance(response.body, str) else response.body
         self._emit(_refusal(response.status, response.headers, body, response.content_type))
         self._finish(CloseCode.ABNORMAL_CLOSURE, "")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from .channel import ChannelServer, Connection
-from .errors import UsageError
+from .errors import ProtocolError, UsageError
+from .handshake import check_upgrade
 from .request import Request
+
+logger = logging.getLogger("spoc_sockets")
 
 __all__ = ["Response", "Router"]
 
@@ -161,6 +165,28 @@ class Router:
 
     def http_handler(self, path: str) -> HTTPHandler | None:
         return self._http.get(path)
+
+    def answer_http(self, request: Request) -> Response | None:
+        """The answer to a plain (non-upgrade) HTTP request, or None for "not mine".
+
+        An HTTP route answers with its handler (500 if the handler raises); a channel's
+        path answers 405 (not GET) or 426 (no upgrade); anything else is None, which the
+        core answers with 404 and the ASGI adapter hands to its fallback.
+        """
+        handler = self._http.get(request.path)
+        if handler is not None:
+            try:
+                return handler(request)
+            except Exception:
+                logger.exception("HTTP route %s failed", request.path)
+                return Response(500, "internal server error\n")
+        if self.resolve(request.target.partition("?")[0]) is None:
+            return None
+        try:
+            check_upgrade(request)
+        except ProtocolError as refusal:
+            return Response(refusal.status or 400, f"{refusal}\n", headers=refusal.headers)
+        return None  # a valid upgrade: not a plain request
 
     # -- the upgraded set -----------------------------------------------------------
 

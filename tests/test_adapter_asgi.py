@@ -128,3 +128,37 @@ def test_uvicorn_serves_echo_and_graceful_shutdown_sends_1001() -> None:
             ws.recv(timeout=10)
         assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1001
         assert not router.upgraded
+
+
+def test_lifespan_through_a_fallback_app_still_shuts_down() -> None:
+    seen: list[str] = []
+
+    async def fallback(scope: Message, receive: Any, send: Any) -> None:
+        assert scope["type"] == "lifespan"
+        while True:
+            message = await receive()
+            seen.append(message["type"])
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+
+    app = ASGIApp(make_router(), fallback)
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent = asyncio.run(call(app, {"type": "lifespan"}, incoming))
+    assert seen == ["lifespan.startup", "lifespan.shutdown"]
+    assert sent[-1] == {"type": "lifespan.shutdown.complete"}
+    assert app._refusing  # the app's own shutdown ran
+
+
+def test_http_route_errors_and_raw_paths() -> None:
+    router = make_router()
+
+    def broken(request: Request) -> Response:
+        raise RuntimeError("secret")
+
+    router.add_http("/broken", broken)
+    answer = asyncio.run(call(ASGIApp(router), http_scope("/broken"), []))
+    assert answer[0]["status"] == 500 and b"secret" not in answer[1]["body"]
+    scope = http_scope("/echo")
+    scope["raw_path"] = b"/ech%6F"  # routing uses the raw path, decoded per segment
+    assert asyncio.run(call(ASGIApp(router), scope, []))[0]["status"] == 426
