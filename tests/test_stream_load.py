@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
+import pytest
 from websockets.sync.client import connect
 
-from spoc_sockets import Connection
+from spoc_sockets import Connection, Router
 from spoc_sockets.seed import create_chat_server, setup_websocket_handlers
 from spoc_sockets.stream import DELTA, KEY, StreamServer
 
-from .behaviour.harness_net import LEGACY
-from .behaviour.harness_threads import start
+from .behaviour.harness_asgi import start as start_asgi
+from .behaviour.harness_asyncio import start as start_asyncio
+from .behaviour.harness_net import LEGACY, NetServer
+from .behaviour.harness_threads import start as start_threads
+from .behaviour.harness_trio import start as start_trio
 from .frames import upgrade_request
 
 CHUNK = 64 * 1024
@@ -33,7 +39,14 @@ class Watched(StreamServer):
             self.peak = max(self.peak, viewer.buffered_amount)
 
 
-def test_never_reading_viewer_stays_bounded_and_slows_nobody() -> None:
+@pytest.mark.parametrize(
+    "start",
+    [start_asyncio, start_trio, start_threads, start_asgi],
+    ids=["asyncio", "trio", "threads", "asgi"],
+)
+def test_never_reading_viewer_stays_bounded_and_slows_nobody(
+    start: Callable[[Router], AbstractContextManager[NetServer]],
+) -> None:
     stream = Watched()
     router = setup_websocket_handlers(create_chat_server(), stream)
     with start(router) as server:
