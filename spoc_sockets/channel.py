@@ -100,7 +100,7 @@ def as_message(message: object) -> Message:
 
 def check_close(code: int, reason: str) -> None:
     """Raise :class:`UsageError` unless a server may send this close code and reason."""
-    sendable = code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013)
+    sendable = code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1012, 1013)  # 1010: clients
     if not (sendable or 3000 <= code <= 4999):
         raise UsageError(f"close code {code} may not be sent (RFC 6455 section 7.4)")
     if len(reason.encode()) > 123:
@@ -284,9 +284,23 @@ class ChannelServer:
             if name not in self.OPTIONS:
                 raise UsageError(f"{type(self).__name__} has no option {name!r}")
             setattr(self, name, value)
+        self._check_options()
+        self._clients: dict[Connection, None] = {}
+
+    def _check_options(self) -> None:
+        """Refuse option values that would misbehave (a zero interval would spin)."""
+        positive = {
+            "max_message_size": self.max_message_size,
+            "ping_interval": self.ping_interval,
+            "ping_timeout": self.ping_timeout,
+        }
+        for name, value in positive.items():
+            if value is not None and not value > 0:
+                raise UsageError(f"{name} is a positive number or None, not {value!r}")
+        if not self.close_timeout > 0 or not self.max_buffered_amount > 0:
+            raise UsageError("close_timeout and max_buffered_amount are positive numbers")
         if self.overflow not in ("close", "drop"):
             raise UsageError(f"overflow is 'close' or 'drop', not {self.overflow!r}")
-        self._clients: dict[Connection, None] = {}
 
     # -- hooks ----------------------------------------------------------------------
 

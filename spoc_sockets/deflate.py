@@ -84,6 +84,33 @@ class BoundedDeflate(PerMessageDeflate):
         return data
 
 
+_PARAMETERS = {
+    "server_no_context_takeover": False,  # name: whether it takes a value
+    "client_no_context_takeover": False,
+    "server_max_window_bits": True,
+    "client_max_window_bits": None,  # a value is optional
+}
+
+
+def _valid_offer(offer: str) -> bool:
+    """RFC 7692 section 5: decline an offer with unknown, repeated or bad parameters."""
+    seen = set()
+    for parameter in offer.split(";")[1:]:
+        name, equals, value = (part.strip() for part in parameter.partition("="))
+        value = value.strip('"')
+        if name not in _PARAMETERS or name in seen:
+            return False
+        seen.add(name)
+        takes_value = _PARAMETERS[name]
+        if takes_value is False and equals:
+            return False
+        if takes_value is True and not equals:
+            return False
+        if equals and not (value.isdigit() and 8 <= int(value) <= 15):
+            return False
+    return True
+
+
 def negotiate(request: Request, max_size: int | None) -> tuple[BoundedDeflate, str] | None:
     """Accept the client's first acceptable permessage-deflate offer, if any.
 
@@ -92,6 +119,8 @@ def negotiate(request: Request, max_size: int | None) -> tuple[BoundedDeflate, s
     for value in request.headers.get_all("sec-websocket-extensions"):
         for offer in value.split(","):
             if offer.split(";", 1)[0].strip().lower() != PerMessageDeflate.name:
+                continue
+            if not _valid_offer(offer):
                 continue
             extension = BoundedDeflate(max_size)
             try:

@@ -108,3 +108,8 @@ class Hub:
 
     def forget(self, conn: ServerConnection) -> None:
         self._connections.pop(conn, None)
+        if len(self._timers) > 64 + 4 * len(self._connections):  # mostly stale entries:
+            self._timers = [  # keep only the live ones (finished connections are freed)
+                entry for entry in self._timers if entry[2].next_deadline() == entry[0]
+            ]
+            heapq.heapify(self._timers)

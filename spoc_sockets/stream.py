@@ -73,7 +73,14 @@ class StreamServer(ChannelServer):
     max_buffered_amount: int = 4 * 2**20
     overflow = "drop"
 
-    OPTIONS: ClassVar[tuple[str, ...]] = (*ChannelServer.OPTIONS, "viewer_buffer")
+    #: longest text (signalling) message relayed, in characters (longer: ``too_long``)
+    max_signal_size: int = 64 * 1024
+
+    OPTIONS: ClassVar[tuple[str, ...]] = (
+        *ChannelServer.OPTIONS,
+        "viewer_buffer",
+        "max_signal_size",
+    )
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -141,6 +148,9 @@ class StreamServer(ChannelServer):
             if conn is stream.publisher and message:
                 self._relay(stream, message)
             return
+        if len(message) > self.max_signal_size:
+            conn.send_json({"type": "error", "code": "too_long"})
+            return
         try:
             data = json.loads(message)
             assert isinstance(data, dict)
@@ -164,9 +174,10 @@ class StreamServer(ChannelServer):
             if conn is stream.publisher:
                 stream.publisher, stream.init = None, None
                 viewers = list(stream.viewers)
-            else:
-                stream.viewers.pop(conn, None)
+            elif stream.viewers.pop(conn, None) is not None:
                 viewers = None
+            else:
+                return  # a publisher that lost the race in on_connect: never registered
             if stream.publisher is None and not stream.viewers:
                 del self._streams[stream_id]
         if viewers is None:

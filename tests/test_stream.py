@@ -169,3 +169,29 @@ def test_seed_router_mounts_chat_and_stream_and_refuses_others() -> None:
         with pytest.raises(HandshakeRejected) as refused:
             client.connect("/other")
         assert refused.value.status == 404
+
+
+def test_oversized_signals_are_refused_and_no_publisher_is_answered() -> None:
+    router, _ = setup(max_signal_size=100)
+    with TestClient(router) as client:
+        viewer = client.connect("/stream/s")
+        viewer.receive_all()
+        viewer.send_json({"type": "signal", "data": "x"})
+        assert viewer.receive_json() == {"type": "error", "code": "no_publisher"}
+        viewer.send_json({"type": "signal", "data": "x" * 200})
+        assert viewer.receive_json() == {"type": "error", "code": "too_long"}
+
+
+def test_closing_a_connection_the_stream_never_registered_tells_nobody() -> None:
+    """A second publisher that passed authenticate but lost the race in on_connect is
+    closed without ever being registered: its on_close must not report a viewer."""
+    router, stream = setup()
+    with TestClient(router) as client:
+        publisher = client.connect("/stream/s?role=publish")
+        viewer = client.connect("/stream/s")
+        publisher.receive_all()
+        never_registered = viewer.server.connection
+        assert never_registered is not None
+        stream._streams["s"].viewers.pop(never_registered)
+        stream.on_close(never_registered, 1008, "lost the race")
+        assert publisher.receive_all() == []

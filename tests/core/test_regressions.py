@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 
-from spoc_sockets import Connection, Deferred, Reject, Request, Router
+from spoc_sockets import Connection, Deferred, Hub, Reject, Request, Router, UsageError
 
 from ..frames import upgrade_request
 from .wire import Peer, Recorder, frame, router_with
@@ -133,3 +133,53 @@ def test_stream_viewer_bound_sees_what_one_read_queued() -> None:
     assert viewer_conn.buffered_amount <= 100_000 + 20_000
     assert stream.stats("x").drops > 40
     assert viewer_conn.dropped == 0  # the stream's own policy acted, not the core's
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"ping_interval": 0},
+        {"ping_timeout": -1},
+        {"max_message_size": 0},
+        {"close_timeout": 0},
+        {"max_buffered_amount": 0},
+        {"overflow": "explode"},
+    ],
+)
+def test_option_values_that_would_misbehave_are_refused(options: dict[str, object]) -> None:
+    with pytest.raises(UsageError):
+        Recorder(**options)
+
+
+def test_close_code_1010_is_for_clients_only() -> None:
+    conn = Peer(router_with("/r", Recorder())).handshake("/r")
+    with pytest.raises(UsageError):
+        conn.close(1010)
+
+
+@pytest.mark.parametrize(
+    "offer",
+    [
+        "permessage-deflate; foo=1",
+        "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+        "permessage-deflate; server_max_window_bits",
+        "permessage-deflate; client_max_window_bits=16",
+        "permessage-deflate; server_no_context_takeover=1",
+    ],
+)
+def test_malformed_deflate_offers_are_declined(offer: str) -> None:
+    peer = Peer(router_with("/z", Recorder(compression=True)))
+    peer.send(upgrade_request("/z", extra=f"Sec-WebSocket-Extensions: {offer}\r\n"))
+    peer.flush()
+    assert peer.answer.status == 101
+    assert peer.answer.header("sec-websocket-extensions") is None
+
+
+def test_stale_timers_do_not_keep_finished_connections() -> None:
+    router = router_with("/r", Recorder())
+    hub = Hub(router)
+    peers = [Peer(router, hub=hub) for _ in range(500)]
+    for peer in peers:
+        peer.handshake("/r")
+        peer.eof()
+    assert len(hub._timers) <= 64 + 4 * len(hub.connections)
