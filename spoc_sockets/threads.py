@@ -100,6 +100,7 @@ class Server:
         *,
         ssl: _ssl.SSLContext | None = None,
         backlog: int = 128,
+        shutdown_timeout: float | None = 30.0,
         drain_timeout: float = 5.0,
     ) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -114,6 +115,8 @@ class Server:
         self.hub = Hub(router, self._wake)
         self._ssl = ssl
         self._drain_timeout = drain_timeout
+        self._shutdown_timeout = shutdown_timeout
+        self._shutdown_deadline: float | None = None
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -225,6 +228,10 @@ class Server:
                 logger.debug("output to %s not drained in time", transport.conn.peer)
                 self._close(transport, now)
             self._flush(now)
+            if self._stopping and self._transports and self._past_shutdown_deadline(now):
+                logger.warning("shutdown_timeout passed: dropping the remaining clients")
+                for transport in list(self._transports.values()):
+                    self._close(transport, now)
             if self._stopping and not self._transports:
                 self._finished = True
                 return
@@ -244,8 +251,13 @@ class Server:
                     logger.exception("connection from %s failed", transport.conn.peer)
                     self._close(transport, now)
 
+    def _past_shutdown_deadline(self, now: float) -> bool:
+        return self._shutdown_deadline is not None and now >= self._shutdown_deadline
+
     def _timeout(self, now: float) -> float | None:
         deadline = self.hub.next_deadline()
+        if self._stopping and self._shutdown_deadline is not None:
+            deadline = min(deadline or self._shutdown_deadline, self._shutdown_deadline)
         for transport in self._lingering:
             if deadline is None or transport.deadline < deadline:
                 deadline = transport.deadline
@@ -253,6 +265,8 @@ class Server:
 
     def _begin_shutdown(self) -> None:
         self._stopping = True
+        if self._shutdown_timeout is not None:
+            self._shutdown_deadline = time.monotonic() + self._shutdown_timeout
         if self._listener is not None:
             if not self._accept_paused:
                 self._selector.unregister(self._listener)
@@ -457,6 +471,7 @@ def serve(
     *,
     ssl: _ssl.SSLContext | None = None,
     backlog: int = 128,
+    shutdown_timeout: float | None = 30.0,
     drain_timeout: float = 5.0,
 ) -> Server:
     """A :class:`Server` listening on ``host:port`` (port 0: any free port).
@@ -469,7 +484,17 @@ def serve(
 
     :param ssl: serve TLS (``wss://``) with this context; ``None`` (default) serves plain TCP.
     :param backlog: the listen backlog (default 128).
+    :param shutdown_timeout: seconds a graceful shutdown may take before the remaining
+        clients are dropped (``None``: only each channel's ``close_timeout`` bounds it)
     :param drain_timeout: seconds a closing connection's unsent output gets to leave
         before the socket is closed anyway (default 5.0).
     """
-    return Server(router, host, port, ssl=ssl, backlog=backlog, drain_timeout=drain_timeout)
+    return Server(
+        router,
+        host,
+        port,
+        ssl=ssl,
+        backlog=backlog,
+        shutdown_timeout=shutdown_timeout,
+        drain_timeout=drain_timeout,
+    )

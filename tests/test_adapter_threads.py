@@ -429,3 +429,28 @@ def test_refusals_over_a_real_socket(request_bytes: bytes, status: int, header: 
         assert header in answer.partition(b"\r\n\r\n")[0]
         assert not router.upgraded
         wait_for(lambda: not server.hub.connections)
+
+
+def test_shutdown_timeout_bounds_a_client_that_never_answers() -> None:
+    from spoc_sockets import ChannelServer
+    from spoc_sockets.threads import serve as serve_threads
+
+    from .frames import upgrade_request
+
+    router = Router()
+    router.add("/slow", ChannelServer(close_timeout=60.0, ping_interval=None))
+    with serve_threads(router, "127.0.0.1", 0, shutdown_timeout=0.5) as server:
+        loop = threading.Thread(target=server.serve_forever)
+        loop.start()
+        mute = socket.create_connection(("127.0.0.1", server.port))
+        mute.sendall(upgrade_request("/slow"))  # then never reads nor answers the close
+        deadline = threading.Event()
+        while not router.upgraded and not deadline.wait(0.01):
+            pass
+        stopper = threading.Thread(target=server.shutdown)
+        stopper.start()
+        stopper.join(timeout=20)
+        assert not stopper.is_alive()  # well before the channel's 60 s close_timeout
+        loop.join(timeout=5)
+        assert not router.upgraded
+        mute.close()
