@@ -30,9 +30,9 @@ class Recorder(ChannelServer):
     """Closes on command, raises on "boom", remembers how connections ended."""
 
     max_message_size = 1024
-    ping_interval = 0.2
-    ping_timeout = 0.2
-    close_timeout = 0.5
+    ping_interval = 1.0  # short enough to test, long enough for a loaded CI machine
+    ping_timeout = 1.0
+    close_timeout = 1.0
 
     def __init__(self) -> None:
         super().__init__()
@@ -64,7 +64,7 @@ class Guarded(ChannelServer):
 
 
 def make_router() -> Router:
-    router = Router(handshake_timeout=0.5)
+    router = Router(handshake_timeout=2.0)
     router.add("/echo", Echo())
     router.add("/room", Room())
     router.add("/record", Recorder())
