@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from .demo import demo_router
 from .router import Router
 
-__all__ = ["ADAPTERS", "demo_router", "main"]
+__all__ = ["ADAPTERS", "demo_router", "main", "run"]
 
 logger = logging.getLogger("spoc_sockets")
 
@@ -35,7 +35,10 @@ def announce(host: str, port: int, adapter: str) -> None:
     )
 
 
-def run_asyncio(router: Router, host: str, port: int) -> None:
+OnListen = Callable[[int], None]
+
+
+def run_asyncio(router: Router, host: str, port: int, on_listen: OnListen) -> None:
     import asyncio
 
     from .asyncio import serve
@@ -48,7 +51,7 @@ def run_asyncio(router: Router, host: str, port: int) -> None:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(signum, stop.set)
         async with serve(router, host, port) as server:
-            announce(host, server.port, "asyncio")
+            on_listen(server.port)
             forever = asyncio.ensure_future(server.serve_forever())
             stopped = asyncio.ensure_future(stop.wait())
             await asyncio.wait((forever, stopped), return_when=asyncio.FIRST_COMPLETED)
@@ -59,7 +62,7 @@ def run_asyncio(router: Router, host: str, port: int) -> None:
     asyncio.run(main())
 
 
-def run_trio(router: Router, host: str, port: int) -> None:
+def run_trio(router: Router, host: str, port: int, on_listen: OnListen) -> None:
     try:
         import trio
     except ImportError:
@@ -71,7 +74,7 @@ def run_trio(router: Router, host: str, port: int) -> None:
         with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
             async with trio.open_nursery() as nursery:
                 server = await nursery.start(serve, router, host, port)
-                announce(host, server.port, "trio")
+                on_listen(server.port)
                 async for _ in signals:
                     nursery.cancel_scope.cancel()  # cancellation = graceful shutdown
                     break
@@ -79,7 +82,7 @@ def run_trio(router: Router, host: str, port: int) -> None:
     trio.run(main)
 
 
-def run_threads(router: Router, host: str, port: int) -> None:
+def run_threads(router: Router, host: str, port: int, on_listen: OnListen) -> None:
     from .threads import serve
 
     with serve(router, host, port) as server:
@@ -90,15 +93,27 @@ def run_threads(router: Router, host: str, port: int) -> None:
 
         for signum in STOP_SIGNALS:
             signal.signal(signum, stop)
-        announce(host, server.port, "threads")
+        on_listen(server.port)
         server.serve_forever()
 
 
-ADAPTERS: dict[str, Callable[[Router, str, int], None]] = {
+ADAPTERS: dict[str, Callable[[Router, str, int, OnListen], None]] = {
     "asyncio": run_asyncio,
     "trio": run_trio,
     "threads": run_threads,
 }
+
+
+def run(
+    router: Router,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    adapter: str = "asyncio",
+    on_listen: OnListen | None = None,
+) -> None:
+    """Serve ``router`` with the named adapter until SIGINT or SIGTERM, then shut down
+    gracefully (close 1001 to every client). ``on_listen(port)`` runs once listening."""
+    ADAPTERS[adapter](router, host, port, on_listen or (lambda port: None))
 
 
 def _log_level(value: str) -> int:
@@ -123,7 +138,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     try:
-        ADAPTERS[args.adapter](demo_router(), args.host, args.port)
+        run(
+            demo_router(),
+            args.host,
+            args.port,
+            args.adapter,
+            lambda port: announce(args.host, port, args.adapter),
+        )
     except KeyboardInterrupt:  # a second Ctrl-C during the graceful shutdown
         logger.info("interrupted")
         sys.exit(130)

@@ -308,6 +308,8 @@ class ServerConnection(Endpoint):
             self._handle_event(event, now)
             if self.state is CLOSED:
                 return
+            if self._mailbox:  # replies leave before a later frame can fail or close
+                self._intake(now)
 
     def _handle_event(self, event: Event, now: float) -> None:
         kind = type(event)

@@ -10,7 +10,7 @@ import pytest
 from spoc_sockets import Connection, Deferred, Hub, Reject, Request, Router, UsageError
 
 from ..frames import upgrade_request
-from .wire import Peer, Recorder, frame, router_with
+from .wire import Echo, Peer, Recorder, close_payload, frame, router_with
 
 
 def test_pongs_respect_max_buffered_amount_while_paused() -> None:
@@ -183,3 +183,18 @@ def test_stale_timers_do_not_keep_finished_connections() -> None:
         peer.handshake("/r")
         peer.eof()
     assert len(hub._timers) <= 64 + 4 * len(hub.connections)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [frame(0x1, b"x", rsv=2), frame(0x3, b""), frame(0x8, close_payload(1000))],
+    ids=["reserved-bit", "reserved-opcode", "close"],
+)
+def test_a_reply_is_sent_before_a_fault_or_close_in_the_same_read(fault: bytes) -> None:
+    peer = Peer(router_with("/e", Echo(ping_interval=None)))
+    peer.handshake("/e")
+    peer.send(frame(0x1, b"Hello, world!") + fault)
+    peer.flush()
+    frames = peer.frames
+    assert frames[0].opcode == 0x1 and frames[0].payload == b"Hello, world!"
+    assert frames[-1].opcode == 0x8
