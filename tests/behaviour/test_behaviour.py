@@ -304,3 +304,32 @@ def test_churn_leaves_no_upgraded_connection(serve: Harness, abrupt: bool) -> No
                 client.close()
         served.wait_for(lambda: not router.upgraded)
         served.wait_for(lambda: open_fds() <= before)
+
+
+def test_the_design_example_router(serve: Harness) -> None:
+    """The router of DESIGN.md's example, as written, behind every harness."""
+    from ..test_invariants import example_blocks
+
+    code = next(block for block in example_blocks() if "Router()" in block)
+    prelude = "from spoc_sockets.stream import StreamServer\n"
+    prelude += "def verify(token):\n    return {'t': 'ada'}.get(token)\n"
+    namespace: dict[str, object] = {}
+    exec(compile(prelude + code, "DESIGN.md", "exec"), namespace)
+    router = namespace["router"]
+    assert isinstance(router, Router)
+    with serve(router) as served:
+        ada = served.connect("/notifications?token=t")
+        other = served.connect("/notifications?token=t")
+        served.wait_for(lambda: len(router.upgraded) == 2)
+        ada.send("hello")
+        assert ada.receive() == "hello"
+        assert other.receive() == "hello"
+        with pytest.raises(Rejected) as refused:
+            served.connect("/notifications?token=wrong")
+        assert refused.value.status == 401
+        viewer = served.connect("/stream/lecture-1")
+        assert b'"viewing"' in str(viewer.receive()).encode()
+        ada.close()
+        other.close()
+        viewer.close()
+        served.wait_for(lambda: not router.upgraded)
