@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import tracemalloc
 import zlib
 
@@ -464,18 +463,15 @@ def test_zip_bomb_closes_1009_without_inflating_it() -> None:
     bomb = _compressed(b"\0" * (100 * limit))
     assert len(bomb) < limit // 4
     tracemalloc.start()
-    started = time.perf_counter()
     try:
         peer.send(frame(0x2, bomb, rsv=4))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    elapsed = time.perf_counter() - started
     assert peer.close_code == 1009
     assert peer.server.state is ConnectionState.CLOSED
     assert recorder.messages == [] and recorder.closed[0][0] == 1009
     assert peak < 20 * limit  # 100 MiB was never produced
-    assert elapsed < 2.0
     extension = peer.server._ws._proto.extensions[0]  # type: ignore[union-attr]
     assert extension._inflated <= limit + 1
 
