@@ -22,7 +22,7 @@ import spoc_sockets.trio
 from spoc_sockets import ChannelServer, Connection, Router
 from spoc_sockets.trio import handle_stream
 
-from .behaviour.harness_net import HOST, TIMEOUT
+from .behaviour.harness_net import HOST, LEGACY, TIMEOUT
 from .behaviour.harness_trio import TrioThread, serving
 from .frames import close_frame_code, status_of, upgrade_request
 
@@ -55,7 +55,7 @@ def client(url: str, context: ssl.SSLContext | None = None) -> ClientConnection:
         close_timeout=TIMEOUT,
         ping_interval=None,
         max_size=None,
-        legacy=True,
+        **LEGACY,
     )
 
 
