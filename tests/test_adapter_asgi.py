@@ -162,3 +162,43 @@ def test_http_route_errors_and_raw_paths() -> None:
     scope = http_scope("/echo")
     scope["raw_path"] = b"/ech%6F"  # routing uses the raw path, decoded per segment
     assert asyncio.run(call(ASGIApp(router), scope, []))[0]["status"] == 426
+
+
+class Flood(ChannelServer):
+    max_buffered_amount = 1000
+    max_message_size = 100
+
+    def on_message(self, conn: Connection, message: str | bytes) -> None:
+        for _ in range(10):
+            conn.send(b"x" * 300)
+
+
+def test_session_limits_refusals_and_overflow() -> None:
+    router = Router()
+    router.add("/flood", Flood())
+    app = ASGIApp(router)
+    connect_msg: Message = {"type": "websocket.connect"}
+    # a message past the limit, then one that floods past max_buffered_amount
+    bye: Message = {"type": "websocket.disconnect", "code": 1006}  # after the close is sent
+    too_big = [connect_msg, {"type": "websocket.receive", "text": "x" * 101}, bye]
+    sent = asyncio.run(call(app, ws_scope("/flood"), too_big, wait_sends=2))
+    assert sent[-1] == {"type": "websocket.close", "code": 1009, "reason": "message over 100 bytes"}
+    flood = [connect_msg, {"type": "websocket.receive", "text": "go"}, bye]
+    sent = asyncio.run(call(app, ws_scope("/flood"), flood, wait_sends=2))
+    assert sent[0]["type"] == "websocket.accept"  # the accept is never discarded
+    assert sent[-1] == {"type": "websocket.close", "code": 1008, "reason": "slow consumer"}
+    assert not router.upgraded
+
+    async def shut_then_connect() -> list[Message]:
+        await app.shutdown()
+        scope = ws_scope("/flood", extensions={"websocket.http.response": {}})
+        return await call(app, scope, [connect_msg])
+
+    refused = asyncio.run(shut_then_connect())
+    assert refused[0]["status"] == 503
+
+
+def test_unknown_websocket_path_is_404_through_the_denial_response() -> None:
+    scope = ws_scope("/nowhere", extensions={"websocket.http.response": {}})
+    sent = asyncio.run(call(ASGIApp(make_router()), scope, [{"type": "websocket.connect"}]))
+    assert sent[0]["status"] == 404
