@@ -445,34 +445,6 @@ def test_a_client_that_does_not_read_is_closed_with_1008(reads_later: bool) -> N
     run(main())
 
 
-# -- refusals over the real socket --------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("request_bytes", "status", "header"),
-    [
-        (upgrade_request("/nowhere"), 404, b"Connection: close"),
-        (upgrade_request("/echo", version="8"), 426, b"Sec-WebSocket-Version: 13"),
-        (upgrade_request("/echo", method="POST"), 405, b"Allow: GET"),
-    ],
-)
-def test_bad_requests_are_answered(request_bytes: bytes, status: int, header: bytes) -> None:
-    router = make_router()
-
-    async def main() -> None:
-        async with serve(router, HOST, 0) as server:
-            raw = await RawClient.connect(server.port)
-            await raw.send(request_bytes)
-            answer = await raw.read_all()
-            raw.close()
-            assert status_of(answer) == status
-            assert header in answer.partition(b"\r\n\r\n")[0]
-            await wait_until(lambda: not server.hub.connections)
-            assert not router.upgraded
-
-    run(main())
-
-
 def test_a_refused_handshake_reaches_the_websockets_client() -> None:
     async def main() -> None:
         async with serve(make_router(), HOST, 0) as server:

@@ -12,8 +12,7 @@ import ssl
 import struct
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager as ContextManager
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -26,6 +25,7 @@ from websockets.sync.client import ClientConnection, connect
 from spoc_sockets import ChannelServer, Connection, ConnectionState, Router
 from spoc_sockets.threads import Server, serve
 
+from .behaviour.harness_net import wait_for
 from .frames import client_frame, status_of, upgrade_request
 
 HOST = "127.0.0.1"
@@ -68,15 +68,6 @@ def make_router(**options: Any) -> Router:
     router.add("/echo", Echo(**options))
     router.add("/room", Room())
     return router
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        pause.wait(0.01)
 
 
 @contextmanager
@@ -409,26 +400,6 @@ def test_output_that_cannot_drain_is_dropped_after_drain_timeout() -> None:
 
 
 # -- refusals over a real socket ------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("request_bytes", "status", "header"),
-    [
-        (upgrade_request("/nowhere"), 404, b"Connection: close"),
-        (upgrade_request("/echo", version="8"), 426, b"Sec-WebSocket-Version: 13"),
-        (upgrade_request("/echo", method="POST"), 405, b"Allow: GET"),
-    ],
-)
-def test_refusals_over_a_real_socket(request_bytes: bytes, status: int, header: bytes) -> None:
-    router = make_router()
-    with running(router) as (server, _):
-        with socket.create_connection((HOST, server.port), timeout=TIMEOUT) as sock:
-            sock.sendall(request_bytes)
-            answer = read_until_eof(sock)
-        assert status_of(answer) == status
-        assert header in answer.partition(b"\r\n\r\n")[0]
-        assert not router.upgraded
-        wait_for(lambda: not server.hub.connections)
 
 
 def test_shutdown_timeout_bounds_a_client_that_never_answers() -> None:

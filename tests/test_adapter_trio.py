@@ -8,8 +8,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import spoc_sockets.trio
 from spoc_sockets import ChannelServer, Connection, Router
 from spoc_sockets.trio import handle_stream
 
-from .behaviour.harness_net import HOST, LEGACY, TIMEOUT
+from .behaviour.harness_net import HOST, LEGACY, TIMEOUT, wait_for
 from .behaviour.harness_trio import TrioThread, serving
 from .frames import close_frame_code, status_of, upgrade_request
 
@@ -57,14 +55,6 @@ def client(url: str, context: ssl.SSLContext | None = None) -> ClientConnection:
         max_size=None,
         **LEGACY,
     )
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        pause.wait(0.01)
 
 
 def read_all(sock: socket.socket) -> bytes:
@@ -282,26 +272,6 @@ def test_handle_stream_with_your_own_listener(
         running.join()
     assert running.cancelled is True
     assert not router.upgraded
-
-
-@pytest.mark.parametrize(
-    ("request_bytes", "status", "header"),
-    [
-        (upgrade_request("/nowhere"), 404, b"Connection: close"),
-        (upgrade_request("/echo", version="8"), 426, b"Sec-WebSocket-Version: 13"),
-        (upgrade_request("/echo", method="POST"), 405, b"Allow: GET"),
-    ],
-)
-def test_bad_handshakes_over_real_sockets(request_bytes: bytes, status: int, header: bytes) -> None:
-    router = make_router()
-    with serving(router) as running:
-        sock = socket.create_connection((HOST, running.value.port), timeout=TIMEOUT)
-        sock.sendall(request_bytes)
-        answer = read_all(sock)
-        assert status_of(answer) == status
-        assert header in answer.partition(b"\r\n\r\n")[0]
-        wait_for(lambda: not running.value.hub.connections)
-        assert not router.upgraded
 
 
 def test_a_server_in_a_nursery_with_trio_run_directly() -> None:

@@ -28,6 +28,16 @@ LEGACY = {"legacy": True} if "legacy" in inspect.signature(connect).parameters e
 TIMEOUT = 20.0
 
 
+def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """Return once ``predicate()`` holds; fail after ``timeout`` seconds of real time."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        pause.wait(0.01)
+
+
 @dataclass
 class NetServer:
     port: int
@@ -117,12 +127,7 @@ class NetServed:
         return SocketRaw(self.server.port)
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        pause = threading.Event()
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout}s")
-            pause.wait(0.01)
+        wait_for(predicate, timeout)
 
     def shutdown(self) -> None:
         self.server.shutdown()

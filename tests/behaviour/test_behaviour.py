@@ -151,7 +151,8 @@ def test_bad_handshakes_get_their_status(
     with serve(make_router()) as served:
         raw = served.raw()
         raw.send(request_bytes)
-        check_answer(request_bytes, raw.read_all(), status, header)
+        check_answer(request_bytes, raw.read_all(), status, header)  # read until closed
+        assert not served.router.upgraded
 
 
 @pytest.mark.parametrize(("request_bytes", "status", "header"), BAD_HANDSHAKE_BYTES)
@@ -161,7 +162,8 @@ def test_malformed_handshakes_get_their_status(
     with serve_bytes(make_router()) as served:
         raw = served.raw()
         raw.send(request_bytes)
-        check_answer(request_bytes, raw.read_all(), status, header)
+        check_answer(request_bytes, raw.read_all(), status, header)  # read until closed
+        assert not served.router.upgraded
 
 
 def test_slowloris_handshake_gets_408_at_its_deadline(serve_bytes: Harness) -> None:
