@@ -163,12 +163,15 @@ class ASGIApp:
         await send({"type": f"{prefix}.body", "body": body})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        """Run :meth:`shutdown` at the lifespan shutdown; the fallback (a Starlette or
+        """Run :meth:`shutdown` at the lifespan shutdown, and serve again after a new
+        startup (a test suite runs one lifespan per test); the fallback (a Starlette or
         FastAPI app, say) still sees every lifespan event and answers them."""
 
         async def receive_and_shut_down() -> MutableMapping[str, Any]:
             message = await receive()
-            if message["type"] == "lifespan.shutdown":
+            if message["type"] == "lifespan.startup":
+                self._refusing = False
+            elif message["type"] == "lifespan.shutdown":
                 await self.shutdown()
             return message
 

@@ -165,6 +165,7 @@ class Endpoint(ABC):
     def _decide(self, channel: ChannelServer, request: Request, now: float) -> None:
         """Run the channel's checks and ``authenticate``: accept, refuse, or wait."""
         try:
+            self.router.admit(channel, request, now)
             subprotocol, decision = channel._handshake(request)
         except Reject as reject:
             self._refuse(reject.status, reject.headers, reject.body)

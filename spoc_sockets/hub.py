@@ -6,7 +6,9 @@ keeps what every adapter would otherwise repeat:
 * which connections have output to flush (:meth:`take_pending`), and one wake-up call
   to the adapter when the first appears, from whatever task or thread produced it;
 * the earliest deadline of all its connections (:meth:`next_deadline`,
-  :meth:`handle_timeouts`), so an adapter needs a single timer;
+  :meth:`handle_timeouts`), so an adapter needs a single timer; when a connection sets
+  a deadline earlier than the one :meth:`next_deadline` last reported, the hub wakes the
+  adapter, so a deadline is honoured even if nothing else happens on the server;
 * graceful shutdown (:meth:`shutdown`): refuse new handshakes with 503, close 1001.
 
 The adapter's contract, on its own loop or thread: after :meth:`ServerConnection.receive_data`,
@@ -40,6 +42,7 @@ class Hub:
         self.refusing = False
         self._wakeup = wakeup
         self._woken = False
+        self._reported: float | None = None  # what next_deadline last told the adapter
         self._pending: deque[ServerConnection] = deque()
         self._timers: list[tuple[float, int, ServerConnection]] = []
         self._order = itertools.count()
@@ -72,7 +75,8 @@ class Hub:
         timers = self._timers
         while timers and timers[0][2].next_deadline() != timers[0][0]:
             heapq.heappop(timers)  # superseded by a later rearm
-        return timers[0][0] if timers else None
+        self._reported = timers[0][0] if timers else None
+        return self._reported
 
     def handle_timeouts(self, now: float) -> None:
         """Run every deadline that has passed; those connections become pending."""
@@ -98,13 +102,21 @@ class Hub:
     def schedule(self, conn: ServerConnection) -> None:
         """``conn`` has output: queue it, and wake the adapter if it is not awake yet."""
         self._pending.append(conn)
+        self._wake()
+
+    def rearm(self, conn: ServerConnection, deadline: float) -> None:
+        """``conn`` needs :meth:`handle_timeouts` at ``deadline``; wake the adapter if
+        that is earlier than what its timer follows."""
+        heapq.heappush(self._timers, (deadline, next(self._order), conn))
+        if self._reported is None or deadline < self._reported:
+            self._reported = deadline
+            self._wake()
+
+    def _wake(self) -> None:
         if not self._woken:
             self._woken = True
             if self._wakeup is not None:
                 self._wakeup()
-
-    def rearm(self, conn: ServerConnection, deadline: float) -> None:
-        heapq.heappush(self._timers, (deadline, next(self._order), conn))
 
     def forget(self, conn: ServerConnection) -> None:
         self._connections.pop(conn, None)

@@ -423,6 +423,8 @@ class Server:
             else:
                 self._lingering[transport] = None
                 self._update(transport)
+        else:
+            self._update(transport)  # reading pauses while the core holds input
 
     def _update(self, transport: _Transport) -> None:
         """Register the events this transport waits for now."""
@@ -431,7 +433,8 @@ class Server:
         if transport.handshaking:
             mask = transport.want
         else:
-            mask = 0 if transport.closing else _READ
+            reading = not transport.closing and not transport.conn.input_paused
+            mask = _READ if reading else 0
             if transport.out or transport.read_wants_write:
                 mask |= _WRITE
         if mask == transport.mask:

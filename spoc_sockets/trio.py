@@ -11,8 +11,9 @@ Two entry points::
     await trio.serve_listeners(functools.partial(handle_stream, router), listeners)
 
 The adapter only moves bytes and time: per stream, a reader task feeds
-``receive_data`` and a writer task writes what the core returns (one ``send_all`` at a
-time; the core holds and bounds further output meanwhile). One timer task per hub
+``receive_data`` (and waits while the core holds input for the connection's next turn)
+and a writer task writes what the core returns (one ``send_all`` at a time; the core
+holds and bounds further output meanwhile). One timer task per hub
 honours ``next_deadline``. ``Connection.send`` from any thread wakes the hub through
 the trio token (``run_sync_soon``).
 
@@ -24,6 +25,8 @@ then let the cancellation through. ``shutdown_timeout`` is a hard bound on top.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import math
 import ssl
 from collections.abc import Awaitable, Callable
@@ -39,11 +42,28 @@ __all__ = ["Server", "handle_stream", "serve"]
 #: Bytes asked of the transport per read.
 READ_SIZE = 65536
 
+logger = logging.getLogger("spoc_sockets")
+
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: Seconds before accepting again after running out of resources with no connection
+#: of this server's own to wait for.
+_ACCEPT_RETRY = 1.0
+
 
 class _Link:
     """The adapter's side of one stream: output in flight and the writer's wake-up."""
 
-    __slots__ = ("closing", "conn", "drop_at", "event", "out", "paused", "sending", "stream")
+    __slots__ = (
+        "closing",
+        "conn",
+        "drop_at",
+        "event",
+        "out",
+        "paused",
+        "readable",
+        "sending",
+        "stream",
+    )
 
     def __init__(self, stream: trio.abc.Stream, conn: ServerConnection) -> None:
         self.stream = stream
@@ -52,6 +72,7 @@ class _Link:
         self.paused = False  # a write is in flight: the core keeps (and bounds) the rest
         self.closing = False  # the core said close and gave its last bytes
         self.event = trio.Event()
+        self.readable = trio.Event()  # set when the core wants input again
         self.sending: trio.CancelScope | None = None  # the write in flight
         self.drop_at = math.inf  # when to give up on it
 
@@ -91,6 +112,7 @@ class Server:
         self._shield = trio.CancelScope(shield=True)
         self._stopping = False
         self._idle = trio.Event()  # set once stopping and no stream is left
+        self._freed = trio.Event()  # set when a stream closes (to accept again)
         self._done = trio.Event()
 
     @property
@@ -119,6 +141,8 @@ class Server:
                 continue
             was_paused = link.paused
             data = conn.data_to_send(now)  # b"" while a write is in flight
+            if not conn.input_paused:
+                link.readable.set()
             if data:
                 link.out.append(data)
                 link.paused = True
@@ -163,6 +187,7 @@ class Server:
             del self._links[conn]
             with trio.move_on_after(self.drain_timeout):
                 await stream.aclose()  # forceful when cancelled
+            self._freed.set()
             if self._stopping and not self._links:
                 self._idle.set()
 
@@ -177,6 +202,9 @@ class Server:
             self._flush()
             if not data:
                 return
+            while conn.input_paused and not conn.should_close:  # until its next turn
+                link.readable = trio.Event()
+                await link.readable.wait()
 
     async def _write(self, link: _Link) -> None:
         conn = link.conn
@@ -199,6 +227,26 @@ class Server:
                 return
             link.event = trio.Event()
             await link.event.wait()
+
+    async def _accept(
+        self,
+        listener: trio.SocketListener,
+        handler: Callable[[trio.SocketStream], Awaitable[None]],
+        nursery: trio.Nursery,
+    ) -> None:
+        """Accept streams for ``handler``; out of descriptors, wait for one to close."""
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise
+                logger.warning("accept failed (%s): not accepting until a connection closes", exc)
+                self._freed = trio.Event()
+                with trio.move_on_after(math.inf if self._links else _ACCEPT_RETRY):
+                    await self._freed.wait()
+                continue
+            nursery.start_soon(handler, stream)
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -287,7 +335,9 @@ async def serve(
     async def accept(nursery: trio.Nursery) -> None:
         with server._accepting:
             task_status.started(server)
-            await trio.serve_listeners(handler, server.listeners, handler_nursery=nursery)
+            async with trio.open_nursery() as accepting:
+                for listener in server.listeners:
+                    accepting.start_soon(server._accept, listener, handler, nursery)
 
     try:
         await server._run(accept)
