@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
+from ._listen import bind
 from .hub import Hub
 from .router import Router
 
@@ -177,8 +178,8 @@ class Server:
             raise RuntimeError("this server has no listener (it was started with port=None)")
         return self._port
 
-    async def _listen(self, host: str | None, port: int, backlog: int) -> None:
-        self._listeners = _bind(host, port, backlog)
+    async def _listen(self, host: str | None, port: int, backlog: int, reuse_port: bool) -> None:
+        self._listeners = bind(host, port, backlog, reuse_port)
         names = [s.getsockname() for s in self._listeners]
         self._port = int(names[0][1])
         self._resume_accepting()
@@ -360,35 +361,6 @@ class Server:
         self._flush()
 
 
-def _bind(host: str | None, port: int, backlog: int) -> list[socket.socket]:
-    """Listening sockets for ``host`` (every address it names; ``None``: every
-    interface) on ``port`` (0: one free port, the same for every address)."""
-    if host is None and socket.has_dualstack_ipv6():
-        addresses = [(socket.AF_INET6, "::")]
-    else:
-        infos = socket.getaddrinfo(
-            host or "0.0.0.0", port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-        addresses = list(dict.fromkeys((info[0], str(info[4][0])) for info in infos))
-    listeners: list[socket.socket] = []
-    try:
-        for family, address in addresses:
-            sock = socket.create_server(
-                (address, port),
-                family=family,
-                backlog=backlog,
-                dualstack_ipv6=host is None and family == socket.AF_INET6,
-            )
-            listeners.append(sock)
-            sock.setblocking(False)
-            port = port or sock.getsockname()[1]
-    except BaseException:
-        for sock in listeners:
-            sock.close()
-        raise
-    return listeners
-
-
 @asynccontextmanager
 async def serve(
     router: Router,
@@ -397,6 +369,7 @@ async def serve(
     *,
     ssl: SSLContext | None = None,
     backlog: int = 100,
+    reuse_port: bool = False,
     shutdown_timeout: float | None = 30.0,
     drain_timeout: float = 5.0,
 ) -> AsyncIterator[Server]:
@@ -409,6 +382,8 @@ async def serve(
     :param ssl: an :class:`ssl.SSLContext` (server side) to serve ``wss://``; the TLS
         handshake is bounded by the router's ``handshake_timeout``.
     :param backlog: the listen queue length.
+    :param reuse_port: set ``SO_REUSEPORT``, so that several processes serve one port
+        (where the system has it; ``ValueError`` elsewhere).
     :param shutdown_timeout: seconds a graceful shutdown may take before the remaining
         transports are dropped; ``None`` for no bound but the channels' ``close_timeout``.
     :param drain_timeout: seconds a closing transport may take to write its last bytes
@@ -418,7 +393,7 @@ async def serve(
     """
     server = Server(router, ssl=ssl, shutdown_timeout=shutdown_timeout, drain_timeout=drain_timeout)
     if port is not None:
-        await server._listen(host, port, backlog)
+        await server._listen(host, port, backlog, reuse_port)
     try:
         yield server
     finally:

@@ -155,9 +155,7 @@ class Router:
         same_length.append(template)
         return server
 
-    def channel(
-        self, path: str, **options: Unpack[ChannelOptions]
-    ) -> Callable[[type[C]], type[C]]:
+    def channel(self, path: str, **options: Unpack[ChannelOptions]) -> Callable[[type[C]], type[C]]:
         """Class decorator: register ``cls(**options)`` at ``path``; returns the class."""
 
         def register(cls: type[C]) -> type[C]:

@@ -100,12 +100,13 @@ class Server:
         *,
         ssl: _ssl.SSLContext | None = None,
         backlog: int = 128,
+        reuse_port: bool = False,
         shutdown_timeout: float | None = 30.0,
         drain_timeout: float = 5.0,
     ) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener: socket.socket | None = socket.create_server(
-            (host, port), family=family, backlog=backlog
+            (host, port), family=family, backlog=backlog, reuse_port=reuse_port
         )
         self._listener.setblocking(False)
         #: the port listened on (useful with port 0)
@@ -474,6 +475,7 @@ def serve(
     *,
     ssl: _ssl.SSLContext | None = None,
     backlog: int = 128,
+    reuse_port: bool = False,
     shutdown_timeout: float | None = 30.0,
     drain_timeout: float = 5.0,
 ) -> Server:
@@ -487,6 +489,8 @@ def serve(
 
     :param ssl: serve TLS (``wss://``) with this context; ``None`` (default) serves plain TCP.
     :param backlog: the listen backlog (default 128).
+    :param reuse_port: set ``SO_REUSEPORT``, so that several processes serve one port
+        (where the system has it; ``ValueError`` elsewhere).
     :param shutdown_timeout: seconds a graceful shutdown may take before the remaining
         clients are dropped (``None``: only each channel's ``close_timeout`` bounds it)
     :param drain_timeout: seconds a closing connection's unsent output gets to leave
@@ -498,6 +502,7 @@ def serve(
         port,
         ssl=ssl,
         backlog=backlog,
+        reuse_port=reuse_port,
         shutdown_timeout=shutdown_timeout,
         drain_timeout=drain_timeout,
     )

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from ._listen import bind
 from .connection import ServerConnection
 from .hub import Hub
 from .router import Router
@@ -306,6 +307,7 @@ async def serve(
     *,
     ssl_context: ssl.SSLContext | None = None,
     backlog: int | None = None,
+    reuse_port: bool = False,
     shutdown_timeout: float | None = 30.0,
     drain_timeout: float = 5.0,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
@@ -315,15 +317,19 @@ async def serve(
     Use it with ``server = await nursery.start(serve, router, host, port)``: the
     :class:`Server` it reports has ``port`` (the one chosen for ``port=0``), ``hub`` and
     ``listeners``. ``host=None`` listens on every interface. ``ssl_context`` serves
-    ``wss://`` (each stream wrapped in a :class:`trio.SSLStream`); ``backlog`` goes to
-    :func:`trio.open_tcp_listeners` (``None``: trio's default).
+    ``wss://`` (each stream wrapped in a :class:`trio.SSLStream`); ``backlog`` is the
+    listen queue length (``None``: 128). ``reuse_port`` sets
+    ``SO_REUSEPORT``, so that several processes serve one port (where the system has it).
 
     Cancelling it shuts down gracefully (see :class:`Server` for the two timeouts),
     then the cancellation propagates; ``await server.aclose()`` does the same shutdown
     and ``serve`` returns normally.
     """
     server = Server(router, shutdown_timeout=shutdown_timeout, drain_timeout=drain_timeout)
-    server.listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+    server.listeners = [
+        trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        for sock in bind(host, port, backlog or 128, reuse_port)
+    ]
 
     async def handler(stream: trio.SocketStream) -> None:
         if ssl_context is None:
