@@ -16,7 +16,7 @@ import itertools
 import json
 import logging
 import re
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypedDict
@@ -329,7 +329,8 @@ class ChannelServer:
         "max_buffered_amount",
         "overflow",
     )
-    #: The hooks, which run as plain functions (see :func:`check_hooks`).
+    #: The hooks (``async def`` is allowed for the first four where the server awaits
+    #: them: see :func:`check_hooks`).
     HOOKS: ClassVar[tuple[str, ...]] = (
         "authenticate",
         "on_connect",
@@ -432,60 +433,92 @@ class ChannelServer:
     def _handshake(self, request: Request) -> tuple[str | None, object]:
         """Origin, subprotocol, then authentication: ``(subprotocol, decision)``.
 
-        The decision is the user, or a :class:`Deferred`; a refusal raises
+        The decision is the user, a :class:`Deferred`, or an awaitable (an ``async def``
+        ``authenticate``) of what :func:`verdict` then judges; a refusal raises
         :class:`Reject`.
         """
         self.check_origin(request)
         subprotocol = self.select_subprotocol(request)
         decision = self.authenticate(request)
-        if isinstance(decision, Reject):
-            raise decision
-        if decision is False:
-            raise Reject(403, "forbidden")
-        if inspect.isawaitable(decision):
-            _discard(decision)
-            raise UsageError(f"{_name(self.authenticate)} returned an awaitable: {_ASYNC_HINT}")
-        return subprotocol, decision
+        if isinstance(decision, Deferred) or inspect.isawaitable(decision):
+            return subprotocol, decision
+        return subprotocol, verdict(decision)[0]
 
-    def _opened(self, conn: Connection) -> bool:
-        """Register ``conn`` and run :meth:`on_connect`; False if the hook failed."""
+    def _opened(self, conn: Connection) -> Outcome:
+        """Register ``conn`` and run :meth:`on_connect`."""
         self._clients[conn] = None
-        return _guard(self.on_connect, conn)
+        return _call(self.on_connect, conn)
 
-    def _received(self, conn: Connection, message: Message) -> bool:
-        """Run :meth:`on_message`; False if the hook failed (the core closes with 1011)."""
-        return _guard(self.on_message, conn, message)
+    def _received(self, conn: Connection, message: Message) -> Outcome:
+        """Run :meth:`on_message` (a failure closes the connection with 1011)."""
+        return _call(self.on_message, conn, message)
 
     def _leaving(self, conn: Connection) -> None:
         """``conn`` started closing: broadcasts skip it from now on."""
         self._clients.pop(conn, None)
 
-    def _closed(self, conn: Connection, code: int, reason: str) -> None:
+    def _closed(self, conn: Connection, code: int, reason: str) -> Outcome:
         """``conn`` is finished: run :meth:`on_close`."""
         self._clients.pop(conn, None)
-        _guard(self.on_close, conn, code, reason)
+        return _call(self.on_close, conn, code, reason)
 
 
-def _guard(hook: Callable[..., object], *args: object) -> bool:
-    """Run a hook; log what it raises (the peer never sees exception text).
+#: What running a hook gave: True (done), False (it raised: logged), or the awaitable an
+#: ``async def`` hook returned, for the adapter to run (see :func:`settle`).
+Outcome = bool | Awaitable[object]
 
-    A hook that returns an awaitable did not run: it counts as failed.
-    """
+
+def _call(hook: Callable[..., object], *args: object) -> Outcome:
+    """Run a hook; log what it raises (the peer never sees exception text)."""
     try:
         result = hook(*args)
     except Exception:
         logger.exception("%s raised", _name(hook))
         return False
     if inspect.isawaitable(result):
-        _discard(result)
-        logger.error("%s returned an awaitable: %s", _name(hook), _ASYNC_HINT)
-        return False
+        return result
     return True
 
 
+def verdict(decision: object) -> tuple[object]:
+    """What ``authenticate`` returned, as the principal (in a 1-tuple); a returned
+    :class:`Reject` is raised, and ``False`` refuses with 403, as raising would."""
+    if isinstance(decision, Reject):
+        raise decision
+    if decision is False:
+        raise Reject(403, "forbidden")
+    if inspect.isawaitable(decision):
+        discard(decision)
+        raise UsageError("authenticate returned an awaitable from its awaitable")
+    return (decision,)
+
+
+async def settle(awaitable: Awaitable[object], done: Callable[[bool, object], None]) -> None:
+    """Await a hook's awaitable for an adapter that runs coroutines, then call
+    ``done(True, result)``, or ``done(False, exception)`` if it raised (logged unless it
+    is a :class:`Reject`). A cancellation (the server stopping) reports a failure too."""
+    try:
+        result = await awaitable
+    except Reject as reject:
+        done(False, reject)
+    except Exception as exc:
+        logger.exception("an async hook raised")
+        done(False, exc)
+    except BaseException as exc:  # cancelled: the connection must not wait for ever
+        done(False, exc)
+        raise
+    else:
+        done(True, result)
+
+
+#: How an adapter that runs coroutines takes one from the core (``None``: it cannot).
+Spawn = Callable[[Coroutine[object, None, None]], None]
+
+
 _ASYNC_HINT = (
-    "hooks run as plain functions (def, not async def); start I/O from the hook and "
-    "send or close from its callback, or defer a handshake with Deferred"
+    "this server runs hooks as plain functions (def, not async def): serve the router "
+    "with the asyncio or trio adapter, ASGIApp or TestClient to await them, or start the "
+    "I/O from a plain hook and send from its callback, or defer a handshake with Deferred"
 )
 
 
@@ -493,19 +526,24 @@ def _name(hook: Callable[..., object]) -> str:
     return str(getattr(hook, "__qualname__", hook))
 
 
-def _discard(awaitable: object) -> None:
+def discard(awaitable: object) -> None:
     """Close a coroutine that will never be awaited (no "never awaited" warning)."""
     close = getattr(awaitable, "close", None)
     if callable(close):
         close()
 
 
-def check_hooks(channel: ChannelServer) -> None:
-    """Raise :class:`UsageError` if a hook is an ``async def`` (or async generator)
-    function: hooks are called as plain functions, so its body would never run."""
+def check_hooks(channel: ChannelServer, *, awaited: bool) -> None:
+    """Raise :class:`UsageError` for an ``async def`` hook that would never run:
+    ``check_origin`` and ``select_subprotocol`` always, the others unless ``awaited``
+    (the server runs coroutines)."""
     for name in ChannelServer.HOOKS:
         hook = getattr(channel, name)
-        if inspect.iscoroutinefunction(hook) or inspect.isasyncgenfunction(hook):
+        if not (inspect.iscoroutinefunction(hook) or inspect.isasyncgenfunction(hook)):
+            continue
+        if name in ("check_origin", "select_subprotocol"):
+            raise UsageError(f"{type(channel).__name__}.{name} is async def: it must be a def")
+        if not awaited or inspect.isasyncgenfunction(hook):
             raise UsageError(f"{type(channel).__name__}.{name} is async def: {_ASYNC_HINT}")
 
 

@@ -143,7 +143,7 @@ class ServerConnection(Endpoint):
         self._ping_payload: bytes | None = None
         self._ping_sent = 0.0
         self._pings = 0
-        super().__init__(router, now)
+        super().__init__(router, now, hub.spawn if hub is not None else None)
 
     # -- what the adapter calls -------------------------------------------------------
 
@@ -155,9 +155,9 @@ class ServerConnection(Endpoint):
     @property
     def input_paused(self) -> bool:
         """True while input read earlier waits for this connection's next turn (see
-        :data:`EVENTS_PER_TURN`): the adapter stops reading from the transport until
-        the connection is pending again and this is false."""
-        return self._events is not None
+        :data:`EVENTS_PER_TURN`) or for an async hook: the adapter stops reading from
+        the transport until the connection is pending again and this is false."""
+        return self._events is not None or self._busy
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Feed bytes read from the transport; ``b""`` means the peer closed its side."""
@@ -174,7 +174,7 @@ class ServerConnection(Endpoint):
         self._scheduled = False
         with self._guard():
             self._take_decision(now)
-            if self._events is not None:
+            if self._events is not None and not self._busy:
                 self._handle_events(now)
             if self._mailbox:
                 self._intake(now)
@@ -336,6 +336,8 @@ class ServerConnection(Endpoint):
         events = self._events
         assert events is not None
         for budget in range(EVENTS_PER_TURN, 0, -1):
+            if self._busy:  # an async hook runs: the rest waits until it is done
+                return
             event = next(events, None)
             if event is None:
                 self._events = None

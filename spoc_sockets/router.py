@@ -129,6 +129,7 @@ class Router:
         self._per_address: dict[str, int] = {}  # open connections per client address
         self._handshakes: dict[str, RateWindow] = {}  # per client address
         self._kept = 0  # entries kept by the last pruning of _handshakes
+        self._awaits = True  # False once served by a server that cannot await hooks
         self._static: dict[str, ChannelServer] = {}
         self._templates: dict[int, list[_Template]] = {}
         self._http: dict[str, HTTPHandler] = {}
@@ -141,7 +142,7 @@ class Router:
         """Serve ``server`` at ``path`` (``{name}`` segments become path params)."""
         if not isinstance(server, ChannelServer):
             raise UsageError(f"router.add takes a ChannelServer instance, not {server!r}")
-        check_hooks(server)
+        check_hooks(server, awaited=self._awaits)
         template = _compile(path, server)
         if not template.names:
             if path in self._static:
@@ -198,6 +199,14 @@ class Router:
             if params is not None:
                 return template.server, params
         return None
+
+    def refuse_async_hooks(self) -> None:
+        """Called by a server that runs hooks as plain functions (the threads adapter):
+        raise :class:`UsageError` now for any ``async def`` hook, and at registration
+        for channels added later."""
+        for server in self.channels.values():
+            check_hooks(server, awaited=False)
+        self._awaits = False
 
     def http_handler(self, path: str) -> HTTPHandler | None:
         return self._http.get(path)
