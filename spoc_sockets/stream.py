@@ -178,10 +178,13 @@ class StreamServer(ChannelServer):
                 stream = self._streams[stream_id] = _Stream()
             if self._is_publisher(conn):
                 key = self._publisher_key(conn.request, conn.user)
-                if stream.publisher is not None or (  # lost a race with another publisher
-                    self._publishing[key] >= self.max_streams_per_user
-                ):
-                    conn.close(1008, "this stream already has a publisher")
+                refusal = None  # lost a race with another publisher, or for the quota
+                if stream.publisher is not None:
+                    refusal = "this stream already has a publisher"
+                elif self._publishing[key] >= self.max_streams_per_user:
+                    refusal = "this user already publishes all the streams it may"
+                if refusal is not None:
+                    conn.close(CloseCode.POLICY_VIOLATION, refusal)
                     if stream.publisher is None and not stream.viewers:
                         del self._streams[stream_id]
                     return
