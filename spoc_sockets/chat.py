@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -43,6 +45,8 @@ __all__ = [
 ]
 
 Event = dict[str, Any]
+
+logger = logging.getLogger("spoc_sockets")
 
 #: the user names ``trust_user_param`` (and the demo) accept: 1 to 32 letters, digits,
 #: ``.``, ``_`` or ``-``; ``guest-...`` is the server's own name for guests
@@ -295,9 +299,12 @@ class ChatServer(ChannelServer):
 
     def expire(self) -> None:
         """Free the rooms empty for ``empty_room_timeout`` seconds. Runs on every client
-        message and every close; call it from a timer to free rooms on an idle server."""
+        message, leave and close, and from a timer when a room is waiting to expire, so
+        memory comes back even if nobody ever connects again."""
         assert self.broker is not None
-        self.broker.expire(self.clock(), self.empty_room_timeout)
+        due = self.broker.expire(self.clock(), self.empty_room_timeout)
+        if due is not None:
+            _EXPIRY.schedule(self, due - self.clock())
 
     # -- connection life ----------------------------------------------------------------
 
@@ -452,6 +459,7 @@ class ChatServer(ChannelServer):
             self.broker.publish(f"room:{room}", dump_json(presence))
         if empty:
             self.broker.unsubscribe(f"room:{room}")
+        self.expire()
 
     def _post(self, conn: Connection, room: str, data: Event) -> None:
         assert self.broker is not None
@@ -493,6 +501,51 @@ class ChatServer(ChannelServer):
             recipients = list(source.get(name, ()))
         if recipients:
             self.broadcast(event, to=recipients)
+
+
+class _ExpiryTimer:
+    """One daemon thread for every chat of the process: runs ``chat.expire()`` when a
+    room is due, so an idle server frees its rooms too. It keeps no chat alive."""
+
+    def __init__(self) -> None:
+        self._wake = threading.Condition()
+        self._due: dict[weakref.ref[ChatServer], float] = {}  # chat -> monotonic time
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, chat: ChatServer, delay: float) -> None:
+        """Run ``chat.expire()`` in ``delay`` seconds (or sooner, if already asked)."""
+        when = time.monotonic() + max(delay, 0.0)
+        with self._wake:
+            chat_ref = weakref.ref(chat)
+            if self._due.get(chat_ref, when + 1) <= when:
+                return
+            self._due[chat_ref] = when
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="spoc-chat-expiry")
+                self._thread.daemon = True
+                self._thread.start()
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                now = time.monotonic()
+                ready = [chat for chat, when in self._due.items() if when <= now]
+                for chat in ready:
+                    del self._due[chat]
+                if not ready:
+                    self._wake.wait(min(self._due.values()) - now if self._due else None)
+                    continue
+            for chat in ready:
+                server = chat()
+                try:
+                    if server is not None:
+                        server.expire()
+                except Exception:  # a broker's fault: the timer lives on for the others
+                    logger.exception("expiring the rooms of %r failed", server)
+
+
+_EXPIRY = _ExpiryTimer()
 
 
 def _page(head: Event, page: HistoryPage) -> str:

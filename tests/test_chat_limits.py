@@ -8,6 +8,7 @@ room's members without joining it. See docs/chat-protocol.rst, "Bounds".
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -165,6 +166,26 @@ def test_empty_rooms_are_freed_after_the_retention_time() -> None:
         clock.now += 60.0
         chat.expire()  # what an idle server's timer would call
         assert broker.room_count() == 0 and broker._empty == {}
+
+
+def test_an_idle_server_frees_its_empty_rooms_by_itself() -> None:
+    """Everyone left and nobody comes back: the rooms still go, on the real clock."""
+    router = Router()
+    chat = router.add("/chat", ChatServer(trust_user_param=True, empty_room_timeout=0.1))
+    broker = chat.broker
+    assert isinstance(broker, MemoryBroker)
+    with TestClient(router) as client:
+        guest = connect(client, "guest")
+        for room in ("a", "b"):
+            join(guest, room)
+            guest.send_json({"type": "post", "room": room, "text": "x" * 4000})
+            guest.receive_all()
+        assert broker.room_count() == 2
+        guest.close()
+    deadline = time.monotonic() + 20.0
+    while broker.room_count() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert broker.room_count() == 0
 
 
 def test_a_room_freed_since_a_client_saw_it_says_incomplete() -> None:

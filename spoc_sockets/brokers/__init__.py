@@ -101,8 +101,10 @@ class Broker(ABC):
         """The users present in ``room``, sorted."""
 
     @abstractmethod
-    def expire(self, now: float, after: float) -> None:
-        """Free every room that has been empty for ``after`` seconds or more at ``now``."""
+    def expire(self, now: float, after: float) -> float | None:
+        """Free every room that has been empty for ``after`` seconds or more at ``now``;
+        return when the next empty room will be due, or ``None`` if none is waiting (or
+        the storage expires rooms by itself)."""
 
     @abstractmethod
     def room_count(self) -> int:

@@ -115,14 +115,15 @@ class MemoryBroker(Broker):
             state = self._rooms.get(room)
             return sorted(state.members) if state is not None else []
 
-    def expire(self, now: float, after: float) -> None:
+    def expire(self, now: float, after: float) -> float | None:
         with self._lock:
             while self._empty:
                 room, since = next(iter(self._empty.items()))
                 if now - since < after:
-                    return
+                    return since + after
                 del self._empty[room]
                 del self._rooms[room]
+            return None
 
     def room_count(self) -> int:
         with self._lock:
