@@ -296,6 +296,7 @@ def test_trusted_user_names_are_validated(name: str) -> None:
         (("203.0.113.5", 40000), ()),
         (("127.0.0.1", 40000), (("X-Forwarded-For", "203.0.113.5"),)),
         (("::1", 40000), (("Forwarded", "for=203.0.113.5"),)),
+        (("localhost", 40000), ()),  # not an address: not known to be loopback
     ],
 )
 def test_trust_user_param_is_refused_beyond_loopback(
@@ -305,6 +306,27 @@ def test_trust_user_param_is_refused_beyond_loopback(
     with TestClient(router) as client, pytest.raises(HandshakeRejected) as refused:
         client.connect("/chat?user=ada", peer=peer, headers=headers)
     assert refused.value.status == 403
+
+
+def test_a_notification_that_cannot_be_encoded_is_a_usage_error() -> None:
+    router, chat, _ = setup()
+    with TestClient(router) as client:
+        ada = connect(client, "ada")
+        for payload in ({"x": float("nan")}, "\ud800", object()):
+            with pytest.raises(UsageError, match="payload"):
+                chat.notify("ada", payload)
+        assert ada.receive_all() == []
+
+
+def test_the_memory_broker_alone() -> None:
+    broker = MemoryBroker()
+    assert broker.leave("nowhere", "ada", 0.0) is False  # never joined: nothing to undo
+    stored = broker.append("gone", '{"type":"message"}', 10, 1000)  # e.g. expired meanwhile
+    assert json.loads(stored) == {"type": "message", "id": 1}
+    broker.append("gone", '{"type":"message","text":"' + "x" * 2000 + '"}', 10, 1000)
+    page = broker.history("gone", 0, 10, 1000)
+    assert len(page.messages) == 1 and page.complete is False  # the newest is always kept
+    assert broker.expire(0.0, 60.0) is None
 
 
 # -- options: validated, named in the error ------------------------------------------------

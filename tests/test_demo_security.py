@@ -81,6 +81,17 @@ def test_other_origins_are_refused(path: str) -> None:
         client.connect(path, headers=SAME_ORIGIN).close()
 
 
+def test_non_browser_clients_send_no_origin_and_pass() -> None:
+    with TestClient(demo_router()) as client:
+        assert client.connect("/chat").receive_json()["user"].startswith("guest-")
+
+
+def test_the_token_route_answers_get_only() -> None:
+    handler = demo_router().http_handler("/token")
+    assert handler is not None
+    assert handler(Request.parse("POST", "/token?name=ada", [("host", "h")])).status == 405
+
+
 def test_the_demo_page_flow_over_a_real_socket() -> None:
     """What the page does, over the asyncio adapter: GET /token, then /chat?token=...
     with the page's Origin; a page from another site is refused with 403."""

@@ -4,13 +4,15 @@ signalling parse limits (in memory). See docs/stream-protocol.rst, "Bounds"."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
-from spoc_sockets import Router, UsageError
+from spoc_sockets import Deferred, Router, UsageError
 from spoc_sockets.request import Request
+from spoc_sockets.seed import create_stream_server
 from spoc_sockets.stream import INIT, KEY, StreamServer
-from spoc_sockets.testing import HandshakeRejected, TestClient
+from spoc_sockets.testing import ConnectionClosed, HandshakeRejected, TestClient
 
 
 class ByUser(StreamServer):
@@ -136,3 +138,56 @@ def test_signalling_surprises_are_bad_json_and_the_stream_goes_on(message: str) 
 def test_bad_options_are_refused_by_name(option: str, value: object) -> None:
     with pytest.raises(UsageError, match=option):
         StreamServer(**{option: value})
+
+
+class Held(ByUser):
+    """Decides every handshake later, so two can pass the checks before either opens."""
+
+    def __init__(self, **options: object) -> None:
+        super().__init__(**options)
+        self.pending: list[tuple[Deferred, object]] = []
+
+    def authenticate(self, request: Request) -> object:
+        decision = Deferred()
+        self.pending.append((decision, super().authenticate(request)))
+        return decision
+
+    def decide_all(self) -> None:
+        for decision, user in self.pending:
+            decision.accept(user)
+        self.pending.clear()
+
+
+@pytest.mark.parametrize(
+    ("options", "second", "code", "reason"),
+    [
+        ({}, "/stream/s?role=publish&user=bob", 1008, "this stream already has a publisher"),
+        (
+            {"max_streams_per_user": 1},
+            "/stream/t?role=publish&user=ada",
+            1008,
+            "this user already publishes all the streams it may",
+        ),
+        ({"max_streams": 1}, "/stream/t", 1013, "too many streams"),
+    ],  # fmt: skip
+)
+def test_a_handshake_that_lost_a_race_for_a_bound_is_closed(
+    options: dict[str, int], second: str, code: int, reason: str
+) -> None:
+    stream = Held(**options)
+    with TestClient(mount(stream)) as client:
+        first = client.connect("/stream/s?role=publish&user=ada")
+        loser = client.connect(second)
+        stream.decide_all()
+        client.pump()
+        assert first.receive_json()["type"] == "publishing"
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                loser.receive()
+        assert (closed.value.code, closed.value.reason) == (code, reason)
+        first.close()
+        assert stream._streams == {} and stream._publishing == Counter()
+
+
+def test_the_seed_name_takes_the_options() -> None:
+    assert create_stream_server(max_streams=5).max_streams == 5
