@@ -169,7 +169,7 @@ class Held(ByUser):
             "this user already publishes all the streams it may",
         ),
         ({"max_streams": 1}, "/stream/t", 1013, "too many streams"),
-    ],  # fmt: skip
+    ],
 )
 def test_a_handshake_that_lost_a_race_for_a_bound_is_closed(
     options: dict[str, int], second: str, code: int, reason: str
