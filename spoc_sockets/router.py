@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
 from .channel import ChannelServer, Connection, check_hooks
@@ -23,7 +23,9 @@ logger = logging.getLogger("spoc_sockets")
 
 __all__ = ["Response", "Router"]
 
-C = TypeVar("C", bound=ChannelServer)
+#: Any channel, whatever its principal type.
+AnyChannel = ChannelServer[Any]
+C = TypeVar("C", bound=AnyChannel)
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class _Template:
     path: str
     segments: tuple[str | None, ...]  # a literal, or None for a {name} segment
     names: tuple[str, ...]
-    server: ChannelServer
+    server: AnyChannel
 
     def overlaps(self, other: _Template) -> bool:
         """Whether some path would match both templates."""
@@ -65,7 +67,7 @@ class _Template:
         return dict(zip(self.names, values, strict=True))
 
 
-def _compile(path: str, server: ChannelServer) -> _Template:
+def _compile(path: str, server: AnyChannel) -> _Template:
     if not path.startswith("/"):
         raise UsageError(f"a path starts with '/': {path!r}")
     segments: list[str | None] = []
@@ -130,7 +132,7 @@ class Router:
         self._handshakes: dict[str, RateWindow] = {}  # per client address
         self._kept = 0  # entries kept by the last pruning of _handshakes
         self._awaits = True  # False once served by a server that cannot await hooks
-        self._static: dict[str, ChannelServer] = {}
+        self._static: dict[str, AnyChannel] = {}
         self._templates: dict[int, list[_Template]] = {}
         self._http: dict[str, HTTPHandler] = {}
         self._upgraded: dict[Connection, None] = {}
@@ -171,8 +173,26 @@ class Router:
             raise UsageError(f"an HTTP route is already registered at {path!r}")
         self._http[path] = handler
 
+    def get(self, cls: type[C], path: str | None = None) -> C:
+        """The instance of ``cls`` registered here (by :meth:`channel`, say), typed as
+        ``cls``; ``path`` picks one when several are. :class:`UsageError` when there is
+        none, or several and no ``path``."""
+        found = [
+            server
+            for where, server in self.channels.items()
+            if type(server) is cls and (path is None or where == path)
+        ]
+        unique = list({id(server): server for server in found}.values())
+        if len(unique) != 1:
+            where = f" at {path!r}" if path is not None else ""
+            many = "several are: give the path" if unique else "none is"
+            raise UsageError(f"one {cls.__name__}{where} is asked for, and {many} registered")
+        server = unique[0]
+        assert isinstance(server, cls)
+        return server
+
     @property
-    def channels(self) -> dict[str, ChannelServer]:
+    def channels(self) -> dict[str, AnyChannel]:
         """Every registered path (static and template) and its channel."""
         paths = dict(self._static)
         for templates in self._templates.values():
@@ -269,7 +289,7 @@ class Router:
 
     # -- admission ------------------------------------------------------------------
 
-    def admit(self, channel: ChannelServer, request: Request, now: float) -> None:
+    def admit(self, channel: AnyChannel, request: Request, now: float) -> None:
         """Raise :class:`Reject` if the limits refuse one more handshake (429, 503)."""
         most = channel.max_connections
         if most is not None and len(channel._clients) >= most:
