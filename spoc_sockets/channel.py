@@ -56,7 +56,8 @@ __all__ = [
     "Subprotocols",
 ]
 
-logger = logging.getLogger("spoc_sockets")
+#: Errors of application code: hooks and HTTP routes (with their traceback).
+logger = logging.getLogger("spoc_sockets.hooks")
 
 Message = str | bytes
 
@@ -155,10 +156,16 @@ class Connection(Generic[U]):
     __slots__ = (
         "__weakref__",
         "_link",
+        "bytes_in",
+        "bytes_out",
         "channel",
         "dropped",
         "id",
+        "messages_in",
+        "messages_out",
+        "opened_at",
         "request",
+        "route",
         "subprotocol",
         "user",
     )
@@ -170,8 +177,16 @@ class Connection(Generic[U]):
         request: Request,
         user: U,
         subprotocol: str | None,
+        route: str = "",
+        opened_at: float = 0.0,
     ) -> None:
         self._link = link
+        #: the path the channel is registered at (``/stream/{stream_id}``)
+        self.route = route
+        #: when the handshake was accepted (the core's clock)
+        self.opened_at = opened_at
+        #: messages and payload bytes received from the client, and queued for it
+        self.messages_in = self.bytes_in = self.messages_out = self.bytes_out = 0
         #: the channel that accepted this connection
         self.channel = channel
         #: the upgrade request

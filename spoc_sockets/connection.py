@@ -27,7 +27,6 @@ States (:class:`~spoc_sockets.ConnectionState`) and what moves them:
 
 from __future__ import annotations
 
-import logging
 import struct
 from collections.abc import Hashable, Iterator
 from dataclasses import replace
@@ -62,7 +61,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ServerConnection", "http_response"]
 
-logger = logging.getLogger("spoc_sockets")
 
 _PING = struct.Struct("!I")
 
@@ -163,6 +161,7 @@ class ServerConnection(Endpoint):
         """Feed bytes read from the transport; ``b""`` means the peer closed its side."""
         if self.state is CLOSED:
             return
+        self._clock = now
         with self._guard():
             if self._ws is None:
                 self._receive_handshake(data, now)
@@ -172,6 +171,7 @@ class ServerConnection(Endpoint):
     def data_to_send(self, now: float) -> bytes:
         """Everything to write now, coalesced; ``b""`` when nothing (or while paused)."""
         self._scheduled = False
+        self._clock = now
         with self._guard():
             self._take_decision(now)
             if self._events is not None and not self._busy:
@@ -287,13 +287,13 @@ class ServerConnection(Endpoint):
             if response is not None:
                 self._respond(response)
                 return
-        found = self.router.resolve(request.target.partition("?")[0])
-        if found is None:
+        route = self.router.resolve(request.target.partition("?")[0])
+        if route is None:
             raise ProtocolError(f"no channel at {request.path}", status=404)
-        channel, params = found
+        self._route, channel = route.path, route.channel
         self._key = check_upgrade(request, event.http_version.decode())
         self._h11.next_event()  # the EndOfMessage of a bodiless GET
-        request = replace(request, path_params=params)
+        request = replace(request, path_params=route.params)
         if channel.compression:
             self._extension = negotiate(request, channel.max_message_size)
         self._decide(channel, request, now)
@@ -399,9 +399,9 @@ class ServerConnection(Endpoint):
             self.error = ProtocolError(fault, code=CloseCode.MESSAGE_TOO_BIG)
             self._close(CloseCode.MESSAGE_TOO_BIG, fault, now)
         elif event.message_finished:
-            message = self._reassemble(data)
+            message, size = self._reassemble(data), self._size
             self._size = self._fragments = 0
-            self._deliver(message, now)
+            self._deliver(message, size, now)
         else:
             self._accumulate(data)
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import unquote
 
 from .channel import ChannelServer, Connection, check_hooks
@@ -13,15 +14,17 @@ from .errors import ProtocolError, Reject, UsageError
 from .handshake import check_upgrade
 from .limits import WINDOW, RateWindow, check_number
 from .request import Request
+from .stats import RouteCounters, RouterStats
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from .channel import ChannelOptions
 
-logger = logging.getLogger("spoc_sockets")
+#: Errors of application code: hooks and HTTP routes (with their traceback).
+logger = logging.getLogger("spoc_sockets.hooks")
 
-__all__ = ["Response", "Router"]
+__all__ = ["Response", "Route", "Router"]
 
 #: Any channel, whatever its principal type.
 AnyChannel = ChannelServer[Any]
@@ -39,6 +42,14 @@ class Response:
 
 
 HTTPHandler = Callable[[Request], Response]
+
+
+class Route(NamedTuple):
+    """Where a request path leads: the path as registered, its channel, its params."""
+
+    path: str
+    channel: AnyChannel
+    params: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -136,6 +147,8 @@ class Router:
         self._templates: dict[int, list[_Template]] = {}
         self._http: dict[str, HTTPHandler] = {}
         self._upgraded: dict[Connection, None] = {}
+        self._counters: dict[str, RouteCounters] = {}  # per registered path
+        self._unrouted: Counter[int] = Counter()  # refusals before a channel was found
         self._transports: dict[Hashable, object] = {}
 
     # -- registration ---------------------------------------------------------------
@@ -150,12 +163,14 @@ class Router:
             if path in self._static:
                 raise UsageError(f"a channel is already registered at {path!r}")
             self._static[path] = server
+            self._counters[path] = RouteCounters()
             return server
         same_length = self._templates.setdefault(len(template.segments), [])
         for other in same_length:
             if template.overlaps(other):
                 raise UsageError(f"{path!r} conflicts with the channel at {other.path!r}")
         same_length.append(template)
+        self._counters[path] = RouteCounters()
         return server
 
     def channel(self, path: str, **options: Unpack[ChannelOptions]) -> Callable[[type[C]], type[C]]:
@@ -201,8 +216,8 @@ class Router:
 
     # -- lookup ---------------------------------------------------------------------
 
-    def resolve(self, raw_path: str) -> tuple[ChannelServer, dict[str, str]] | None:
-        """The channel for a raw (percent-encoded) path and its path params, or None.
+    def resolve(self, raw_path: str) -> Route | None:
+        """The route of a raw (percent-encoded) path: its channel and params, or None.
 
         Segments are percent-decoded one by one, so ``%2F`` never splits a segment.
         """
@@ -211,13 +226,14 @@ class Router:
         segments = raw_path.split("/")[1:]
         decoded = [unquote(segment) for segment in segments]
         if not any("/" in segment for segment in decoded):  # %2F stays inside a segment
-            server = self._static.get("/" + "/".join(decoded))
+            path = "/" + "/".join(decoded)
+            server = self._static.get(path)
             if server is not None:
-                return server, {}
+                return Route(path, server, {})
         for template in self._templates.get(len(segments), ()):
             params = template.match(decoded)
             if params is not None:
-                return template.server, params
+                return Route(template.path, template.server, params)
         return None
 
     def refuse_async_hooks(self) -> None:
@@ -271,16 +287,41 @@ class Router:
     def release(self, transport: Hashable) -> None:
         self._transports.pop(transport, None)
 
+    def stats(self) -> RouterStats:
+        """A snapshot of every route's counters (see :class:`~spoc_sockets.stats.ChannelStats`).
+
+        Exact while one server (or several on the same thread) runs this router; with
+        servers on several threads, the counts may miss an increment now and then.
+        """
+        live: dict[str, list[Connection]] = {path: [] for path in self._counters}
+        for conn in tuple(self._upgraded):
+            live.setdefault(conn.route, []).append(conn)
+        return RouterStats(
+            {path: counters.snapshot(live[path]) for path, counters in self._counters.items()},
+            dict(self._unrouted),
+        )
+
+    def refused(self, route: str | None, status: int) -> None:
+        """Count a refused handshake (``route`` None: it reached no channel)."""
+        counters = self._counters.get(route) if route is not None else None
+        (counters.refused if counters is not None else self._unrouted)[status] += 1
+
     def enter(self, conn: Connection) -> None:
         self._upgraded[conn] = None
+        counters = self._counters.get(conn.route)
+        if counters is not None:
+            counters.accepted += 1
         address = _address(conn.request)
         if address is not None:
             self._per_address[address] = self._per_address.get(address, 0) + 1
 
-    def leave(self, conn: Connection) -> None:
+    def leave(self, conn: Connection, code: int) -> None:
         if conn not in self._upgraded:
             return
         del self._upgraded[conn]
+        counters = self._counters.get(conn.route)
+        if counters is not None:
+            counters.add(conn, code)
         address = _address(conn.request)
         if address is not None:
             left = self._per_address.pop(address) - 1
