@@ -291,6 +291,7 @@ class ChannelOptions(TypedDict, total=False):
     ping_interval: float | None
     ping_timeout: float | None
     close_timeout: float
+    idle_timeout: float | None
     max_control_rate: float | None
     max_connections: int | None
     max_buffered_amount: int
@@ -340,6 +341,9 @@ class ChannelServer(Generic[U]):
     ping_timeout: float | None = 20.0
     #: Seconds to wait for the peer's close frame after sending ours.
     close_timeout: float = 10.0
+    #: Seconds without a message from the client before the connection is closed with
+    #: 1001 ``"idle timeout"`` (pings and pongs do not count); ``None`` means never.
+    idle_timeout: float | None = None
     #: Ping and pong frames a client may send per second, counted over 10-second
     #: windows; more closes with 1008. ``None`` means no limit.
     max_control_rate: float | None = 10.0
@@ -362,6 +366,7 @@ class ChannelServer(Generic[U]):
         "ping_interval",
         "ping_timeout",
         "close_timeout",
+        "idle_timeout",
         "max_control_rate",
         "max_connections",
         "max_buffered_amount",
@@ -392,7 +397,7 @@ class ChannelServer(Generic[U]):
         """Refuse option values that would misbehave, naming the option and the value."""
         for name in ("max_message_size", "max_fragments", "max_connections"):
             check_number(name, getattr(self, name), integer=True, optional=True)
-        for name in ("ping_interval", "ping_timeout", "max_control_rate"):
+        for name in ("ping_interval", "ping_timeout", "idle_timeout", "max_control_rate"):
             check_number(name, getattr(self, name), integer=False, optional=True)
         check_number("close_timeout", self.close_timeout, integer=False, optional=False)
         check_number("max_buffered_amount", self.max_buffered_amount, True, optional=False)

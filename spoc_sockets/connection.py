@@ -138,8 +138,9 @@ class ServerConnection(Endpoint):
         self._size = 0
         self._fragments = 0
         self._control = RateWindow(now)
-        self._ping_payload: bytes | None = None
+        self._ping_payload: bytes | None = None  # the ping awaiting its pong
         self._ping_sent = 0.0
+        self._ping_base = 0.0  # when the keepalive interval last started
         self._pings = 0
         super().__init__(router, now, hub.spawn if hub is not None else None)
 
@@ -478,36 +479,40 @@ class ServerConnection(Endpoint):
     # -- keepalive ------------------------------------------------------------------------
 
     def _opened(self, now: float) -> None:
-        self._keepalive_from(now)
+        self._ping_base = now  # the next ping is due ping_interval after this
 
-    def _keepalive_from(self, now: float) -> None:
+    def _keepalive_due(self) -> float | None:
         assert self._channel is not None
-        interval = self._channel.ping_interval
-        self._set_deadline(None if interval is None else now + interval)
+        timeout, interval = self._channel.ping_timeout, self._channel.ping_interval
+        if self._ping_payload is not None and timeout is not None:
+            return self._ping_sent + timeout  # waiting for the pong
+        return None if interval is None else self._ping_base + interval
 
     def _keepalive(self, now: float) -> None:
-        assert self._channel is not None and self._ws is not None
+        channel, ws = self._channel, self._ws
+        assert channel is not None and ws is not None
         if self._ping_payload is not None:
-            self.error = ProtocolError("no pong within ping_timeout", code=CloseCode.INTERNAL_ERROR)
-            self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            if channel.ping_timeout is not None and now >= self._ping_sent + channel.ping_timeout:
+                self.error = ProtocolError(
+                    "no pong within ping_timeout", code=CloseCode.INTERNAL_ERROR
+                )
+                self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            return
+        if channel.ping_interval is None or now < self._ping_base + channel.ping_interval:
             return
         self._pings += 1
         payload = _PING.pack(self._pings & 0xFFFFFFFF)
-        self._emit(self._ws.send(Ping(payload=payload)))
-        self._ping_sent = now
-        if self._channel.ping_timeout is None:
-            self._keepalive_from(now)
-        else:
+        self._emit(ws.send(Ping(payload=payload)))
+        self._ping_sent = self._ping_base = now
+        if channel.ping_timeout is not None:
             self._ping_payload = payload
-            self._set_deadline(now + self._channel.ping_timeout)
 
     def _on_pong(self, event: Pong, now: float) -> None:
         if self._ping_payload is None or bytes(event.payload) != self._ping_payload:
             return  # unsolicited (allowed by RFC 6455 section 5.5.3), or stale
-        assert self._channel is not None and self._channel.ping_interval is not None
         self._ping_payload = None
         if self.state is OPEN:
-            self._set_deadline(max(now, self._ping_sent + self._channel.ping_interval))
+            self._arm_open()  # the next ping is due ping_interval after the last one
 
     def __repr__(self) -> str:
         return f"<ServerConnection {self.peer} {self.state.value}>"

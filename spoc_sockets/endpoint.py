@@ -68,6 +68,7 @@ class Endpoint(ABC):
     def __init__(self, router: Router, now: float, spawn: Spawn | None = None) -> None:
         self.router = router
         self._clock = now  # the latest time the owner told us (for durations in logs)
+        self._last_input = now  # when the last message came (for idle_timeout)
         self._route: str | None = None  # the path the request was routed by
         self._spawn = spawn  # runs the coroutine of an async hook (None: cannot)
         self._busy = False  # an async on_connect / on_message is running: input waits
@@ -113,7 +114,7 @@ class Endpoint(ABC):
             if self.state is CONNECTING:
                 self._handshake_expired()
             elif self.state is OPEN:
-                self._keepalive(now)
+                self._open_deadline_passed(now)
             elif self.state is CLOSING:
                 self._finish(self._close_code, self._close_reason)
 
@@ -175,8 +176,34 @@ class Endpoint(ABC):
     def _set_deadline(self, deadline: float | None) -> None:
         self._deadline = deadline
 
+    # -- OPEN: the idle timeout, and the keepalive where the subclass runs one --------------
+
+    def _arm_open(self) -> None:
+        """The next deadline of an OPEN connection: its keepalive's, or when it would
+        have been idle for ``idle_timeout`` (the earlier)."""
+        assert self._channel is not None
+        due = self._keepalive_due()
+        idle = self._channel.idle_timeout
+        if idle is not None:
+            due = min(self._last_input + idle, due if due is not None else float("inf"))
+        self._set_deadline(due)
+
+    def _open_deadline_passed(self, now: float) -> None:
+        assert self._channel is not None
+        idle = self._channel.idle_timeout
+        if idle is not None and now >= self._last_input + idle:
+            self._close(CloseCode.GOING_AWAY, "idle timeout", now)
+            return
+        self._keepalive(now)
+        if self.state is OPEN:
+            self._arm_open()
+
+    def _keepalive_due(self) -> float | None:
+        """When the keepalive next needs :meth:`handle_timeout` (None: never)."""
+        return None
+
     def _keepalive(self, now: float) -> None:  # noqa: B027 - an optional hook
-        """A deadline passed while OPEN (keepalive, where the subclass runs one)."""
+        """An OPEN deadline passed: ping, or fail a missing pong, when due."""
 
     # -- the decision -------------------------------------------------------------------
 
@@ -256,8 +283,9 @@ class Endpoint(ABC):
         connections_logger.info(
             "open %s peer=%s user=%s conn=%d", request.path, _peer(self.peer), _who(user), conn.id
         )
-        self._set_deadline(None)
+        self._last_input = now
         self._opened(now)
+        self._arm_open()
         self._after_hook(channel._opened(conn), now)
 
     def _refuse(self, status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> None:
@@ -284,6 +312,7 @@ class Endpoint(ABC):
         if it raises."""
         conn = self.connection
         assert self._channel is not None and conn is not None
+        self._last_input = now  # the idle deadline follows lazily (_open_deadline_passed)
         conn.messages_in += 1
         conn.bytes_in += size
         self._after_hook(self._channel._received(conn, message), now)
@@ -376,8 +405,7 @@ class Endpoint(ABC):
             assert self._channel is not None
             self.router.leave(conn, code)
             connections_logger.info(
-                "closed %s peer=%s user=%s conn=%d code=%d duration=%.3fs "
-                "in=%d/%dB out=%d/%dB",
+                "closed %s peer=%s user=%s conn=%d code=%d duration=%.3fs in=%d/%dB out=%d/%dB",
                 conn.request.path,
                 _peer(self.peer),
                 _who(conn.user),
