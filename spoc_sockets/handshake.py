@@ -1,8 +1,9 @@
 """The server side of the RFC 6455 opening handshake (section 4.2).
 
 :func:`check_upgrade` validates what the request itself must carry, in the order of
-the answers table (405, 426, 400, 426 for the version); :func:`accept_headers` builds
-the headers of the ``101 Switching Protocols`` response.
+the answers table (431 for too many header fields, 405, 426, 400, 426 for the
+version); :func:`accept_headers` builds the headers of the ``101 Switching Protocols``
+response.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ from wsproto.utilities import generate_accept_token
 from .errors import ProtocolError
 from .request import Request
 
-__all__ = ["accept_headers", "check_upgrade", "is_upgrade"]
+__all__ = ["MAX_HEADERS", "accept_headers", "check_upgrade", "is_upgrade"]
+
+#: The most header fields an upgrade request may carry (answered 431 beyond). Browsers
+#: send about 20; a head of ``max_request_size`` bytes could otherwise hold thousands of
+#: tiny fields, each kept in memory for the connection's lifetime.
+MAX_HEADERS = 100
 
 
 def is_upgrade(request: Request) -> bool:
@@ -28,6 +34,11 @@ def check_upgrade(request: Request, http_version: str = "1.1") -> str:
 
     Raises :class:`ProtocolError` carrying the HTTP status that answers the fault.
     """
+    count = len(request.headers.raw_items())
+    if count > MAX_HEADERS:
+        raise ProtocolError(
+            f"too many header fields: {count}; at most {MAX_HEADERS}", status=431
+        )
     if request.method != "GET":
         raise ProtocolError(
             f"a WebSocket handshake must use GET, not {request.method}",
