@@ -16,7 +16,7 @@ from wsproto.utilities import generate_accept_token
 from .errors import ProtocolError
 from .request import Request
 
-__all__ = ["MAX_HEADERS", "accept_headers", "check_upgrade", "is_upgrade"]
+__all__ = ["MAX_HEADERS", "accept_headers", "check_head", "check_upgrade", "is_upgrade"]
 
 #: The most header fields an upgrade request may carry (answered 431 beyond). Browsers
 #: send about 20; a head of ``max_request_size`` bytes could otherwise hold thousands of
@@ -27,6 +27,24 @@ MAX_HEADERS = 100
 def is_upgrade(request: Request) -> bool:
     """Whether the request asks for a WebSocket (``Upgrade: websocket``)."""
     return "websocket" in request.headers.tokens("upgrade")
+
+
+def check_head(head: bytes) -> None:
+    """Refuse, with 400, the request-head shapes h11 tolerates but RFC 7230 lets a server
+    reject, each a request-smuggling vector when a proxy in front reads them otherwise:
+    a line ending in a bare LF (section 3.5), a header folded onto the next line
+    (obs-fold, section 3.2.4) and a repeated ``Content-Length`` (section 3.3.2).
+
+    ``head`` is the request head as received, up to and including its blank line.
+    """
+    lines = head.split(b"\n")
+    if any(not line.endswith(b"\r") for line in lines[:-1]):
+        raise ProtocolError("a line of the request head ends in a bare LF, not CRLF", status=400)
+    if any(line[:1] in (b" ", b"\t") for line in lines[1:-1]):
+        raise ProtocolError("a header is folded onto the next line (obs-fold)", status=400)
+    lengths = sum(line.split(b":", 1)[0].lower() == b"content-length" for line in lines[1:])
+    if lengths > 1:
+        raise ProtocolError("the request has more than one Content-Length header", status=400)
 
 
 def check_upgrade(request: Request, http_version: str = "1.1") -> str:
