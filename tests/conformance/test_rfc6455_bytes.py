@@ -10,6 +10,7 @@ one connection; here every adapter must give the same answers.
 from __future__ import annotations
 
 import struct
+import zlib
 
 import pytest
 
@@ -33,6 +34,7 @@ class Echo(ChannelServer):
 def echo_router() -> Router:
     router = Router(handshake_timeout=2.0)
     router.add("/echo", Echo())
+    router.add("/deflate", Echo(compression=True))
     return router
 
 
@@ -261,3 +263,46 @@ def test_control_frames_between_fragments_and_nothing_after_close(serve_bytes: H
         (0x1, b"fragment"),
         (0x8, close_payload(1000)),
     ]
+
+
+# -- RFC 7692: permessage-deflate ------------------------------------------------------------
+
+DEFLATE = upgrade_request("/deflate", extra="Sec-WebSocket-Extensions: permessage-deflate\r\n")
+
+
+def deflated(data: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-15)
+    return (compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+DEFLATE_ERRORS = {
+    "RSV1 on a continuation": (
+        frame(0x1, deflated(b"ab"), rsv=4, fin=False) + frame(0x0, b"", rsv=4),
+        1002,
+    ),
+    "RSV1 on a ping": (frame(0x9, b"p", rsv=4), 1002),
+    "RSV2 with deflate": (frame(0x1, deflated(b"ab"), rsv=6), 1002),
+    "corrupt compressed data": (frame(0x2, b"\x06\x00", rsv=4), 1007),
+    "compressed invalid UTF-8": (frame(0x1, deflated(b"\xff\xfe"), rsv=4), 1007),
+    "inflates past max_message_size": (frame(0x2, deflated(b"\x00" * (2**16 + 1)), rsv=4), 1009),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DEFLATE_ERRORS))
+def test_compressed_frame_error_closes_with_its_code_then_the_transport(
+    serve_bytes: Harness, case: str
+) -> None:
+    data, code = DEFLATE_ERRORS[case]
+    answer = exchange(serve_bytes, DEFLATE + data)
+    assert header(answer, "Sec-WebSocket-Extensions") == ["permessage-deflate"]
+    assert closing(answer) == (code, True), case
+
+
+def test_compressed_message_echoed_compressed(serve_bytes: Harness) -> None:
+    message = b"hello " * 100
+    data = frame(0x2, deflated(message), rsv=4) + frame(0x8, close_payload(1000))
+    frames = parse_frames(parse_answer(exchange(serve_bytes, DEFLATE + data))[1])
+    assert [f.opcode for f in frames] == [0x2, 0x8]
+    assert frames[0].rsv == 4 and len(frames[0].payload) < len(message)
+    inflater = zlib.decompressobj(wbits=-15)
+    assert inflater.decompress(frames[0].payload + b"\x00\x00\xff\xff") == message
