@@ -1,9 +1,10 @@
 """The server side of the RFC 6455 opening handshake (section 4.2).
 
 :func:`check_upgrade` validates what the request itself must carry, in the order of
-the answers table (431 for too many header fields, 405, 426, 400, 426 for the
-version); :func:`accept_headers` builds the headers of the ``101 Switching Protocols``
-response.
+the answers table (431 for too many header fields, 414 for too many query parameters,
+405, 426, 400, 426 for the version); :func:`check_head` refuses the raw request-head
+shapes h11 tolerates; :func:`accept_headers` builds the headers of the ``101 Switching
+Protocols`` response.
 """
 
 from __future__ import annotations
@@ -16,12 +17,23 @@ from wsproto.utilities import generate_accept_token
 from .errors import ProtocolError
 from .request import Request
 
-__all__ = ["MAX_HEADERS", "accept_headers", "check_head", "check_upgrade", "is_upgrade"]
+__all__ = [
+    "MAX_HEADERS",
+    "MAX_QUERY_FIELDS",
+    "accept_headers",
+    "check_head",
+    "check_upgrade",
+    "is_upgrade",
+]
 
 #: The most header fields an upgrade request may carry (answered 431 beyond). Browsers
 #: send about 20; a head of ``max_request_size`` bytes could otherwise hold thousands of
 #: tiny fields, each kept in memory for the connection's lifetime.
 MAX_HEADERS = 100
+
+#: The most query parameters (``&``-separated fields) an upgrade request's target may
+#: carry (answered 414 beyond), so that reading ``request.query`` stays cheap.
+MAX_QUERY_FIELDS = 100
 
 
 def is_upgrade(request: Request) -> bool:
@@ -54,8 +66,11 @@ def check_upgrade(request: Request, http_version: str = "1.1") -> str:
     """
     count = len(request.headers.raw_items())
     if count > MAX_HEADERS:
+        raise ProtocolError(f"too many header fields: {count}; at most {MAX_HEADERS}", status=431)
+    fields = request.target.partition("?")[2].count("&") + 1
+    if fields > MAX_QUERY_FIELDS:
         raise ProtocolError(
-            f"too many header fields: {count}; at most {MAX_HEADERS}", status=431
+            f"too many query parameters: {fields}; at most {MAX_QUERY_FIELDS}", status=414
         )
     if request.method != "GET":
         raise ProtocolError(

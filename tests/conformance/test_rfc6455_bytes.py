@@ -15,7 +15,7 @@ import zlib
 import pytest
 
 from spoc_sockets import ChannelServer, Connection, Router
-from spoc_sockets.handshake import MAX_HEADERS
+from spoc_sockets.handshake import MAX_HEADERS, MAX_QUERY_FIELDS
 
 from ..behaviour.harness import Harness
 from ..core.wire import close_payload, frame, parse_answer, parse_frames
@@ -135,6 +135,19 @@ def test_too_many_header_fields_are_431(serve_bytes: Harness) -> None:
 def test_header_fields_up_to_the_limit_are_accepted(serve_bytes: Harness) -> None:
     fields = "".join(f"X-{i}: 1\r\n" for i in range(MAX_HEADERS - 6))  # + the 6 of a handshake
     answer = exchange(serve_bytes, upgrade_request("/echo", extra=fields) + frame(0x8))
+    assert parse_answer(answer)[0].status == 101
+
+
+def test_too_many_query_parameters_are_414(serve_bytes: Harness) -> None:
+    target = "/echo?" + "&".join(["a"] * (MAX_QUERY_FIELDS + 1))
+    response = parse_answer(exchange(serve_bytes, upgrade_request(target)))[0]
+    assert response.status == 414
+    assert b"too many query parameters" in response.body
+
+
+def test_query_parameters_up_to_the_limit_are_accepted(serve_bytes: Harness) -> None:
+    target = "/echo?" + "&".join(["a=1"] * MAX_QUERY_FIELDS)
+    answer = exchange(serve_bytes, upgrade_request(target) + frame(0x8))
     assert parse_answer(answer)[0].status == 101
 
 
