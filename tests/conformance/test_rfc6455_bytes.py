@@ -288,6 +288,12 @@ def deflated(data: bytes) -> bytes:
     return (compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
 
 
+def deflated_final(data: bytes) -> bytes:
+    """Compressed into a stream that ends with a block with BFINAL set (RFC 7692 7.2.3.3)."""
+    compressor = zlib.compressobj(wbits=-15)
+    return compressor.compress(data) + compressor.flush(zlib.Z_FINISH)
+
+
 DEFLATE_ERRORS = {
     "RSV1 on a continuation": (
         frame(0x1, deflated(b"ab"), rsv=4, fin=False) + frame(0x0, b"", rsv=4),
@@ -297,6 +303,11 @@ DEFLATE_ERRORS = {
     "RSV2 with deflate": (frame(0x1, deflated(b"ab"), rsv=6), 1002),
     "corrupt compressed data": (frame(0x2, b"\x06\x00", rsv=4), 1007),
     "compressed invalid UTF-8": (frame(0x1, deflated(b"\xff\xfe"), rsv=4), 1007),
+    "data after the final block": (frame(0x1, deflated_final(b"ab") + b"\x00\x01", rsv=4), 1007),
+    "a fragment after the final block": (
+        frame(0x1, deflated_final(b"ab"), rsv=4, fin=False) + frame(0x0, deflated(b"cd")),
+        1007,
+    ),
     "inflates past max_message_size": (frame(0x2, deflated(b"\x00" * (2**16 + 1)), rsv=4), 1009),
 }
 
@@ -319,3 +330,14 @@ def test_compressed_message_echoed_compressed(serve_bytes: Harness) -> None:
     assert frames[0].rsv == 4 and len(frames[0].payload) < len(message)
     inflater = zlib.decompressobj(wbits=-15)
     assert inflater.decompress(frames[0].payload + b"\x00\x00\xff\xff") == message
+
+
+def test_messages_after_a_final_block_start_a_new_stream(serve_bytes: Harness) -> None:
+    messages = [b"first " * 20, b"second " * 20, b"third " * 20]
+    data = b"".join(frame(0x2, deflated_final(m), rsv=4) for m in messages)
+    answer = exchange(serve_bytes, DEFLATE + data + frame(0x8, close_payload(1000)))
+    frames = parse_frames(parse_answer(answer)[1])
+    inflater = zlib.decompressobj(wbits=-15)  # our answers share one stream (context takeover)
+    echoed = [inflater.decompress(f.payload + b"\x00\x00\xff\xff") for f in frames[:-1]]
+    assert echoed == messages  # each one, not empty messages after the first
+    assert frames[-1].opcode == 0x8
