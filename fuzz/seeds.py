@@ -35,6 +35,11 @@ def deflated(data: bytes) -> bytes:
     return (compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
 
 
+def deflated_final(data: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-15)
+    return compressor.compress(data) + compressor.flush(zlib.Z_FINISH)
+
+
 def request(target: str = "/echo", *lines: str, method: str = "GET", http: str = "1.1") -> bytes:
     head = [
         f"{method} {target} HTTP/{http}",
@@ -111,6 +116,9 @@ FRAMES = {
     "compressed-fragments": (
         frame(0x2, deflated(MESSAGE)[:5], rsv=4, fin=False) + frame(0x0, deflated(MESSAGE)[5:])
     ),
+    "final-block": frame(0x1, deflated_final(MESSAGE), rsv=4)
+    + frame(0x1, deflated(b"next"), rsv=4),
+    "after-final-block": frame(0x2, deflated_final(b"ab") + b"\x00", rsv=4),
     "zip-bomb": frame(0x2, deflated(b"\x00" * 200_000), rsv=4),
     "corrupt-deflate": frame(0x2, b"\xff\xff\xff", rsv=4),
     "msb-length": b"\x82\xff\x80" + b"\x00" * 7 + b"\x00" * 4,
