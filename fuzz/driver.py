@@ -167,9 +167,11 @@ class Run:
         self.check()
 
     def feed(self, chunk: bytes) -> None:
+        closed, written = self.server.should_close, self.written
         self.received += len(chunk)
         self.server.receive_data(chunk, self.now)
         self.flush()
+        assert not closed or self.written == written, "output after the connection closed"
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
