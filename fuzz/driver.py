@@ -4,7 +4,8 @@ and check the core's invariants after every step and at the end.
 An input is ``[split][step][flags] + stream``:
 
 * ``split``: the stream is fed in chunks of ``split`` bytes (0: all at once), so every
-  split point of the stream is reachable;
+  split point of the stream is reachable (at most ``MAX_CHUNKS`` chunks: a longer
+  stream gets longer chunks);
 * ``step``: virtual seconds between chunks, in eighths (``255`` is almost 32 s: past the
   handshake, ping and close deadlines);
 * ``flags``: bit 0, the peer never reads (``pause_writing`` and never resume); the
@@ -47,6 +48,7 @@ MAX_BUFFERED = 256 * 1024  # bytes of output kept for a peer that never reads
 OUTPUT_FACTOR = 2
 OUTPUT_SLACK = 16 * 1024
 MAX_STEPS = 10_000  # virtual-time steps to reach the end: more is a hang
+MAX_CHUNKS = 256  # pieces an input is cut into, at most (a long input gets longer pieces)
 
 
 class Echo(ChannelServer):
@@ -202,7 +204,7 @@ def run(data: bytes, prefix: bytes = b"") -> None:
     try:
         session = Run(make_router(), options.paused)
         stream = prefix + options.stream
-        split = options.split or len(stream) or 1
+        split = max(options.split, -(-len(stream) // MAX_CHUNKS)) or len(stream) or 1
         for start in range(0, len(stream), split):
             session.feed(stream[start : start + split])
             if options.step:
