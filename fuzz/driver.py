@@ -204,7 +204,7 @@ def run(data: bytes, prefix: bytes = b"") -> None:
     try:
         session = Run(make_router(), options.paused)
         stream = prefix + options.stream
-        split = max(options.split, -(-len(stream) // MAX_CHUNKS)) or len(stream) or 1
+        split = max(options.split or len(stream), -(-len(stream) // MAX_CHUNKS), 1)
         for start in range(0, len(stream), split):
             session.feed(stream[start : start + split])
             if options.step:

@@ -104,3 +104,18 @@ def test_a_short_coverage_guided_run_finds_nothing(name: str, tmp_path: Path) ->
     executed = int(log.split("stat::number_of_executed_units:")[1].split()[0])
     assert executed > len(seeds(name)), log  # it fuzzed beyond replaying the seeds
     assert not list(tmp_path.glob("crash-*")) and not list(tmp_path.glob("timeout-*"))
+
+
+@pytest.mark.parametrize(("split", "pieces"), [(0, 1), (1, 256), (100, 31)])
+def test_an_input_is_cut_as_its_first_byte_says(
+    driver: ModuleType, monkeypatch: pytest.MonkeyPatch, split: int, pieces: int
+) -> None:
+    fed: list[bytes] = []
+    feed = driver.Run.feed
+    monkeypatch.setattr(
+        driver.Run, "feed", lambda self, chunk: fed.append(chunk) or feed(self, chunk)
+    )
+    stream = b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"y" * 3044  # 3,072 bytes: 256 x 12
+    driver.run(bytes([split, 0, 0]) + stream)
+    assert fed[-1] == b""  # the end of the stream
+    assert len(fed) - 1 == pieces and b"".join(fed) == stream
