@@ -51,7 +51,7 @@ from .channel import Message, Outgoing
 from .deflate import BoundedDeflate, negotiate
 from .endpoint import CLOSED, OPEN, Endpoint
 from .errors import CloseCode, ProtocolError
-from .handshake import accept_headers, check_upgrade, is_upgrade
+from .handshake import accept_headers, check_head, check_upgrade, is_upgrade
 from .limits import RateWindow
 from .request import Request
 from .router import Response, Router
@@ -125,6 +125,7 @@ class ServerConnection(Endpoint):
             h11.SERVER, max_incomplete_event_size=router.max_request_size
         )
         self._received = 0  # bytes of the request head (and what came with it)
+        self._head: bytearray | None = bytearray()  # those bytes, until the head is read
         self._key = ""
         self._extension: tuple[BoundedDeflate, str] | None = None
         self._ws: WSConnection | None = None
@@ -234,7 +235,7 @@ class ServerConnection(Endpoint):
 
     def _ended(self) -> None:
         # free what the connection holds now, whatever keeps the connection object alive
-        self._h11 = self._ws = self._extension = self._events = None
+        self._h11 = self._ws = self._extension = self._events = self._head = None
         self._first = self._rest = None
         if self.transport is not None:
             self.router.release(self.transport)
@@ -249,6 +250,8 @@ class ServerConnection(Endpoint):
             self._finish(CloseCode.ABNORMAL_CLOSURE, "")
             return
         self._received += len(data)
+        if self._head is not None and len(self._head) <= self.router.max_request_size:
+            self._head += data  # the raw head, for check_head (h11 keeps no raw bytes)
         self._h11.receive_data(data)
         if self._deferred is not None:  # early frames wait in h11's buffer, bounded
             if len(self._h11.trailing_data[0]) > self.router.max_request_size:
@@ -261,6 +264,9 @@ class ServerConnection(Endpoint):
                 head = self._received - len(self._h11.trailing_data[0])
                 if head > self.router.max_request_size:
                     raise h11.RemoteProtocolError("request head too large", 431)
+                assert self._head is not None
+                raw, self._head = bytes(self._head[:head]), None
+                check_head(raw)
                 self._handle_request(event, now)
         except h11.RemoteProtocolError as exc:
             status = 431 if exc.error_status_hint == 431 else 400  # the table's answers only
