@@ -17,7 +17,6 @@ import pytest
 from spoc_sockets import ChannelServer, Connection, Router
 from spoc_sockets.handshake import MAX_QUERY_FIELDS
 
-
 from ..behaviour.harness import Harness
 from ..core.wire import close_payload, frame, parse_answer, parse_frames
 from ..frames import KEY, client_frame, upgrade_request
