@@ -547,6 +547,32 @@ async def fragment_flood(ctx: Context) -> None:
             await raw.expect_close(1000, 1002, 1008, 1009)
 
 
+SERVER_FDS = 1024  # the server's descriptor limit (RLIMIT_NOFILE)
+EXHAUST = SERVER_FDS + 64  # silent connections of the exhaustion probe
+
+
+async def exhaust(ctx: Context) -> None:
+    """More silent connections than the server has descriptors, then a well-behaved
+    client: once the server closed the silent ones at ``handshake_timeout``, it must be
+    served, and the server must stay quiet meanwhile (no traceback per failed accept)."""
+    raws = [Raw(ctx.port) for _ in range(EXHAUST)]
+    ctx.tally.connections += EXHAUST
+    try:
+        for raw in raws:  # the kernel completes them; the server accepts what it can
+            await raw.connect()
+        await asyncio.sleep(0.5)
+        if ctx.owns_bytes:  # uvicorn keeps silent connections open: it would never serve
+            start = asyncio.get_running_loop().time()
+            await asyncio.wait_for(echo(ctx), 2 * ctx.handshake_timeout + GRACE)
+            if asyncio.get_running_loop().time() - start > ctx.handshake_timeout + GRACE:
+                raise Late("a client was not served after the silent ones were closed")
+    except asyncio.TimeoutError:
+        raise Late("no client served while silent connections held the descriptors") from None
+    finally:
+        for raw in raws:
+            raw.finish()
+
+
 Scenario = Callable[[Context], Awaitable[None]]
 #: each scenario and its weight in the mix
 MIX: dict[str, tuple[Scenario, int]] = {
@@ -563,7 +589,7 @@ MIX: dict[str, tuple[Scenario, int]] = {
     "fragments": (fragment_flood, 4),
 }
 #: scenarios run outside the mix
-SOLO: dict[str, Scenario] = {"quiet_silent": silent}
+SOLO: dict[str, Scenario] = {"quiet_silent": silent, "exhaust": exhaust}
 SCENARIO_TIMEOUT = 120.0  # seconds: a scenario still running then is a hang
 
 
@@ -608,6 +634,7 @@ class ServerProcess:
             adapter,
             f"--handshake-timeout={handshake_timeout}",
             f"--close-timeout={close_timeout}",
+            f"--max-fds={SERVER_FDS}",
         ]
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=self.stderr, stdin=subprocess.DEVNULL
@@ -688,6 +715,7 @@ class Report:
     settle_seconds: float = 0.0
     crashed: str = ""
     tracebacks: int = 0
+    log_lines: Counter[str] = field(default_factory=Counter)  # the server's stderr
     checks: dict[str, bool] = field(default_factory=dict)
 
     @property
@@ -698,10 +726,12 @@ class Report:
 QUIET_PROBES = 4  # silent connections opened on the quiet server after each phase
 
 
-async def quiet_probe(ctx: Context) -> None:
-    """Silent connections to a server that nothing else wakes up: every adapter must
-    honour the handshake deadline by itself, not at the next unrelated event."""
+async def probes(ctx: Context) -> None:
+    """Once the load stopped: silent connections to a server that nothing else wakes up
+    (every adapter must honour the handshake deadline by itself, not at the next
+    unrelated event), then the descriptor exhaustion."""
     await asyncio.gather(*(run_one("quiet_silent", ctx) for _ in range(QUIET_PROBES)))
+    await run_one("exhaust", ctx)
 
 
 async def settle(server: ServerProcess, fds_start: int | None) -> tuple[dict[str, object], float]:
@@ -746,12 +776,12 @@ async def soak(adapter: str, args: argparse.Namespace) -> Report:
             report.tally,
         )
         await load(ctx, warmup, args.workers)
-        await quiet_probe(ctx)
+        await probes(ctx)
         await settle(server, report.fds_start)
         await server.stats(collect=True)
         report.rss_warm_kib = server.status("VmRSS")
         await load(ctx, args.duration - warmup, args.workers)
-        await quiet_probe(ctx)
+        await probes(ctx)
         stats, report.settle_seconds = await settle(server, report.fds_start)
         report.fds_final = server.fds()
         report.upgraded = int(stats["upgraded"])  # type: ignore[call-overload]
@@ -770,6 +800,7 @@ async def soak(adapter: str, args: argparse.Namespace) -> Report:
             report.crashed = report.crashed or "the server did not stop on SIGTERM"
         log = server.log()
         report.tracebacks = log.count("Traceback")
+        report.log_lines = Counter(line for line in log.splitlines() if line[:1].isalpha())
         if args.verbose and log:
             print(f"--- {adapter} server stderr ---\n{log[-4000:]}", file=sys.stderr)
     judge(report)
@@ -836,7 +867,8 @@ def details(report: Report) -> str:
     if report.crashed:
         lines.append(f"  server: {report.crashed}")
     if report.tracebacks:
-        lines.append(f"  server logged {report.tracebacks} traceback(s)")
+        lines.append(f"  server logged {report.tracebacks} traceback(s); most frequent lines:")
+        lines += [f"    {n} x {line[:100]}" for line, n in report.log_lines.most_common(3)]
     lines.append(f"  settled in {report.settle_seconds:.1f} s after the load stopped")
     lines += [f"  {example}" for example in t.examples]
     return "\n".join(lines)

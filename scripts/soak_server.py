@@ -3,6 +3,7 @@
 ::
 
     python scripts/soak_server.py ADAPTER [--handshake-timeout S] [--close-timeout S]
+                                          [--max-fds N]
 
 ``ADAPTER`` is ``asyncio``, ``trio``, ``threads`` or ``asgi`` (:class:`ASGIApp` under
 uvicorn with ``--ws wsproto``). The server listens on 127.0.0.1, on a free port, and
@@ -17,6 +18,7 @@ prints the port alone on the first line of stdout. It serves:
   :func:`make_router`); with ``?gc=1`` the cyclic garbage collector runs first, then
   glibc's ``malloc_trim`` (RSS then measures memory in use, not a past peak).
 
+The process may open ``--max-fds`` file descriptors (default :data:`FD_LIMIT`).
 SIGTERM stops the server gracefully.
 """
 
@@ -44,6 +46,7 @@ MAX_BUFFERED = 1024 * 1024  # bytes queued per client before it is closed (1008)
 FIREHOSE = 4 * MAX_BUFFERED  # bytes the firehose sends to each client, in 64 KiB messages
 CHUNK = 64 * 1024
 ADAPTERS = ("asyncio", "trio", "threads", "asgi")
+FD_LIMIT = 1024  # the process's file descriptors (RLIMIT_NOFILE): the soak reaches it
 
 #: every Connection ever opened, until it is freed: one still here after it closed and
 #: left ``router.upgraded`` is kept alive by a reference cycle (freed only by the collector)
@@ -238,9 +241,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("adapter", choices=ADAPTERS)
     parser.add_argument("--handshake-timeout", type=float, default=3.0, metavar="SECONDS")
     parser.add_argument("--close-timeout", type=float, default=2.0, metavar="SECONDS")
+    parser.add_argument("--max-fds", type=int, default=FD_LIMIT, metavar="N")
     args = parser.parse_args(argv)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(args.max_fds, hard), hard))
     SERVE[args.adapter](make_router(args.handshake_timeout, args.close_timeout))
     return 0
 
