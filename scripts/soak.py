@@ -28,16 +28,17 @@ and fault injectors on raw sockets:
 =================  ===========================================================================
 
 The run has two phases: a warm-up (a fifth of the duration, at least 10 s but at most
-half), then the soak proper. After each, four silent connections probe the idle server,
-the load stops, the server must settle (every connection gone), the driver reads the
-stats route without and then with ``gc.collect()``, and measures. The checks, each a
-line of the verdict (the exit status is 1 when one fails):
+half), then the soak proper. After each, the load stops, the server must settle (every
+connection gone), the driver reads the stats route (connections still alive), probes
+the idle server (silent connections, then more connections than it has descriptors),
+lets it settle again, runs ``gc.collect()`` through the stats route, and measures. The
+checks, each a line of the verdict (the exit status is 1 when one fails):
 
 * ``lost``: messages the well-behaved clients sent that did not arrive (must be 0);
 * ``answers``: fault injectors that did not get their documented answer (must be 0);
-* ``deadlines``: silent and slow handshakes not closed by the server within
-  ``handshake_timeout`` plus a grace (adapters that parse bytes; uvicorn has no such
-  deadline, so ASGI is exempt);
+* ``deadlines``: silent and slow handshakes, and peers that never read, closed by the
+  server within its deadline plus a grace; a client served again once the descriptors
+  ran out (adapters that parse bytes: uvicorn has no handshake deadline);
 * ``rss``: the final RSS (after ``gc.collect()``) is within 10% of the RSS after warm-up;
 * ``fds``: the server's open file descriptors are back to their number before the load;
 * ``upgraded``: ``router.upgraded`` is empty;
@@ -568,11 +569,10 @@ async def exhaust(ctx: Context) -> None:
         for raw in raws:  # the kernel completes them; the server accepts what it can
             await raw.connect()
         await asyncio.sleep(0.5)
-        if ctx.owns_bytes:  # uvicorn keeps silent connections open: it would never serve
-            start = asyncio.get_running_loop().time()
-            await asyncio.wait_for(echo(ctx), 2 * ctx.handshake_timeout + GRACE)
-            if asyncio.get_running_loop().time() - start > ctx.handshake_timeout + GRACE:
-                raise Late("a client was not served after the silent ones were closed")
+        start = asyncio.get_running_loop().time()
+        await asyncio.wait_for(echo(ctx), 2 * ctx.handshake_timeout + GRACE)
+        if asyncio.get_running_loop().time() - start > ctx.handshake_timeout + GRACE:
+            raise Late("a client was not served after the silent ones were closed")
     except asyncio.TimeoutError:
         raise Late("no client served while silent connections held the descriptors") from None
     finally:
@@ -738,7 +738,8 @@ async def probes(ctx: Context) -> None:
     (every adapter must honour the handshake deadline by itself, not at the next
     unrelated event), then the descriptor exhaustion."""
     await asyncio.gather(*(run_one("quiet_silent", ctx) for _ in range(QUIET_PROBES)))
-    await run_one("exhaust", ctx)
+    if ctx.owns_bytes:  # under ASGI, accepting (and the descriptors) is uvicorn's business
+        await run_one("exhaust", ctx)
 
 
 async def settle(server: ServerProcess, fds_start: int | None) -> tuple[dict[str, object], float]:
@@ -766,6 +767,20 @@ async def steady_fds(server: ServerProcess) -> int:
     return previous
 
 
+async def end_phase(ctx: Context, server: ServerProcess, report: Report) -> dict[str, object]:
+    """Once a phase's load is over: settle, count the connections still alive before
+    the collector runs (the probes' allocations would run it), probe, settle again, then
+    collect. The stats before the collection."""
+    stats, report.settle_seconds = await settle(server, report.fds_start)
+    alive = int(stats["alive_connections"])  # type: ignore[call-overload]
+    report.alive_before_gc = max(report.alive_before_gc, alive)
+    report.rss_before_gc_kib = server.status("VmRSS")
+    await probes(ctx)
+    stats, _ = await settle(server, report.fds_start)
+    await server.stats(collect=True)
+    return stats
+
+
 async def soak(adapter: str, args: argparse.Namespace) -> Report:
     server = ServerProcess(adapter, args.handshake_timeout, args.close_timeout)
     report = Report(adapter, Tally())
@@ -783,18 +798,12 @@ async def soak(adapter: str, args: argparse.Namespace) -> Report:
             report.tally,
         )
         await load(ctx, warmup, args.workers)
-        await probes(ctx)
-        await settle(server, report.fds_start)
-        await server.stats(collect=True)
+        await end_phase(ctx, server, report)
         report.rss_warm_kib = server.status("VmRSS")
         await load(ctx, args.duration - warmup, args.workers)
-        await probes(ctx)
-        stats, report.settle_seconds = await settle(server, report.fds_start)
+        stats = await end_phase(ctx, server, report)
         report.fds_final = server.fds()
         report.upgraded = int(stats["upgraded"])  # type: ignore[call-overload]
-        report.alive_before_gc = int(stats["alive_connections"])  # type: ignore[call-overload]
-        report.rss_before_gc_kib = server.status("VmRSS")
-        await server.stats(collect=True)
         report.rss_final_kib = server.status("VmRSS")
         report.rss_peak_kib = server.status("VmHWM")
     except Exception as error:  # the server died or stopped answering: the verdict says so
