@@ -424,6 +424,7 @@ class Endpoint(ABC):
                 else:
                     discard(outcome)
                     logger.error("on_close is async and this server cannot await it")
+        self.connection = None  # no cycle with the handle: both are freed without the collector
         self._ended()
         self._schedule()
 

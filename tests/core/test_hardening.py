@@ -249,3 +249,19 @@ def test_idle_timeout_counts_messages_not_pings() -> None:
             ws.receive()
         assert (closed.value.code, closed.value.reason) == (1001, "idle timeout")
         assert client.now == 55
+
+
+def test_a_finished_connection_is_freed_without_the_collector() -> None:
+    import weakref
+
+    router = router_with("/r", ChannelServer())
+    gc.collect()
+    gc.disable()
+    try:
+        peer = Peer(router)
+        handle = weakref.ref(peer.handshake("/r"))
+        peer.send(frame(0x8, close_payload(1000)))
+        assert peer.server.should_close
+        assert handle() is None  # the connection no longer keeps its handle in a cycle
+    finally:
+        gc.enable()
