@@ -95,10 +95,11 @@ class ASGIApp:
         def wakeup() -> None:
             loop.call_soon_threadsafe(woken.set)
 
-        def spawn(coroutine: Coroutine[object, None, None]) -> None:
+        def spawn(coroutine: Coroutine[object, None, None]) -> Callable[[], object]:
             task = loop.create_task(coroutine)
             hooks.add(task)
             task.add_done_callback(hooks.discard)
+            return task.cancel
 
         first = await receive()
         if first["type"] != "websocket.connect":

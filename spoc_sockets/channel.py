@@ -392,6 +392,7 @@ class ChannelServer(Generic[U]):
             setattr(self, name, value)
         self._check_options()
         self._clients: dict[Connection[U], None] = {}
+        self._admitted = 0  # open connections and handshakes under way (Router.admit)
 
     def _check_options(self) -> None:
         """Refuse option values that would misbehave, naming the option and the value."""
@@ -559,8 +560,9 @@ async def settle(awaitable: Awaitable[object], done: Callable[[bool, object], No
         done(True, result)
 
 
-#: How an adapter that runs coroutines takes one from the core (``None``: it cannot).
-Spawn = Callable[[Coroutine[object, None, None]], None]
+#: How an adapter that runs coroutines takes one from the core (``None``: it cannot);
+#: it returns a function that cancels the coroutine.
+Spawn = Callable[[Coroutine[object, None, None]], Callable[[], object]]
 
 
 _ASYNC_HINT = (

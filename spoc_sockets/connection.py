@@ -176,6 +176,7 @@ class ServerConnection(Endpoint):
         self._clock = now
         with self._guard():
             self._take_decision(now)
+            self._take_hook_end(now)
             if self._events is not None and not self._busy:
                 self._handle_events(now)
             if self._mailbox:
@@ -289,15 +290,19 @@ class ServerConnection(Endpoint):
         )
         if self._hub is not None and self._hub.refusing:
             raise ProtocolError("the server is shutting down", status=503)
+        route = self.router.resolve(request.target.partition("?")[0])
+        if route is not None:
+            self._route = route.path
         if not is_upgrade(request):
             response = self.router.answer_http(request)
             if response is not None:
+                if route is not None and response.status >= 400:  # 405, 426 on a channel
+                    self.router.refused(route.path, response.status)
                 self._respond(response)
                 return
-        route = self.router.resolve(request.target.partition("?")[0])
         if route is None:
             raise ProtocolError(f"no channel at {request.path}", status=404)
-        self._route, channel = route.path, route.channel
+        channel = route.channel
         self._key = check_upgrade(request, event.http_version.decode())
         self._h11.next_event()  # the EndOfMessage of a bodiless GET
         request = replace(request, path_params=route.params)
@@ -398,6 +403,7 @@ class ServerConnection(Endpoint):
             self._size += len(data) if data.isascii() else len(data.encode())
         else:
             self._size += len(data)
+        self._last_input = now  # a message in progress is not idleness
         if event.frame_finished:
             self._fragments += 1
         fault = self._over_limits()
@@ -512,6 +518,10 @@ class ServerConnection(Endpoint):
         self._ping_sent = self._ping_base = now
         if channel.ping_timeout is not None:
             self._ping_payload = payload
+
+    def _input_resumed(self, now: float) -> None:
+        if self._ping_payload is not None:
+            self._ping_sent = now  # its pong could not be read meanwhile: wait afresh
 
     def _on_pong(self, event: Pong, now: float) -> None:
         if self._ping_payload is None or bytes(event.payload) != self._ping_payload:

@@ -23,7 +23,7 @@ import inspect
 import logging
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 from .channel import (
@@ -72,6 +72,9 @@ class Endpoint(ABC):
         self._route: str | None = None  # the path the request was routed by
         self._spawn = spawn  # runs the coroutine of an async hook (None: cannot)
         self._busy = False  # an async on_connect / on_message is running: input waits
+        self._hook_ended: str | None = None  # "done" or "failed", until the next turn
+        self._cancel_authenticate: Callable[[], object] | None = None  # an async one runs
+        self._admission: tuple[ChannelServer, Request] | None = None  # a place taken
         #: where this connection is in its life
         self.state = CONNECTING
         #: the application's handle, once accepted
@@ -136,11 +139,10 @@ class Endpoint(ABC):
         threads send: past ``max_buffered_amount`` the channel's ``overflow`` policy
         drops the message, or closes the connection with 1008 (dropping what is queued).
         """
-        if self.state is CLOSED or self._overflowed:
+        channel, conn = self._channel, self.connection  # read once: _finish may clear them
+        if conn is None or channel is None or self.state is CLOSED or self._overflowed:
             return  # discarded, and nothing accumulates on a dead connection
         if isinstance(item, Outgoing):
-            channel, conn = self._channel, self.connection
-            assert channel is not None and conn is not None
             if self.buffered_amount + item.size > channel.max_buffered_amount:
                 if channel.overflow == "drop":
                     conn.dropped += 1
@@ -190,6 +192,9 @@ class Endpoint(ABC):
 
     def _open_deadline_passed(self, now: float) -> None:
         assert self._channel is not None
+        if self._busy:  # nothing can be read meanwhile: the clocks restart when it ends
+            self._set_deadline(None)
+            return
         idle = self._channel.idle_timeout
         if idle is not None and now >= self._last_input + idle:
             self._close(CloseCode.GOING_AWAY, "idle timeout", now)
@@ -211,6 +216,7 @@ class Endpoint(ABC):
         """Run the channel's checks and ``authenticate``: accept, refuse, or wait."""
         try:
             self.router.admit(channel, request, now)
+            self._admission = (channel, request)
             subprotocol, decision = channel._handshake(request)
         except Reject as reject:
             self._refuse(reject.status, reject.headers, reject.body)
@@ -257,7 +263,7 @@ class Endpoint(ABC):
                 logger.exception("authenticate gave no usable decision")
                 deferred.reject(500, "internal server error\n")
 
-        self._spawn(settle(awaitable, decide))
+        self._cancel_authenticate = self._spawn(settle(awaitable, decide))
         return deferred
 
     def _take_decision(self, now: float) -> None:
@@ -325,6 +331,7 @@ class Endpoint(ABC):
         if outcome is not False and self._spawn is not None:
             self._busy = True
             self._spawn(settle(outcome, self._hook_done))
+            self._schedule()  # the adapter learns input_paused at once, and stops reading
             return
         if outcome is not False:
             discard(outcome)
@@ -332,12 +339,30 @@ class Endpoint(ABC):
         self._close(CloseCode.INTERNAL_ERROR, "internal error", now)
 
     def _hook_done(self, ok: bool, result: object) -> None:
-        """An async hook finished (on the owner's thread): input may flow again."""
+        """An async hook finished (on the owner's thread); the next turn resumes input
+        (:meth:`_take_hook_end`), or closes with 1011 if it failed."""
+        self._hook_ended = "done" if ok else "failed"
+        self._schedule()
+
+    def _take_hook_end(self, now: float) -> None:
+        """At the connection's turn after an async hook ended: close with 1011 before any
+        later input if it failed, else take input again; the idle and pong clocks restart,
+        since nothing could be read while it ran."""
+        ended, self._hook_ended = self._hook_ended, None
+        if ended is None:
+            return
         self._busy = False
-        if ok:
-            self._schedule()
-        else:
-            self.post(CloseRequest(CloseCode.INTERNAL_ERROR, "internal error"))
+        if self.state is not OPEN:
+            return
+        if ended == "failed":
+            self._close(CloseCode.INTERNAL_ERROR, "internal error", now)
+            return
+        self._last_input = now
+        self._input_resumed(now)
+        self._arm_open()
+
+    def _input_resumed(self, now: float) -> None:  # noqa: B027 - an optional hook
+        """Input flows again after an async hook (the keepalive restarts its pong wait)."""
 
     @property
     def input_paused(self) -> bool:
@@ -400,6 +425,12 @@ class Endpoint(ABC):
         self._mailbox.clear()
         if self._deferred is not None:
             self._deferred._notify = None
+        if self._cancel_authenticate is not None:  # undecided when the handshake ended
+            self._cancel_authenticate()
+            self._cancel_authenticate = None
+        if self._admission is not None:
+            self.router.discharge(*self._admission)
+            self._admission = None
         conn = self.connection
         if conn is not None:
             assert self._channel is not None

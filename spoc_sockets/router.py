@@ -311,9 +311,6 @@ class Router:
         counters = self._counters.get(conn.route)
         if counters is not None:
             counters.accepted += 1
-        address = _address(conn.request)
-        if address is not None:
-            self._per_address[address] = self._per_address.get(address, 0) + 1
 
     def leave(self, conn: Connection, code: int) -> None:
         if conn not in self._upgraded:
@@ -322,27 +319,37 @@ class Router:
         counters = self._counters.get(conn.route)
         if counters is not None:
             counters.add(conn, code)
-        address = _address(conn.request)
-        if address is not None:
-            left = self._per_address.pop(address) - 1
-            if left:
-                self._per_address[address] = left
 
     # -- admission ------------------------------------------------------------------
 
     def admit(self, channel: AnyChannel, request: Request, now: float) -> None:
-        """Raise :class:`Reject` if the limits refuse one more handshake (429, 503)."""
+        """Take one place for a handshake, or raise :class:`Reject` (429, 503).
+
+        The place (on the channel and for the client's address) counts from now, while
+        authentication runs too, until :meth:`discharge` gives it back when the
+        connection ends, accepted or not.
+        """
         most = channel.max_connections
-        if most is not None and len(channel._clients) >= most:
+        if most is not None and channel._admitted >= most:
             raise Reject(503, "this channel is full", [("Retry-After", "10")])
         address = _address(request)
-        if address is None:
-            return
-        limit = self.max_connections_per_address
-        if limit is not None and self._per_address.get(address, 0) >= limit:
-            raise Reject(429, "too many connections from this address")
-        if self.max_handshake_rate is not None:
-            self._count_handshake(address, now, self.max_handshake_rate)
+        if address is not None:
+            limit = self.max_connections_per_address
+            if limit is not None and self._per_address.get(address, 0) >= limit:
+                raise Reject(429, "too many connections from this address")
+            if self.max_handshake_rate is not None:
+                self._count_handshake(address, now, self.max_handshake_rate)
+            self._per_address[address] = self._per_address.get(address, 0) + 1
+        channel._admitted += 1
+
+    def discharge(self, channel: AnyChannel, request: Request) -> None:
+        """Give back the place :meth:`admit` took."""
+        channel._admitted -= 1
+        address = _address(request)
+        if address is not None:
+            left = self._per_address.pop(address) - 1
+            if left:
+                self._per_address[address] = left
 
     def _count_handshake(self, address: str, now: float, rate: float) -> None:
         window = self._handshakes.get(address)

@@ -109,6 +109,7 @@ class MessageSession(Endpoint):
         self._clock = now
         with self._guard():
             self._take_decision(now)
+            self._take_hook_end(now)
             if self._mailbox:
                 self._intake(now)
         actions, self._actions = self._actions, []
