@@ -30,6 +30,19 @@ router.add("/echo", Echo())
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 resource.setrlimit(resource.RLIMIT_NOFILE, (48, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 adapter = sys.argv[1]
+if len(sys.argv) > 2:  # the process runs out of descriptors by itself, with no client
+    import threading, os
+    def exhaust():
+        import time
+        sys.stdin.readline()  # once the test read the port
+        held = []
+        try:
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            print("exhausted", file=sys.stderr, flush=True)
+        time.sleep(3600)
+    threading.Thread(target=exhaust, daemon=True).start()
 if adapter == "asyncio":
     import asyncio
     from spoc_sockets.asyncio import serve
@@ -92,5 +105,37 @@ def test_out_of_descriptors_is_quiet_and_recovers(adapter: str) -> None:
     finally:
         for sock in held:
             sock.close()
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize("adapter", ["asyncio", "trio", "threads"])
+def test_out_of_descriptors_with_no_connection_of_its_own_does_not_spin(adapter: str) -> None:
+    """Descriptors used up elsewhere in the process: a waiting client makes the server
+    retry accepting now and then (one warning each time), not in a busy loop."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER, adapter, "self"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        port = int(proc.stdout.readline())
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        log: list[str] = []
+        warned = threading.Event()
+        threading.Thread(target=_lines, args=(proc.stderr, log, warned), daemon=True).start()
+        threading.Event().wait(1.0)  # the server has used up its descriptors by then
+        waiting = socket.create_connection(("127.0.0.1", port), timeout=10)
+        assert warned.wait(20), "the server never tried to accept"
+        threading.Event().wait(2.5)  # a busy loop would log thousands of lines meanwhile
+        waiting.close()
+        accepts = [line for line in log if "accept" in line.lower()]
+        assert 1 <= len(accepts) <= 5, "".join(log[:20])
+        assert proc.poll() is None
+    finally:
         proc.kill()
         proc.wait(10)

@@ -50,9 +50,13 @@ def test_stats_count_per_channel() -> None:
             client.connect("/echo", headers=[("Origin", "https://evil.example")])
         with pytest.raises(HandshakeRejected):
             client.connect("/nowhere")
+        plain = client.hub.open(client.now)  # a plain GET on a channel's path: 426
+        plain.receive_data(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n", client.now)
+        assert plain.data_to_send(client.now).startswith(b"HTTP/1.1 426")
         stats = router.stats()
         echo = stats["/echo"]
-        assert (echo.connections, echo.accepted, echo.refused) == (1, 1, {401: 1, 403: 1})
+        assert (echo.connections, echo.accepted) == (1, 1)
+        assert echo.refused == {401: 1, 403: 1, 426: 1}
         assert (echo.messages_in, echo.bytes_in, echo.messages_out, echo.bytes_out) == (3, 6, 3, 6)
         assert stats["/stream/{id}"].connections == 1
         assert stats.unrouted_refused == {404: 1}

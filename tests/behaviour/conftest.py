@@ -44,3 +44,9 @@ AWAITING = sorted(set(HARNESSES) - {"threads"})
 @pytest.fixture(params=AWAITING)
 def serve_async(request: pytest.FixtureRequest) -> Harness:
     return HARNESSES[request.param]
+
+
+@pytest.fixture(params=sorted(set(AWAITING) & BYTES))
+def serve_async_bytes(request: pytest.FixtureRequest) -> Harness:
+    """Harnesses that await async hooks and where the library parses the bytes."""
+    return HARNESSES[request.param]

@@ -11,6 +11,7 @@ import trio
 from spoc_sockets import ChannelServer, Connection, Reject, Request, Router, UsageError
 from spoc_sockets.threads import serve as serve_threads
 
+from ..frames import client_frame, close_frame_code, upgrade_request
 from .harness import Closed, Harness, Rejected
 
 
@@ -105,3 +106,95 @@ def test_a_router_served_by_threads_refuses_async_channels_added_later() -> None
     router = Router()
     with serve_threads(router, "127.0.0.1", 0), pytest.raises(UsageError, match="async def"):
         router.add("/a", AsyncChannel())
+
+
+class Slow(ChannelServer):
+    """An async on_message that takes a few loop turns; remembers what it saw."""
+
+    ping_interval = None
+    close_timeout = 2.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str | bytes] = []
+        self.closed: list[int] = []
+
+    async def on_message(self, conn: Connection, message: str | bytes) -> None:
+        await pause(20)
+        self.seen.append(message)
+
+    async def on_close(self, conn: Connection, code: int, reason: str) -> None:
+        await pause(5)  # a cleanup that awaits: it must still run to its end
+        self.closed.append(code)
+
+
+def test_input_read_while_a_hook_runs_is_not_lost(serve_async_bytes: Harness) -> None:
+    """Messages and the close that arrive while on_message runs are handled after it, in
+    order: nothing is dropped, and the close code is the client's (not 1006)."""
+    slow = Slow()
+    router = Router()
+    router.add("/slow", slow)
+    with serve_async_bytes(router) as served:
+        raw = served.raw()
+        raw.send(upgrade_request("/slow") + client_frame(0x1, b"a"))
+        raw.send(client_frame(0x1, b"b") + client_frame(0x8, b"\x03\xe8"))
+        raw.read_all()
+        served.wait_for(lambda: slow.closed == [1000])
+        assert slow.seen == ["a", "b"]
+
+
+def test_a_failed_async_on_connect_closes_before_any_message(serve_async_bytes: Harness) -> None:
+    class Failing(ChannelServer):
+        ping_interval = None
+        seen: list[str | bytes] = []
+
+        async def on_connect(self, conn: Connection) -> None:
+            await pause()
+            raise RuntimeError("setup failed")
+
+        def on_message(self, conn: Connection, message: str | bytes) -> None:
+            self.seen.append(message)
+
+    router = Router()
+    router.add("/f", Failing())
+    with serve_async_bytes(router) as served:
+        raw = served.raw()
+        raw.send(upgrade_request("/f") + client_frame(0x1, b"one") + client_frame(0x1, b"two"))
+        assert close_frame_code(raw.read_all()) == 1011
+        assert Failing.seen == []
+
+
+@pytest.mark.parametrize("name", ["asyncio", "trio", "asgi"])
+def test_an_undecided_async_authenticate_is_cancelled(name: str) -> None:
+    """At handshake_timeout the client gets 503, and the authenticate task is cancelled
+    (it would otherwise run for ever, one per attempt)."""
+    from .conftest import HARNESSES
+
+    ended: list[str] = []
+
+    class Hanging(ChannelServer):
+        async def authenticate(self, request: Request) -> object:
+            try:
+                while True:
+                    await pause()
+            finally:
+                ended.append("cancelled")
+
+    router = Router(handshake_timeout=0.5)
+    router.add("/h", Hanging())
+    with HARNESSES[name](router) as served:
+        with pytest.raises(Rejected) as refused:
+            served.connect("/h")
+        assert refused.value.status == 503
+        served.wait_for(lambda: ended == ["cancelled"])
+
+
+def test_async_on_close_runs_to_its_end_at_shutdown(serve_async: Harness) -> None:
+    slow = Slow()
+    router = Router()
+    router.add("/slow", slow)
+    with serve_async(router) as served:
+        served.connect("/slow")
+        served.wait_for(lambda: len(router.upgraded) == 1)
+        served.shutdown()
+        served.wait_for(lambda: slow.closed == [1001])

@@ -265,3 +265,36 @@ def test_a_finished_connection_is_freed_without_the_collector() -> None:
         assert handle() is None  # the connection no longer keeps its handle in a cycle
     finally:
         gc.enable()
+
+
+def test_handshakes_still_deciding_hold_their_places() -> None:
+    """max_connections_per_address and max_connections count handshakes whose
+    authenticate has not decided yet, not only open connections."""
+    from spoc_sockets import Deferred
+
+    decisions: list[Deferred] = []
+
+    class Later(ChannelServer):
+        max_connections = 3
+
+        def authenticate(self, request: Request) -> object:
+            decisions.append(Deferred())
+            return decisions[-1]
+
+    router = router_with("/l", Later(), max_connections_per_address=2)
+    hub = Hub(router)
+    address = ("192.0.2.7", 40000)
+    peers = [Peer(router, hub=hub, peer=address) for _ in range(3)]
+    for peer in peers:
+        peer.send(upgrade_request("/l"))
+    assert len(decisions) == 2
+    assert peers[2].answer.status == 429  # refused at once: two places are taken
+    decisions[0].accept("a")
+    decisions[1].reject(401)
+    for peer in peers[:2]:
+        peer.flush()
+    assert peers[0].answer.status == 101 and peers[1].answer.status == 401
+    late = Peer(router, hub=hub, peer=address)
+    late.send(upgrade_request("/l"))  # the refused handshake gave its place back
+    assert len(decisions) == 3
+    assert router.channels["/l"]._admitted == 2

@@ -92,11 +92,12 @@ class Peer:
         hub: Hub | None = None,
         now: float = 0.0,
         transport: Hashable | None = None,
+        peer: tuple[str, int] | None = None,
     ) -> None:
         self.router = router
         self.hub = hub if hub is not None else Hub(router)
         self.now = now
-        self.server: ServerConnection = self.hub.open(now, transport=transport)
+        self.server: ServerConnection = self.hub.open(now, transport=transport, peer=peer)
         self.out = bytearray()
 
     def send(self, data: bytes) -> None:
