@@ -4,6 +4,7 @@ The public names, re-exported from the modules that own them.
 """
 
 from .channel import ChannelServer, Connection, ConnectionState, Deferred
+from .cli import run
 from .connection import ServerConnection
 from .errors import CloseCode, ProtocolError, Reject, SpocSocketsError, UsageError
 from .hub import Hub
@@ -27,6 +28,7 @@ __all__ = [
     "ServerConnection",
     "SpocSocketsError",
     "UsageError",
+    "run",
 ]
 
 __version__ = "0.1.0"
