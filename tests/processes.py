@@ -3,15 +3,20 @@ where it listens, read everything it printed, stop it with a signal."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
 import signal
+import socket
 import subprocess
+import sys
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +37,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             text=True,
+            start_new_session=True,  # its own process group: kill() reaches its children
         )
         self.lines: list[str] = []
         self._new: queue.Queue[str | None] = queue.Queue()
@@ -74,9 +80,10 @@ class ServerProcess:
         return code
 
     def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(STOP_TIMEOUT)
+        """Kill the process and whatever it started (workers hold the output pipe)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(STOP_TIMEOUT)
         self._reader.join(STOP_TIMEOUT)
         if self.popen.stdout is not None:
             self.popen.stdout.close()
@@ -92,3 +99,47 @@ def running(
         yield process
     finally:
         process.kill()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: the documented ASGI server setups: (command without the app, the line giving the port)
+ASGI_SERVERS: dict[str, tuple[list[str], str]] = {
+    f"uvicorn-{ws}": (
+        ["-m", "uvicorn", "--ws", ws, "--host", "127.0.0.1", "--port", "0"],
+        r"Uvicorn running on http://127\.0\.0\.1:(\d+)",
+    )
+    for ws in ("wsproto", "websockets-sansio", "websockets")
+}
+ASGI_SERVERS["hypercorn"] = (
+    ["-m", "hypercorn", "--bind", "127.0.0.1:0"],
+    r"Running on http://127\.0\.0\.1:(\d+)",
+)
+
+
+@contextmanager
+def asgi_server(name: str, app: str) -> Iterator[tuple[ServerProcess, int]]:
+    """``app`` (``module:attribute``, importable from the repository's root) served by
+    the named setup of :data:`ASGI_SERVERS`; the process and its port."""
+    arguments, ready = ASGI_SERVERS[name]
+    with running([sys.executable, *arguments, app], ROOT) as server:
+        port = int(server.wait_for_line(ready).group(1))
+        wait_until_listening(port, server.popen)  # hypercorn announces it a bit early
+        yield server, port
+
+
+def wait_until_listening(
+    port: int, process: subprocess.Popen[Any], explain: Callable[[], str] = str
+) -> None:
+    """Return once 127.0.0.1:``port`` accepts a connection; fail if ``process`` exits
+    or ``STARTUP_TIMEOUT`` seconds pass first (with what ``explain()`` says)."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    pause = threading.Event()
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            pause.wait(0.02)
+    status = process.poll()
+    pytest.fail(f"nothing listens on 127.0.0.1:{port} (exit status {status}): {explain()}")

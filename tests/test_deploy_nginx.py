@@ -13,7 +13,6 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from spoc_sockets import ChannelServer, Connection, Reject, Request, Router
 from spoc_sockets.threads import Server, serve
 
 from .behaviour.harness_net import LEGACY, wait_for
+from .processes import wait_until_listening
 from .selfsigned import make_certificate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,19 +121,6 @@ class Deployment:
         return f"wss://127.0.0.1:{self.port}{path}"
 
 
-def wait_listening(port: int, nginx: subprocess.Popen[bytes], error_log: Path) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        if nginx.poll() is not None:
-            pytest.fail(f"nginx exited with {nginx.returncode}: {read(error_log)}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    pytest.fail(f"nginx did not listen on {port} within {TIMEOUT}s: {read(error_log)}")
-
-
 def read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
@@ -158,7 +145,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
             stderr=subprocess.DEVNULL,
         )
         try:
-            wait_listening(listen, process, error_log)
+            wait_until_listening(listen, process, lambda: read(error_log))
             trusting = ssl.create_default_context(cafile=str(cert))
             yield Deployment(listen, server, trusting, access_log, error_log)
         finally:
