@@ -196,6 +196,7 @@ def _run_workers(
             pid = os.fork()
             if pid == 0:
                 os.close(ready_r)
+                reserved.close()
                 for signum, handler in previous.items():
                     signal.signal(signum, handler)
                 _worker(lambda listening: serve(port, listening), ready_w)
