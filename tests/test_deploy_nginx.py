@@ -13,8 +13,9 @@ import socket
 import ssl
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -127,25 +128,19 @@ def read(path: Path) -> str:
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    nginx = nginx_binary()
     router = Router()
     router.add("/notes", Notes(max_message_size=4 * 2**20))
     cert, key = make_certificate(tmp_path)
-    listen = free_port()
     access_log, error_log = tmp_path / "access.log", tmp_path / "error.log"
     with serve(router, "127.0.0.1", 0) as server:
         loop = threading.Thread(target=server.serve_forever, daemon=True)
         loop.start()
-        site = site_config(server.port, listen, cert, key, access_log)
-        (tmp_path / "nginx.conf").write_text(main_config(tmp_path, site))
-        process = subprocess.Popen(
-            [nginx, "-p", str(tmp_path), "-e", str(error_log), "-c", str(tmp_path / "nginx.conf")],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+
+        def site(listen: int) -> str:
+            return site_config(server.port, listen, cert, key, access_log)
+
+        process, listen = start_nginx(tmp_path, site, error_log)
         try:
-            wait_until_listening(listen, process, lambda: read(error_log))
             trusting = ssl.create_default_context(cafile=str(cert))
             yield Deployment(listen, server, trusting, access_log, error_log)
         finally:
@@ -155,8 +150,39 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(TIMEOUT)
+            print(read(error_log))  # shown when the test failed
             server.shutdown()
             loop.join(TIMEOUT)
+
+
+def nginx_started(process: subprocess.Popen[bytes], error_log: Path) -> bool:
+    """Listening (its workers start once it has bound its ports), or exited."""
+    return "start worker process" in read(error_log) or process.poll() is not None
+
+
+def start_nginx(
+    prefix: Path, site: Callable[[int], str], error_log: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    """nginx serving ``site(port)`` on a free port, once its workers run (another port
+    when something took the one chosen before nginx could bind it)."""
+    nginx = nginx_binary()
+    for _ in range(5):
+        listen = free_port()
+        error_log.write_text("")
+        (prefix / "nginx.conf").write_text(main_config(prefix, site(listen)))
+        process = subprocess.Popen(
+            [nginx, "-p", str(prefix), "-e", str(error_log), "-c", str(prefix / "nginx.conf")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(partial(nginx_started, process, error_log), TIMEOUT)
+        if process.poll() is None:
+            wait_until_listening(listen, process, lambda: read(error_log))
+            return process, listen
+        if "Address already in use" not in read(error_log):
+            pytest.fail(f"nginx exited with {process.returncode}: {read(error_log)}")
+    pytest.fail(f"nginx found no free port: {read(error_log)}")
 
 
 def test_a_websocket_session_through_nginx_over_tls(deployment: Deployment) -> None:
