@@ -49,10 +49,11 @@ def test_core_never_imports_io_threads_or_clock(module: str) -> None:
     assert not imported_modules(PACKAGE / module) & FORBIDDEN
 
 
-# Outside the sans-IO core: the adapters, the demo, and the built-in channels (applications
-# of the core, which read a wall clock for timestamps and lock their shared room state).
+# Outside the sans-IO core: the adapters, the demo, the CLI, and the built-in channels
+# (applications of the core, which read a wall clock for timestamps and lock their shared
+# room state).
 ADAPTERS = {"asyncio.py", "trio.py", "threads.py", "asgi.py", "_listen.py", "__main__.py"}
-ADAPTERS |= {"demo.py"}
+ADAPTERS |= {"demo.py", "cli.py"}
 CHANNELS = {"chat.py", "stream.py", "seed.py"}
 
 
