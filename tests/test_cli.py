@@ -355,6 +355,29 @@ def test_run_serves_only_a_router() -> None:
         run({}, port=0)  # type: ignore[arg-type]
 
 
+SCRIPT = """
+import spoc_sockets
+from userapp import router
+
+spoc_sockets.run(
+    router, adapter="threads", port=0, log_level="WARNING",
+    on_listen=lambda port: print(f"listening on {port}", flush=True),
+)
+print("run returned", flush=True)
+"""
+
+
+def test_a_script_calling_run_stops_gracefully_on_sigterm(app_dir: Path) -> None:
+    (app_dir / "script.py").write_text(SCRIPT)
+    with running([sys.executable, "script.py"], app_dir) as server:
+        port = server.wait_for_line(r"^listening on (\d+)$").group(1)
+        url = f"ws://127.0.0.1:{port}/echo?token=secret"
+        with connect(url, open_timeout=TIMEOUT, **LEGACY) as ws:
+            assert server.stop(signal.SIGTERM) == 0
+            assert close_code(ws) == 1001
+    assert server.lines[-1] == "run returned"
+
+
 def test_run_is_exported() -> None:
     assert spoc_sockets.run is run
     assert "run" in spoc_sockets.__all__
