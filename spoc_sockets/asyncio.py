@@ -29,7 +29,7 @@ import errno
 import logging
 import socket
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Server", "serve"]
 
-logger = logging.getLogger("spoc_sockets")
+logger = logging.getLogger("spoc_sockets.server")
 
 _ACCEPT_BATCH = 64
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -72,7 +72,6 @@ class _Protocol(asyncio.Protocol):
         peer = (str(peername[0]), int(peername[1])) if isinstance(peername, tuple) else None
         server._protocols[self] = None
         self.conn = server.hub.open(server._loop.time(), peer=peer, transport=self)
-        logger.debug("connection from %s", peer)
         server._flush()  # the new handshake deadline may be the earliest: rearm
 
     def data_received(self, data: bytes) -> None:
@@ -93,7 +92,6 @@ class _Protocol(asyncio.Protocol):
         server = self.server
         if self.conn is not None:
             self.conn.receive_data(b"", server._loop.time())
-            logger.debug("connection from %s closed", self.conn.peer)
         server._protocols.pop(self, None)
         server._resume_accepting()
         server._flush()
@@ -152,7 +150,7 @@ class Server:
     ) -> None:
         self.router = router
         #: the core's side of this server
-        self.hub = Hub(router, self._wakeup)
+        self.hub = Hub(router, self._wakeup, self._spawn)
         #: seconds a graceful :meth:`close` may take before the remaining transports are
         #: dropped (``None``: no bound but the channels' ``close_timeout``)
         self.shutdown_timeout = shutdown_timeout
@@ -164,6 +162,7 @@ class Server:
         self._listeners: list[socket.socket] = []
         self._accepting = False
         self._adopting: set[asyncio.Task[None]] = set()
+        self._hooks: set[asyncio.Task[None]] = set()  # async hooks running
         self._port: int | None = None
         self._protocols: dict[_Protocol, None] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -185,6 +184,12 @@ class Server:
         self._resume_accepting()
         scheme = "wss" if self._ssl is not None else "ws"
         logger.info("serving on %s", ", ".join(f"{scheme}://{n[0]}:{n[1]}" for n in names))
+
+    def _spawn(self, coroutine: Coroutine[object, None, None]) -> None:
+        """Run an async hook's coroutine for the core (it reports back when done)."""
+        task = self._loop.create_task(coroutine)
+        self._hooks.add(task)
+        task.add_done_callback(self._hooks.discard)
 
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(_ACCEPT_BATCH):
@@ -289,6 +294,8 @@ class Server:
                 if self._timer is not None:
                     self._timer.cancel()
                     self._timer = None
+                for task in list(self._hooks):  # on_close hooks may still be running
+                    task.cancel()
                 self._closed.set()
                 logger.info("server closed")
 

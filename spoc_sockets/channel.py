@@ -16,10 +16,20 @@ import itertools
 import json
 import logging
 import re
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypedDict
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    Protocol,
+    TypedDict,
+    TypeVar,
+    cast,
+)
 
 from .errors import CloseCode, Reject, UsageError
 from .frames import OP_BINARY, OP_TEXT, frame_header
@@ -27,7 +37,13 @@ from .limits import check_number
 from .request import Request
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeVar as DefaultTypeVar
     from typing_extensions import Unpack
+
+    #: The principal's type: what ``authenticate`` returns, :attr:`Connection.user`.
+    U = DefaultTypeVar("U", default=object)
+else:
+    U = TypeVar("U")
 
 __all__ = [
     "ChannelOptions",
@@ -40,7 +56,8 @@ __all__ = [
     "Subprotocols",
 ]
 
-logger = logging.getLogger("spoc_sockets")
+#: Errors of application code: hooks and HTTP routes (with their traceback).
+logger = logging.getLogger("spoc_sockets.hooks")
 
 Message = str | bytes
 
@@ -125,8 +142,11 @@ def check_close(code: int, reason: str) -> None:
 _ids = itertools.count(1)
 
 
-class Connection:
+class Connection(Generic[U]):
     """One upgraded client of a channel, as the channel's hooks see it.
+
+    Generic in the principal's type: in a ``ChannelServer[User]``, hooks receive a
+    ``Connection[User]`` whose :attr:`user` is a ``User``.
 
     :meth:`send`, :meth:`send_json` and :meth:`close` may be called from any task or
     thread: they queue, and the adapter that owns the transport writes. A message sent
@@ -136,10 +156,16 @@ class Connection:
     __slots__ = (
         "__weakref__",
         "_link",
+        "bytes_in",
+        "bytes_out",
         "channel",
         "dropped",
         "id",
+        "messages_in",
+        "messages_out",
+        "opened_at",
         "request",
+        "route",
         "subprotocol",
         "user",
     )
@@ -147,12 +173,20 @@ class Connection:
     def __init__(
         self,
         link: Link,
-        channel: ChannelServer,
+        channel: ChannelServer[U],
         request: Request,
-        user: object,
+        user: U,
         subprotocol: str | None,
+        route: str = "",
+        opened_at: float = 0.0,
     ) -> None:
         self._link = link
+        #: the path the channel is registered at (``/stream/{stream_id}``)
+        self.route = route
+        #: when the handshake was accepted (the core's clock)
+        self.opened_at = opened_at
+        #: messages and payload bytes received from the client, and queued for it
+        self.messages_in = self.bytes_in = self.messages_out = self.bytes_out = 0
         #: the channel that accepted this connection
         self.channel = channel
         #: the upgrade request
@@ -257,14 +291,19 @@ class ChannelOptions(TypedDict, total=False):
     ping_interval: float | None
     ping_timeout: float | None
     close_timeout: float
+    idle_timeout: float | None
     max_control_rate: float | None
     max_connections: int | None
     max_buffered_amount: int
     overflow: Overflow
 
 
-class ChannelServer:
+class ChannelServer(Generic[U]):
     """Base class of a channel: override the hooks, set the options.
+
+    Generic in the principal's type (``ChannelServer[User]``: ``authenticate`` returns a
+    ``User`` and every hook's ``conn.user`` is one); a plain ``ChannelServer`` is
+    ``ChannelServer[object]``.
 
     Options are class attributes with documented defaults; the constructor takes the
     same names as keyword arguments::
@@ -302,6 +341,9 @@ class ChannelServer:
     ping_timeout: float | None = 20.0
     #: Seconds to wait for the peer's close frame after sending ours.
     close_timeout: float = 10.0
+    #: Seconds without a message from the client before the connection is closed with
+    #: 1001 ``"idle timeout"`` (pings and pongs do not count); ``None`` means never.
+    idle_timeout: float | None = None
     #: Ping and pong frames a client may send per second, counted over 10-second
     #: windows; more closes with 1008. ``None`` means no limit.
     max_control_rate: float | None = 10.0
@@ -324,12 +366,14 @@ class ChannelServer:
         "ping_interval",
         "ping_timeout",
         "close_timeout",
+        "idle_timeout",
         "max_control_rate",
         "max_connections",
         "max_buffered_amount",
         "overflow",
     )
-    #: The hooks, which run as plain functions (see :func:`check_hooks`).
+    #: The hooks (``async def`` is allowed for the first four where the server awaits
+    #: them: see :func:`check_hooks`).
     HOOKS: ClassVar[tuple[str, ...]] = (
         "authenticate",
         "on_connect",
@@ -347,13 +391,13 @@ class ChannelServer:
                 raise UsageError(f"{type(self).__name__} has no option {name!r}")
             setattr(self, name, value)
         self._check_options()
-        self._clients: dict[Connection, None] = {}
+        self._clients: dict[Connection[U], None] = {}
 
     def _check_options(self) -> None:
         """Refuse option values that would misbehave, naming the option and the value."""
         for name in ("max_message_size", "max_fragments", "max_connections"):
             check_number(name, getattr(self, name), integer=True, optional=True)
-        for name in ("ping_interval", "ping_timeout", "max_control_rate"):
+        for name in ("ping_interval", "ping_timeout", "idle_timeout", "max_control_rate"):
             check_number(name, getattr(self, name), integer=False, optional=True)
         check_number("close_timeout", self.close_timeout, integer=False, optional=False)
         check_number("max_buffered_amount", self.max_buffered_amount, True, optional=False)
@@ -366,23 +410,28 @@ class ChannelServer:
 
     # -- hooks ----------------------------------------------------------------------
 
-    def authenticate(self, request: Request) -> object:
+    def authenticate(self, request: Request) -> U | Deferred | Awaitable[U]:
         """Decide whether ``request`` may connect.
 
         Return the principal (available as :attr:`Connection.user`), raise
         :class:`~spoc_sockets.Reject` to refuse with an HTTP status, or return a
-        :class:`Deferred` and decide later. The default accepts everyone as ``None``.
+        :class:`Deferred` and decide later; ``async def`` is awaited where the server
+        runs coroutines. The default accepts everyone as ``None`` (a channel typed with
+        a principal, ``ChannelServer[User]``, overrides it).
         """
+        return cast("U", None)
+
+    def on_connect(self, conn: Connection[U]) -> Awaitable[None] | None:
+        """Called once the handshake succeeded; ``conn`` is now in :attr:`clients`."""
         return None
 
-    def on_connect(self, conn: Connection) -> None:
-        """Called once the handshake succeeded; ``conn`` is now in :attr:`clients`."""
-
-    def on_message(self, conn: Connection, message: str | bytes) -> None:
+    def on_message(self, conn: Connection[U], message: str | bytes) -> Awaitable[None] | None:
         """Called for every complete message: ``str`` for text, ``bytes`` for binary."""
+        return None
 
-    def on_close(self, conn: Connection, code: int, reason: str) -> None:
+    def on_close(self, conn: Connection[U], code: int, reason: str) -> Awaitable[None] | None:
         """Called once when the connection ends (1006 if the transport was lost)."""
+        return None
 
     # -- negotiation ----------------------------------------------------------------
 
@@ -407,15 +456,15 @@ class ChannelServer:
     # -- fan-out --------------------------------------------------------------------
 
     @property
-    def clients(self) -> frozenset[Connection]:
+    def clients(self) -> frozenset[Connection[U]]:
         """The open connections of this channel (a snapshot)."""
         return frozenset(self._clients)
 
     def broadcast(
         self,
         message: str | bytes,
-        exclude: Connection | Collection[Connection] = (),
-        to: Iterable[Connection] | None = None,
+        exclude: Connection[U] | Collection[Connection[U]] = (),
+        to: Iterable[Connection[U]] | None = None,
     ) -> None:
         """Send ``message`` to every open client (or to those of ``to``) but ``exclude``.
 
@@ -432,60 +481,92 @@ class ChannelServer:
     def _handshake(self, request: Request) -> tuple[str | None, object]:
         """Origin, subprotocol, then authentication: ``(subprotocol, decision)``.
 
-        The decision is the user, or a :class:`Deferred`; a refusal raises
+        The decision is the user, a :class:`Deferred`, or an awaitable (an ``async def``
+        ``authenticate``) of what :func:`verdict` then judges; a refusal raises
         :class:`Reject`.
         """
         self.check_origin(request)
         subprotocol = self.select_subprotocol(request)
         decision = self.authenticate(request)
-        if isinstance(decision, Reject):
-            raise decision
-        if decision is False:
-            raise Reject(403, "forbidden")
-        if inspect.isawaitable(decision):
-            _discard(decision)
-            raise UsageError(f"{_name(self.authenticate)} returned an awaitable: {_ASYNC_HINT}")
-        return subprotocol, decision
+        if isinstance(decision, Deferred) or inspect.isawaitable(decision):
+            return subprotocol, decision
+        return subprotocol, verdict(decision)[0]
 
-    def _opened(self, conn: Connection) -> bool:
-        """Register ``conn`` and run :meth:`on_connect`; False if the hook failed."""
+    def _opened(self, conn: Connection[U]) -> Outcome:
+        """Register ``conn`` and run :meth:`on_connect`."""
         self._clients[conn] = None
-        return _guard(self.on_connect, conn)
+        return _call(self.on_connect, conn)
 
-    def _received(self, conn: Connection, message: Message) -> bool:
-        """Run :meth:`on_message`; False if the hook failed (the core closes with 1011)."""
-        return _guard(self.on_message, conn, message)
+    def _received(self, conn: Connection[U], message: Message) -> Outcome:
+        """Run :meth:`on_message` (a failure closes the connection with 1011)."""
+        return _call(self.on_message, conn, message)
 
-    def _leaving(self, conn: Connection) -> None:
+    def _leaving(self, conn: Connection[U]) -> None:
         """``conn`` started closing: broadcasts skip it from now on."""
         self._clients.pop(conn, None)
 
-    def _closed(self, conn: Connection, code: int, reason: str) -> None:
+    def _closed(self, conn: Connection[U], code: int, reason: str) -> Outcome:
         """``conn`` is finished: run :meth:`on_close`."""
         self._clients.pop(conn, None)
-        _guard(self.on_close, conn, code, reason)
+        return _call(self.on_close, conn, code, reason)
 
 
-def _guard(hook: Callable[..., object], *args: object) -> bool:
-    """Run a hook; log what it raises (the peer never sees exception text).
+#: What running a hook gave: True (done), False (it raised: logged), or the awaitable an
+#: ``async def`` hook returned, for the adapter to run (see :func:`settle`).
+Outcome = bool | Awaitable[object]
 
-    A hook that returns an awaitable did not run: it counts as failed.
-    """
+
+def _call(hook: Callable[..., object], *args: object) -> Outcome:
+    """Run a hook; log what it raises (the peer never sees exception text)."""
     try:
         result = hook(*args)
     except Exception:
         logger.exception("%s raised", _name(hook))
         return False
     if inspect.isawaitable(result):
-        _discard(result)
-        logger.error("%s returned an awaitable: %s", _name(hook), _ASYNC_HINT)
-        return False
+        return result
     return True
 
 
+def verdict(decision: object) -> tuple[object]:
+    """What ``authenticate`` returned, as the principal (in a 1-tuple); a returned
+    :class:`Reject` is raised, and ``False`` refuses with 403, as raising would."""
+    if isinstance(decision, Reject):
+        raise decision
+    if decision is False:
+        raise Reject(403, "forbidden")
+    if inspect.isawaitable(decision):
+        discard(decision)
+        raise UsageError("authenticate returned an awaitable from its awaitable")
+    return (decision,)
+
+
+async def settle(awaitable: Awaitable[object], done: Callable[[bool, object], None]) -> None:
+    """Await a hook's awaitable for an adapter that runs coroutines, then call
+    ``done(True, result)``, or ``done(False, exception)`` if it raised (logged unless it
+    is a :class:`Reject`). A cancellation (the server stopping) reports a failure too."""
+    try:
+        result = await awaitable
+    except Reject as reject:
+        done(False, reject)
+    except Exception as exc:
+        logger.exception("an async hook raised")
+        done(False, exc)
+    except BaseException as exc:  # cancelled: the connection must not wait for ever
+        done(False, exc)
+        raise
+    else:
+        done(True, result)
+
+
+#: How an adapter that runs coroutines takes one from the core (``None``: it cannot).
+Spawn = Callable[[Coroutine[object, None, None]], None]
+
+
 _ASYNC_HINT = (
-    "hooks run as plain functions (def, not async def); start I/O from the hook and "
-    "send or close from its callback, or defer a handshake with Deferred"
+    "this server runs hooks as plain functions (def, not async def): serve the router "
+    "with the asyncio or trio adapter, ASGIApp or TestClient to await them, or start the "
+    "I/O from a plain hook and send from its callback, or defer a handshake with Deferred"
 )
 
 
@@ -493,19 +574,24 @@ def _name(hook: Callable[..., object]) -> str:
     return str(getattr(hook, "__qualname__", hook))
 
 
-def _discard(awaitable: object) -> None:
+def discard(awaitable: object) -> None:
     """Close a coroutine that will never be awaited (no "never awaited" warning)."""
     close = getattr(awaitable, "close", None)
     if callable(close):
         close()
 
 
-def check_hooks(channel: ChannelServer) -> None:
-    """Raise :class:`UsageError` if a hook is an ``async def`` (or async generator)
-    function: hooks are called as plain functions, so its body would never run."""
+def check_hooks(channel: ChannelServer, *, awaited: bool) -> None:
+    """Raise :class:`UsageError` for an ``async def`` hook that would never run:
+    ``check_origin`` and ``select_subprotocol`` always, the others unless ``awaited``
+    (the server runs coroutines)."""
     for name in ChannelServer.HOOKS:
         hook = getattr(channel, name)
-        if inspect.iscoroutinefunction(hook) or inspect.isasyncgenfunction(hook):
+        if not (inspect.iscoroutinefunction(hook) or inspect.isasyncgenfunction(hook)):
+            continue
+        if name in ("check_origin", "select_subprotocol"):
+            raise UsageError(f"{type(channel).__name__}.{name} is async def: it must be a def")
+        if not awaited or inspect.isasyncgenfunction(hook):
             raise UsageError(f"{type(channel).__name__}.{name} is async def: {_ASYNC_HINT}")
 
 

@@ -27,7 +27,6 @@ States (:class:`~spoc_sockets.ConnectionState`) and what moves them:
 
 from __future__ import annotations
 
-import logging
 import struct
 from collections.abc import Hashable, Iterator
 from dataclasses import replace
@@ -62,7 +61,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ServerConnection", "http_response"]
 
-logger = logging.getLogger("spoc_sockets")
 
 _PING = struct.Struct("!I")
 
@@ -140,10 +138,11 @@ class ServerConnection(Endpoint):
         self._size = 0
         self._fragments = 0
         self._control = RateWindow(now)
-        self._ping_payload: bytes | None = None
+        self._ping_payload: bytes | None = None  # the ping awaiting its pong
         self._ping_sent = 0.0
+        self._ping_base = 0.0  # when the keepalive interval last started
         self._pings = 0
-        super().__init__(router, now)
+        super().__init__(router, now, hub.spawn if hub is not None else None)
 
     # -- what the adapter calls -------------------------------------------------------
 
@@ -155,14 +154,15 @@ class ServerConnection(Endpoint):
     @property
     def input_paused(self) -> bool:
         """True while input read earlier waits for this connection's next turn (see
-        :data:`EVENTS_PER_TURN`): the adapter stops reading from the transport until
-        the connection is pending again and this is false."""
-        return self._events is not None
+        :data:`EVENTS_PER_TURN`) or for an async hook: the adapter stops reading from
+        the transport until the connection is pending again and this is false."""
+        return self._events is not None or self._busy
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Feed bytes read from the transport; ``b""`` means the peer closed its side."""
         if self.state is CLOSED:
             return
+        self._clock = now
         with self._guard():
             if self._ws is None:
                 self._receive_handshake(data, now)
@@ -172,9 +172,10 @@ class ServerConnection(Endpoint):
     def data_to_send(self, now: float) -> bytes:
         """Everything to write now, coalesced; ``b""`` when nothing (or while paused)."""
         self._scheduled = False
+        self._clock = now
         with self._guard():
             self._take_decision(now)
-            if self._events is not None:
+            if self._events is not None and not self._busy:
                 self._handle_events(now)
             if self._mailbox:
                 self._intake(now)
@@ -287,13 +288,13 @@ class ServerConnection(Endpoint):
             if response is not None:
                 self._respond(response)
                 return
-        found = self.router.resolve(request.target.partition("?")[0])
-        if found is None:
+        route = self.router.resolve(request.target.partition("?")[0])
+        if route is None:
             raise ProtocolError(f"no channel at {request.path}", status=404)
-        channel, params = found
+        self._route, channel = route.path, route.channel
         self._key = check_upgrade(request, event.http_version.decode())
         self._h11.next_event()  # the EndOfMessage of a bodiless GET
-        request = replace(request, path_params=params)
+        request = replace(request, path_params=route.params)
         if channel.compression:
             self._extension = negotiate(request, channel.max_message_size)
         self._decide(channel, request, now)
@@ -336,6 +337,8 @@ class ServerConnection(Endpoint):
         events = self._events
         assert events is not None
         for budget in range(EVENTS_PER_TURN, 0, -1):
+            if self._busy:  # an async hook runs: the rest waits until it is done
+                return
             event = next(events, None)
             if event is None:
                 self._events = None
@@ -397,9 +400,9 @@ class ServerConnection(Endpoint):
             self.error = ProtocolError(fault, code=CloseCode.MESSAGE_TOO_BIG)
             self._close(CloseCode.MESSAGE_TOO_BIG, fault, now)
         elif event.message_finished:
-            message = self._reassemble(data)
+            message, size = self._reassemble(data), self._size
             self._size = self._fragments = 0
-            self._deliver(message, now)
+            self._deliver(message, size, now)
         else:
             self._accumulate(data)
 
@@ -476,36 +479,40 @@ class ServerConnection(Endpoint):
     # -- keepalive ------------------------------------------------------------------------
 
     def _opened(self, now: float) -> None:
-        self._keepalive_from(now)
+        self._ping_base = now  # the next ping is due ping_interval after this
 
-    def _keepalive_from(self, now: float) -> None:
+    def _keepalive_due(self) -> float | None:
         assert self._channel is not None
-        interval = self._channel.ping_interval
-        self._set_deadline(None if interval is None else now + interval)
+        timeout, interval = self._channel.ping_timeout, self._channel.ping_interval
+        if self._ping_payload is not None and timeout is not None:
+            return self._ping_sent + timeout  # waiting for the pong
+        return None if interval is None else self._ping_base + interval
 
     def _keepalive(self, now: float) -> None:
-        assert self._channel is not None and self._ws is not None
+        channel, ws = self._channel, self._ws
+        assert channel is not None and ws is not None
         if self._ping_payload is not None:
-            self.error = ProtocolError("no pong within ping_timeout", code=CloseCode.INTERNAL_ERROR)
-            self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            if channel.ping_timeout is not None and now >= self._ping_sent + channel.ping_timeout:
+                self.error = ProtocolError(
+                    "no pong within ping_timeout", code=CloseCode.INTERNAL_ERROR
+                )
+                self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            return
+        if channel.ping_interval is None or now < self._ping_base + channel.ping_interval:
             return
         self._pings += 1
         payload = _PING.pack(self._pings & 0xFFFFFFFF)
-        self._emit(self._ws.send(Ping(payload=payload)))
-        self._ping_sent = now
-        if self._channel.ping_timeout is None:
-            self._keepalive_from(now)
-        else:
+        self._emit(ws.send(Ping(payload=payload)))
+        self._ping_sent = self._ping_base = now
+        if channel.ping_timeout is not None:
             self._ping_payload = payload
-            self._set_deadline(now + self._channel.ping_timeout)
 
     def _on_pong(self, event: Pong, now: float) -> None:
         if self._ping_payload is None or bytes(event.payload) != self._ping_payload:
             return  # unsolicited (allowed by RFC 6455 section 5.5.3), or stale
-        assert self._channel is not None and self._channel.ping_interval is not None
         self._ping_payload = None
         if self.state is OPEN:
-            self._set_deadline(max(now, self._ping_sent + self._channel.ping_interval))
+            self._arm_open()  # the next ping is due ping_interval after the last one
 
     def __repr__(self) -> str:
         return f"<ServerConnection {self.peer} {self.state.value}>"

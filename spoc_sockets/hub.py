@@ -11,6 +11,11 @@ keeps what every adapter would otherwise repeat:
   adapter, so a deadline is honoured even if nothing else happens on the server;
 * graceful shutdown (:meth:`shutdown`): refuse new handshakes with 503, close 1001.
 
+An adapter that runs coroutines (asyncio, trio) passes ``spawn``: the core hands it the
+coroutine of each ``async def`` hook to run, and the connection's input waits meanwhile.
+Without ``spawn`` (threads), ``async def`` hooks are refused with
+:class:`~spoc_sockets.UsageError` when the hub is made.
+
 The adapter's contract, on its own loop or thread: after :meth:`ServerConnection.receive_data`,
 after :meth:`handle_timeouts`, and whenever ``wakeup`` fired, write
 ``conn.data_to_send(now)`` for each connection of :meth:`take_pending` and close the
@@ -28,6 +33,7 @@ from typing import TYPE_CHECKING
 from .connection import ServerConnection
 
 if TYPE_CHECKING:
+    from .channel import Spawn
     from .router import Router
 
 __all__ = ["Hub"]
@@ -36,8 +42,17 @@ __all__ = ["Hub"]
 class Hub:
     """One adapter server's connections, their pending output and their timers."""
 
-    def __init__(self, router: Router, wakeup: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        wakeup: Callable[[], None] | None = None,
+        spawn: Spawn | None = None,
+    ) -> None:
+        if spawn is None:
+            router.refuse_async_hooks()
         self.router = router
+        #: runs the coroutine of an ``async def`` hook (``None``: hooks must be plain)
+        self.spawn = spawn
         #: True after :meth:`shutdown`: new handshakes are answered with 503
         self.refusing = False
         self._wakeup = wakeup

@@ -46,7 +46,7 @@ from .router import Router
 
 __all__ = ["Server", "serve"]
 
-logger = logging.getLogger("spoc_sockets")
+logger = logging.getLogger("spoc_sockets.server")
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -104,6 +104,10 @@ class Server:
         shutdown_timeout: float | None = 30.0,
         drain_timeout: float = 5.0,
     ) -> None:
+        #: the hub of this server (its live connections: ``hub.connections``); hooks
+        #: run as plain functions here, so ``async def`` hooks are refused now
+        self.hub = Hub(router, self._wake)
+        self.router = router
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener: socket.socket | None = socket.create_server(
             (host, port), family=family, backlog=backlog, reuse_port=reuse_port
@@ -111,9 +115,6 @@ class Server:
         self._listener.setblocking(False)
         #: the port listened on (useful with port 0)
         self.port: int = self._listener.getsockname()[1]
-        self.router = router
-        #: the hub of this server (its live connections: ``hub.connections``)
-        self.hub = Hub(router, self._wake)
         self._ssl = ssl
         self._drain_timeout = drain_timeout
         self._shutdown_timeout = shutdown_timeout

@@ -29,7 +29,7 @@ import errno
 import logging
 import math
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 
 import trio
 
@@ -43,7 +43,7 @@ __all__ = ["Server", "handle_stream", "serve"]
 #: Bytes asked of the transport per read.
 READ_SIZE = 65536
 
-logger = logging.getLogger("spoc_sockets")
+logger = logging.getLogger("spoc_sockets.server")
 
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 #: Seconds before accepting again after running out of resources with no connection
@@ -103,12 +103,13 @@ class Server:
         self.shutdown_timeout = shutdown_timeout
         self.drain_timeout = drain_timeout
         #: the core's side of this server
-        self.hub = Hub(router, self._wakeup)
+        self.hub = Hub(router, self._wakeup, self._spawn)
         #: the listeners (empty for :func:`handle_stream`)
         self.listeners: list[trio.SocketListener] = []
         self._token = trio.lowlevel.current_trio_token()
         self._links: dict[ServerConnection, _Link] = {}
         self._timer_scope: trio.CancelScope | None = None
+        self._hooks: trio.Nursery | None = None  # where async hooks run
         self._accepting = trio.CancelScope()
         self._shield = trio.CancelScope(shield=True)
         self._stopping = False
@@ -132,6 +133,11 @@ class Server:
     def _wakeup(self) -> None:  # any thread
         with contextlib.suppress(trio.RunFinishedError):  # gone: nothing left to flush
             self._token.run_sync_soon(self._flush)
+
+    def _spawn(self, coroutine: Coroutine[object, None, None]) -> None:
+        """Run an async hook's coroutine for the core (it reports back when done)."""
+        assert self._hooks is not None, "a connection exists only while the server runs"
+        self._hooks.start_soon(_await, coroutine)
 
     def _flush(self) -> None:  # the trio thread
         now = trio.current_time()
@@ -270,6 +276,7 @@ class Server:
                 watch.start_soon(self._watch_cancellation)
                 with self._shield:
                     async with trio.open_nursery() as nursery:
+                        self._hooks = nursery
                         nursery.start_soon(self._timer)
                         await body(nursery)
                         self._begin_shutdown()
@@ -284,6 +291,10 @@ class Server:
             await trio.sleep_forever()
         finally:
             self._begin_shutdown()
+
+
+async def _await(coroutine: Coroutine[object, None, None]) -> None:
+    await coroutine
 
 
 def _peer(stream: trio.abc.Stream) -> tuple[str, int] | None:

@@ -35,12 +35,13 @@ def echo(port: int) -> str | bytes:
 
 
 def test_threads_servers_share_a_port() -> None:
-    with spoc_threads.serve(router(), "127.0.0.1", 0, reuse_port=True) as first:
-        with spoc_threads.serve(router(), "127.0.0.1", first.port, reuse_port=True) as second:
-            for server in (first, second):
-                threading.Thread(target=server.serve_forever, daemon=True).start()
-            assert second.port == first.port
-            assert echo(first.port) == "hi"  # whichever of the two the kernel picks
+    first = spoc_threads.serve(router(), "127.0.0.1", 0, reuse_port=True)
+    second = spoc_threads.serve(router(), "127.0.0.1", first.port, reuse_port=True)
+    with first, second:
+        for server in (first, second):
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+        assert second.port == first.port
+        assert echo(first.port) == "hi"  # whichever of the two the kernel picks
 
 
 def test_asyncio_servers_share_a_port() -> None:

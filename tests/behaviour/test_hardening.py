@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+import threading
 
-from spoc_sockets import ChannelServer, Connection, Reject, Request, Router
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from spoc_sockets import ChannelServer, Connection, Reject, Request, Router, threads
 
 from ..frames import client_frame, close_frame_code, status_of, upgrade_request
 from .harness import Harness, Rejected
+from .harness_net import LEGACY
 
 
 class Echo(ChannelServer):
@@ -54,22 +59,34 @@ def test_the_origin_is_matched_exactly(serve: Harness) -> None:
         assert refused.value.status == 403
 
 
-def test_a_sync_authenticate_returning_a_coroutine_is_refused(serve: Harness) -> None:
-    """An awaitable is never taken as the principal: the handshake fails with 500."""
+class Sneaky(Echo):
+    """A plain ``authenticate`` that returns a coroutine (of an async helper)."""
 
-    class Sneaky(Echo):
-        def authenticate(self, request: Request) -> object:
-            return self.check(request)
+    def authenticate(self, request: Request) -> object:
+        return self.check(request)
 
-        async def check(self, request: Request) -> object:
-            raise Reject(401)
+    async def check(self, request: Request) -> object:
+        raise Reject(401)
 
+
+def test_a_returned_coroutine_is_awaited_never_taken_as_the_user(serve_async: Harness) -> None:
     router = Router()
     router.add("/s", Sneaky())
-    with serve(router) as served:
+    with serve_async(router) as served:
         with pytest.raises(Rejected) as refused:
             served.connect("/s")
-        assert refused.value.status == 500
+        assert refused.value.status == 401
+        assert not router.upgraded
+
+
+def test_a_returned_coroutine_fails_the_handshake_where_hooks_are_plain() -> None:
+    router = Router()
+    router.add("/s", Sneaky())
+    with threads.serve(router, "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"ws://127.0.0.1:{server.port}/s", open_timeout=10, **LEGACY)
+        assert refused.value.response.status_code == 500
         assert not router.upgraded
 
 
@@ -195,3 +212,15 @@ def test_too_many_header_lines_answer_431(serve_bytes: Harness) -> None:
         raw = served.raw()
         raw.send(upgrade_request("/e", extra=headers))
         assert status_of(raw.read_all()) == 431
+
+
+def test_an_idle_client_is_closed_with_1001(serve: Harness) -> None:
+    router = Router()
+    router.add("/e", Echo(idle_timeout=1.0))
+    with serve(router) as served:
+        client = served.connect("/e")
+        client.send("once")
+        assert client.receive() == "once"
+        served.wait_for(lambda: client.close_code is not None)  # a second later
+        assert client.close_code == 1001
+        served.wait_for(lambda: not router.upgraded)

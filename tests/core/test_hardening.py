@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 
-from spoc_sockets import ChannelServer, Connection, Request, Router, UsageError
+from spoc_sockets import ChannelServer, Connection, Hub, Request, Router, UsageError
 from spoc_sockets.connection import EVENTS_PER_TURN
 
 from ..frames import upgrade_request
@@ -18,18 +18,30 @@ from .wire import Peer, Recorder, close_payload, frame, router_with
 # -- hooks are plain functions -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("hook", ChannelServer.HOOKS)
-def test_an_async_hook_is_refused_at_registration(hook: str) -> None:
+def _async(hook: str) -> type[ChannelServer]:
     async def async_hook(self: ChannelServer, *args: object) -> None:
         return None
 
-    cls = type("Async", (ChannelServer,), {hook: async_hook})
-    with pytest.raises(UsageError, match=f"Async.{hook} is async def"):
-        Router().add("/a", cls())
+    return type("Async", (ChannelServer,), {hook: async_hook})
+
+
+@pytest.mark.parametrize("hook", ["check_origin", "select_subprotocol"])
+def test_async_negotiation_hooks_are_always_refused(hook: str) -> None:
+    with pytest.raises(UsageError, match=f"Async.{hook} is async def: it must be a def"):
+        Router().add("/a", _async(hook)())
+
+
+@pytest.mark.parametrize("hook", ["authenticate", "on_connect", "on_message", "on_close"])
+def test_async_hooks_are_refused_where_hooks_are_plain(hook: str) -> None:
     router = Router()
+    router.add("/a", _async(hook)())  # a server that awaits them may serve this router
+    with pytest.raises(UsageError, match=f"Async.{hook} is async def: this server runs"):
+        Hub(router)  # a hub without spawn: hooks run as plain functions
+    later = Router()
+    Hub(later)
     with pytest.raises(UsageError, match="async def"):
-        router.channel("/a")(cls)
-    assert not router.channels
+        later.channel("/a")(_async(hook))
+    assert not later.channels
 
 
 def test_an_async_generator_hook_is_refused() -> None:
@@ -205,3 +217,35 @@ def test_authenticate_is_not_run_for_a_refused_origin() -> None:
     peer.send(upgrade_request("/c", extra="Origin: https://app.example.evil\r\n"))
     assert peer.answer.status == 403
     assert Counting.calls == 0
+
+
+def test_a_long_advance_runs_every_deadline_in_order() -> None:
+    """advance(60) is two keepalive cycles, as real time would be: the ping sent at 20 s
+    is unanswered at 40 s, so the connection closes with 1011."""
+    from spoc_sockets.testing import ConnectionClosed, TestClient
+
+    router = Router()
+    router.add("/r", Recorder(ping_interval=20.0, ping_timeout=20.0))
+    with TestClient(router) as client, client.connect("/r", answer_pings=False) as ws:
+        client.advance(60)
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.receive()
+        assert closed.value.code == 1011
+        assert client.now == 60
+
+
+def test_idle_timeout_counts_messages_not_pings() -> None:
+    from spoc_sockets.testing import ConnectionClosed, TestClient
+
+    router = Router()
+    router.add("/r", Recorder(ping_interval=20.0, ping_timeout=20.0, idle_timeout=30.0))
+    with TestClient(router) as client, client.connect("/r") as ws:  # answers every ping
+        client.advance(25)
+        ws.send("still here")
+        client.advance(29)  # 54 s: 29 s after the message
+        assert ws.close_code is None
+        client.advance(1)
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.receive()
+        assert (closed.value.code, closed.value.reason) == (1001, "idle timeout")
+        assert client.now == 55
