@@ -151,7 +151,8 @@ def _exit_status(wait_status: int) -> int:
 
 
 def _worker(serve: Callable[[OnListen], None], ready: int) -> None:
-    """The body of a forked worker: serve, tell the parent once listening, never return."""
+    """The body of a forked worker: serve, tell the parent once listening (or why it
+    cannot serve), never return."""
 
     def listening(port: int) -> None:
         os.write(ready, b".")
@@ -159,8 +160,9 @@ def _worker(serve: Callable[[OnListen], None], ready: int) -> None:
     status = 0
     try:
         serve(listening)
-    except UsageError as exc:
-        print(f"spoc-sockets: error: {exc}", file=sys.stderr)
+    except UsageError as exc:  # reported once, by the parent
+        message = " ".join(str(exc).split())[:1000]  # one line, one atomic pipe write
+        os.write(ready, b"!" + message.encode() + b"\n")
         status = 2
     except BaseException:  # a worker never returns into the parent's code
         logger.exception("worker %d failed", os.getpid())
@@ -171,14 +173,39 @@ def _worker(serve: Callable[[OnListen], None], ready: int) -> None:
         os._exit(status)
 
 
+class _Startup:
+    """What the workers report through a pipe while they start: ``.`` once listening,
+    or ``!`` and the message of the :class:`UsageError` that stopped them, and a newline."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.listening = 0
+        self.error: str | None = None
+        self._buffer = b""
+
+    def read(self, timeout: float) -> None:
+        readable, _, _ = select.select([self.fd], [], [], timeout)
+        if readable:
+            self._buffer += os.read(self.fd, 4096)
+        while self._buffer[:1] == b"." or b"\n" in self._buffer:
+            if self._buffer[:1] == b".":
+                self.listening += 1
+                self._buffer = self._buffer[1:]
+            else:
+                message, _, self._buffer = self._buffer[1:].partition(b"\n")
+                self.error = self.error or message.decode(errors="replace")
+
+
 def _run_workers(
     serve: Callable[[int, OnListen], None], workers: int, host: str, port: int, on_listen: OnListen
 ) -> int:
     """Fork ``workers`` processes serving one port; forward SIGTERM/SIGINT to them; return
-    once all have exited: 0 if they all stopped cleanly, else the first failure's status."""
+    once all have exited: 0 if they all stopped cleanly, else the first failure's status.
+    A :class:`UsageError` that stopped the workers is raised again here."""
     reserved = _reserve_port(host, port)
     port = reserved.getsockname()[1]
     ready_r, ready_w = os.pipe()
+    startup = _Startup(ready_r)
     children: dict[int, int | None] = {}  # pid -> exit status, None while running
     stopping = False
 
@@ -202,8 +229,12 @@ def _run_workers(
                 _worker(lambda listening: serve(port, listening), ready_w)
             children[pid] = None
         os.close(ready_w)
-        if _wait_ready(ready_r, workers, children) and not stopping:
-            on_listen(port)
+        if _wait_ready(startup, workers, children):
+            if not stopping:
+                on_listen(port)
+        else:
+            stopping = True
+            forward(signal.SIGTERM, None)
         reserved.close()
         while any(status is None for status in children.values()):
             pid, wait_status = os.wait()
@@ -215,26 +246,22 @@ def _run_workers(
             signal.signal(signum, handler)
         os.close(ready_r)
         reserved.close()
+    if startup.error is not None:
+        raise UsageError(startup.error)
     return next((status for status in children.values() if status), 0)
 
 
-def _wait_ready(ready: int, workers: int, children: dict[int, int | None]) -> bool:
-    """Wait until every worker listens (True), or one has exited first (False: the others
-    are stopped)."""
-    listening = 0
-    while listening < workers:
-        readable, _, _ = select.select([ready], [], [], 0.1)
-        if readable:
-            listening += len(os.read(ready, workers))
+def _wait_ready(startup: _Startup, workers: int, children: dict[int, int | None]) -> bool:
+    """Wait until every worker listens (True), or one has failed or exited first (False)."""
+    while startup.listening < workers and startup.error is None:
+        startup.read(0.1)
         for pid in [pid for pid, status in children.items() if status is None]:
             done, wait_status = os.waitpid(pid, os.WNOHANG)
             if done:
                 children[pid] = _exit_status(wait_status)
-                for other in children:
-                    if children[other] is None:
-                        os.kill(other, signal.SIGTERM)
+                startup.read(0)  # what it wrote before exiting
                 return False
-    return True
+    return startup.error is None
 
 
 # -- the function ----------------------------------------------------------------------
