@@ -4,6 +4,7 @@ HTTP routes beside the channel, and notifications pushed from an HTTP endpoint."
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -82,3 +83,26 @@ def test_a_websocket_handshake_on_an_http_route_is_404(port: int) -> None:
     with pytest.raises(InvalidStatus) as refused:
         open_ws(port, "/health", cookie="session=s-ada")
     assert refused.value.response.status_code == 404
+
+
+MOUNTED = "examples.fastapi_mount:app"
+
+
+def test_mounted_under_ws_the_channels_answer_below_it() -> None:
+    with asgi_server("uvicorn-wsproto", MOUNTED) as (server, port):
+        with open_ws(port, "/ws/notifications", cookie="session=s-ada") as ada:
+            assert post(port, "/users/ada/notify", {"text": "hi"}).json() == {"delivered": 1}
+            assert notification(ada) == {"type": "notification", "payload": {"text": "hi"}}
+        for path, cookie, status, body in (
+            ("/ws/notifications", "session=s-nobody", 401, b"log in first"),
+            ("/ws/nowhere", "session=s-ada", 404, b"no channel at /nowhere\n"),
+            # outside the mount, FastAPI has no WebSocket route: it closes, uvicorn says 403
+            ("/notifications", "session=s-ada", 403, b""),
+        ):
+            with pytest.raises(InvalidStatus) as refused:
+                open_ws(port, path, cookie=cookie)
+            assert refused.value.response.status_code == status
+            assert bytes(refused.value.response.body or b"") == body
+        assert get(port, "/ws/notifications").status_code == 426
+        assert server.stop() == -signal.SIGTERM  # uvicorn dies of the signal it handled
+    assert "Traceback" not in server.output
