@@ -5,6 +5,7 @@ names (``create_chat_server``, ``create_stream_server``, ``setup_websocket_handl
 """
 
 from .channel import ChannelServer, Connection, ConnectionState, Deferred
+from .cli import run
 from .connection import ServerConnection
 from .errors import CloseCode, ProtocolError, Reject, SpocSocketsError, UsageError
 from .hub import Hub
@@ -31,6 +32,7 @@ __all__ = [
     "UsageError",
     "create_chat_server",
     "create_stream_server",
+    "run",
     "setup_websocket_handlers",
 ]
 

@@ -49,10 +49,12 @@ def test_core_never_imports_io_threads_or_clock(module: str) -> None:
     assert not imported_modules(PACKAGE / module) & FORBIDDEN
 
 
-# Outside the sans-IO core: the adapters, the demo, and the built-in channels (applications
-# of the core, which read a wall clock for timestamps and lock their shared room state).
+# Outside the sans-IO core: the adapters, the demo, the CLI, and the built-in channels
+# (applications of the core, which read a wall clock for timestamps and lock their shared
+# room state).
 ADAPTERS = {"asyncio.py", "trio.py", "threads.py", "asgi.py", "_listen.py", "__main__.py"}
-ADAPTERS |= {"demo.py", "testing.py"}  # the in-memory adapter runs async hooks on asyncio
+ADAPTERS |= {"demo.py", "cli.py"}
+ADAPTERS |= {"testing.py"}  # the in-memory adapter runs async hooks on asyncio
 CHANNELS = {"chat.py", "stream.py", "seed.py"}
 INTEGRATIONS = {"metrics.py"}  # optional: reads the core's stats for an exporter
 

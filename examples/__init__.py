@@ -1,0 +1,1 @@
+"""Example applications (importable as ``examples.<name>`` from the repository root)."""
