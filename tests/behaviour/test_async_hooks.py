@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import ClassVar
 
 import pytest
 import sniffio
@@ -146,7 +147,7 @@ def test_input_read_while_a_hook_runs_is_not_lost(serve_async_bytes: Harness) ->
 def test_a_failed_async_on_connect_closes_before_any_message(serve_async_bytes: Harness) -> None:
     class Failing(ChannelServer):
         ping_interval = None
-        seen: list[str | bytes] = []
+        seen: ClassVar[list[str | bytes]] = []
 
         async def on_connect(self, conn: Connection) -> None:
             await pause()
