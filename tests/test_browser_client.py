@@ -9,6 +9,8 @@ are those of ``test_browser`` (the demo page's own test).
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -370,6 +372,61 @@ def test_the_type_declarations_name_every_export() -> None:
     declared = set(re.findall(r"^export declare (?:const|function|class) (\w+)", dts, re.M))
     assert len(exported) >= 14
     assert exported == declared
+
+
+CONSUMER = """
+import { ChatClient, StreamViewer, backoffDelay, type ChatMessage } from "./spoc-client.js";
+
+const chat = new ChatClient(async (attempt: number) => `/chat?attempt=${attempt}`, {
+  maxDelayMs: 5000,
+});
+chat.addEventListener("message", (e) => {
+  const message: ChatMessage = e.detail.message;
+  const id: number = message.id;
+  const replay: boolean = e.detail.replay;
+  console.log(id, replay);
+});
+chat.addEventListener("presence", (e) => {
+  const members: string[] = e.detail.members;
+  const event: "joined" | "left" = e.detail.event;
+  console.log(members, event);
+});
+chat.addEventListener("close", (e) => console.log(e.detail.retryInMs ?? "gave up"));
+const ref: string | null = chat.post("lobby", "hello");
+const delay: number = backoffDelay(3);
+const viewer = new StreamViewer("/stream/demo", document.createElement("video"));
+const lastId: number | null | undefined = chat.rooms.get("lobby")?.lastId;
+console.log(ref, delay, viewer.recordings, lastId);
+
+// @ts-expect-error: an unknown option
+new ChatClient("/chat", { maxDelay: 5 });
+// @ts-expect-error: a number is no text
+chat.post("lobby", 5);
+// @ts-expect-error: a message id is a number
+chat.addEventListener("message", (e) => { const id: string = e.detail.message.id; });
+"""
+
+
+def test_the_module_and_its_declarations_type_check(tmp_path: Path) -> None:
+    """tsc (from the npm registry) accepts the module's JSDoc types in strict mode, and
+    a TypeScript program written against spoc-client.d.ts, whose mistakes it catches."""
+    npm = shutil.which("npm")
+    assert npm and shutil.which("node"), "the type check needs node and npm on PATH"
+    subprocess.run(
+        [npm, "install", "--prefix", str(tmp_path), "--no-audit", "--no-fund", "typescript@5"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    tsc = [str(tmp_path / "node_modules" / ".bin" / "tsc"), "--noEmit", "--strict"]
+    tsc += ["--target", "es2022", "--module", "es2022", "--lib", "dom,es2022"]
+    shutil.copy(STATIC / "spoc-client.d.ts", tmp_path)
+    (tmp_path / "consumer.ts").write_text(CONSUMER)
+    for args in (["--allowJs", "--checkJs", str(STATIC / "spoc-client.js")], ["consumer.ts"]):
+        result = subprocess.run(
+            tsc + args, cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
 
 
 # -- the demo page, on the demo's own router --------------------------------------------
