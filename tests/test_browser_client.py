@@ -58,6 +58,7 @@ def client_router() -> Router:
     unthrottled: dict[str, Any] = {"trust_user_param": True, "rate": 1000.0, "burst": 1000.0}
     router.add("/chat", ChatServer(history_page_bytes=PAGE_BYTES, **unthrottled))
     router.add("/chat-short", ChatServer(max_history_messages=KEPT, **unthrottled))
+    router.add("/chat-slow", ChatServer(trust_user_param=True, rate=2.0, burst=2.0))
     router.add("/garbage", Garbage())
 
     def page(request: Request) -> Response:
@@ -218,6 +219,18 @@ def test_a_resume_past_what_the_room_kept_reports_a_gap(
     wait_for(page, lambda: len(events(page, "dave", "synced")) == 2, "dave to resume")
     kept = [f"m{i}" for i in range(12 - KEPT, 12)]
     assert [m["text"] for m in messages(page, "dave")] == ["first", *kept]
+
+
+def test_rate_limited_joins_are_sent_again(page: Page) -> None:
+    """Joins past the server's rate (2 a second, burst 2) are refused, then sent again
+    later, with growing delays, until every room is joined (never closed for strikes)."""
+    make_chat(page, "judy", "/chat-slow")
+    page.evaluate("['a', 'b', 'c', 'd'].forEach((r) => window.clients.judy.client.join(r))")
+    joined = "[...window.clients.judy.client.rooms.values()].filter((r) => r.joined).length"
+    wait_for(page, lambda: page.evaluate(joined) == 5, "every room to be joined")
+    codes = [e["code"] for e in events(page, "judy", "error")]
+    assert codes and set(codes) == {"rate_limited"}
+    assert events(page, "judy", "close") == []
 
 
 def test_presence_after_members_leave(page: Page, chat_server: DemoServer) -> None:

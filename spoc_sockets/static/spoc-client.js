@@ -311,7 +311,7 @@ export class Room {
     this.paging = false;
     /** @type {any[]} live messages held while paging */
     this.pending = [];
-    /** @type {{ref: string, message: Record<string, unknown>} | null} the last join or history request */
+    /** @type {{ref: string, message: Record<string, unknown>} | null} the join or history request not answered yet */
     this.request = null;
   }
 }
@@ -340,13 +340,20 @@ export class ChatClient extends EventTarget {
     /** @type {Map<string, Room>} the rooms joined, or to join on (re)connection */
     this.rooms = new Map();
     this._refs = 0;
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    this._resend = null; // resending rate-limited requests
+    this._limited = 0; // rate-limited resends in a row
     wire(this.socket, this, (event) => this._handle(event));
     this.addEventListener("close", () => {
+      if (this._resend !== null) clearTimeout(this._resend);
+      this._resend = null;
+      this._limited = 0;
       this.user = null;
       for (const room of this.rooms.values()) {
         room.joined = false;
         room.paging = false;
         room.pending = [];
+        room.request = null;
         room.members.clear();
       }
     });
@@ -373,32 +380,37 @@ export class ChatClient extends EventTarget {
   }
 
   /**
-   * A join or history request for `room`, remembered with its ref: if the server answers
-   * `rate_limited`, it is sent again a moment later.
+   * A join or history request for `room`, kept until its answer comes.
    * @param {Room} room
    * @param {Record<string, unknown>} message
    */
   _request(room, message) {
     this._refs += 1;
-    room.request = { ref: `r-${this._refs}`, message: { ...message, ref: `r-${this._refs}` } };
+    const ref = `r-${this._refs}`;
+    room.request = { ref, message: { ...message, ref } };
     this.send(room.request.message);
   }
 
   /**
-   * A refused request: retried when rate limited; a refused join forgets the room.
+   * A refused message. `rate_limited` (which names no request: the server refuses before
+   * reading) sends every unanswered join and history request again, once, after the
+   * reconnection delays, growing until an answer comes; another refusal of a join
+   * forgets its room.
    * @param {any} ev
    */
   _refused(ev) {
+    if (ev.code === "rate_limited") {
+      if (this._resend !== null) return;
+      this._resend = setTimeout(() => {
+        this._resend = null;
+        for (const room of this.rooms.values()) if (room.request) this.send(room.request.message);
+      }, backoffDelay(this._limited, this.socket.options));
+      this._limited += 1;
+      return;
+    }
     for (const room of this.rooms.values()) {
       if (!room.request || room.request.ref !== ev.ref) continue;
-      if (ev.code === "rate_limited") {
-        const request = room.request;
-        setTimeout(() => {
-          if (room.request === request && this.rooms.get(room.name) === room) this.send(request.message);
-        }, backoffDelay(0, this.socket.options));
-      } else if (room.request.message.type === "join") {
-        this.rooms.delete(room.name);
-      }
+      if (room.request.message.type === "join" && ev.code !== "already_joined") this.rooms.delete(room.name);
       return;
     }
   }
@@ -464,13 +476,16 @@ export class ChatClient extends EventTarget {
         return;
       case "joined":
         if (!room) return;
+        this._answered(room);
         room.joined = true;
         room.members = new Set(Array.isArray(ev.members) ? ev.members : []);
         emit(this, "joined", { room: room.name, members: [...room.members], resumed: room.lastId !== null });
         this._page(room, ev);
         return;
       case "history":
-        if (room) this._page(room, ev);
+        if (!room) return;
+        this._answered(room);
+        this._page(room, ev);
         return;
       case "message":
         if (room) this._live(room, ev);
@@ -497,6 +512,12 @@ export class ChatClient extends EventTarget {
         emit(this, "error", { code: ev.code, message: ev.message, ref: ev.ref });
         return;
     }
+  }
+
+  /** @param {Room} room */
+  _answered(room) {
+    room.request = null;
+    this._limited = 0;
   }
 
   /**
