@@ -294,6 +294,27 @@ def test_a_refused_client_gives_up_after_max_attempts(page: Page) -> None:
     assert 10 <= seen[0][1] <= 20 and 20 <= seen[1][1] <= 40 and seen[2][1] is None
 
 
+def test_a_url_function_that_fails_is_retried(page: Page) -> None:
+    """The URL function throws (say, the token route is down): the attempt fails and is
+    retried, and so is a URL the browser refuses."""
+    closes = page.evaluate(
+        """() => new Promise((resolve) => {
+          const urls = [() => { throw new Error("token route down"); }, () => "ws://[bad"];
+          const s = new m.ReconnectingSocket(async (attempt) => urls[attempt](),
+                                             { initialDelayMs: 10, maxAttempts: 2 });
+          const seen = [];
+          s.addEventListener("close", (e) => {
+            seen.push(e.detail.reason);
+            if (e.detail.retryInMs === null) resolve(seen);
+          });
+          s.connect();
+        })"""
+    )
+    assert closes[0] == "no connection: token route down"
+    assert closes[1] == 'no connection: spoc-client: url is not a valid URL, got "ws://[bad"'
+    assert len(closes) == 2
+
+
 BAD_OPTIONS = [
     (
         'new m.ChatClient("/chat", {maxDelayMs: "10"})',
@@ -321,6 +342,8 @@ BAD_OPTIONS = [
     ('new m.ChatClient("/chat", "fast")', "TypeError", 'options must be an object, got "fast"'),
     ('new m.ChatClient("/chat", [1])', "TypeError", "options must be an object, got an array"),
     ("new m.ChatClient(42)", "TypeError", "url must be a string or a function, got 42"),
+    ('new m.ChatClient("ws://[bad")', "TypeError", 'url is not a valid URL, got "ws://[bad"'),
+    ('new m.ChatClient("ftp://x/chat")', "TypeError", "url is not a WebSocket URL"),
     (
         'new m.ChatClient("/chat").join(["lobby"])',
         "TypeError",

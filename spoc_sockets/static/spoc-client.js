@@ -95,15 +95,23 @@ export function backoffDelay(attempt, opts = RECONNECT_DEFAULTS, random = Math.r
 }
 
 /**
- * An absolute ws:// or wss:// URL for `path` on the page's own server
- * (absolute ws(s):// URLs are returned as they are).
+ * The absolute ws:// or wss:// URL of `path`, resolved against the page (wss:// when the
+ * page came over HTTPS); ws(s):// URLs stay as they are. Anything else: TypeError.
  * @param {string} path
  * @returns {string}
  */
 export function wsUrl(path) {
-  if (/^wss?:\/\//.test(path)) return path;
-  const url = new URL(path, location.href);
-  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  let url;
+  try {
+    url = new URL(path, location.href);
+  } catch {
+    throw new TypeError(`spoc-client: url is not a valid URL, got ${show(path)}`);
+  }
+  if (url.protocol === "http:" || url.protocol === "https:") {
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  } else if (url.protocol !== "ws:" && url.protocol !== "wss:") {
+    throw new TypeError(`spoc-client: url is not a WebSocket URL, got ${show(path)}`);
+  }
   return url.href;
 }
 
@@ -138,6 +146,7 @@ export class ReconnectingSocket extends EventTarget {
     if (typeof url !== "string" && typeof url !== "function") {
       throw new TypeError(`spoc-client: url must be a string or a function, got ${show(url)}`);
     }
+    if (typeof url === "string") wsUrl(url); // a malformed URL throws here, not later
     this.url = url;
     this.options = options(opts, RECONNECT_DEFAULTS);
     /** @type {"idle" | "connecting" | "open" | "waiting" | "closed"} */
@@ -164,16 +173,16 @@ export class ReconnectingSocket extends EventTarget {
     const generation = this._generation;
     this.state = "connecting";
     this._greeted = false;
-    let url;
+    let ws;
     try {
-      url = wsUrl(typeof this.url === "string" ? this.url : await this.url(this.failures));
+      const url = wsUrl(typeof this.url === "string" ? this.url : await this.url(this.failures));
+      if (generation !== this._generation) return; // closed meanwhile
+      ws = new WebSocket(url);
     } catch (err) {
       if (generation !== this._generation) return;
-      this._retry(1006, `no URL: ${err instanceof Error ? err.message : err}`);
+      this._retry(1006, `no connection: ${err instanceof Error ? err.message : err}`);
       return;
     }
-    if (generation !== this._generation) return; // closed meanwhile
-    const ws = new WebSocket(url);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     ws.onopen = () => {
