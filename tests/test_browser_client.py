@@ -197,7 +197,7 @@ def test_resume_after_the_server_drops_the_connection(page: Page, chat_server: D
     assert events(page, "bob", "welcome") == [{"user": "bob"}] * 2
     assert events(page, "bob", "gap") == []
     wait_for(page, lambda: members(page, "bob") == ["alice", "bob"], "bob's members")
-    assert members(page, "alice") == ["alice", "bob"]
+    wait_for(page, lambda: members(page, "alice") == ["alice", "bob"], "alice's members")
 
 
 def test_a_resume_past_what_the_room_kept_reports_a_gap(
@@ -240,7 +240,7 @@ def test_presence_after_members_leave(page: Page, chat_server: DemoServer) -> No
 
     assert page.evaluate("window.clients.frank.client.leave('lobby')") is True
     wait_for(page, lambda: members(page, "erin") == ["erin", "grace"], "frank to leave")
-    assert members(page, "grace") == ["erin", "grace"]
+    wait_for(page, lambda: members(page, "grace") == ["erin", "grace"], "grace to see it")
     assert {"room": "lobby", "user": "frank", "event": "left", "members": ["erin", "grace"]} in (
         events(page, "erin", "presence")
     )
@@ -258,9 +258,13 @@ def test_presence_after_members_leave(page: Page, chat_server: DemoServer) -> No
     wait_for(page, lambda: members(page, "erin") == ["erin", "heidi"], "heidi to join")
     drop(chat_server, "heidi")
     wait_for(page, lambda: len(events(page, "heidi", "joined")) == 2, "heidi to rejoin")
-    wait_for(page, lambda: members(page, "erin") == ["erin", "heidi"], "heidi back")
-    left_and_back = [(p["user"], p["event"]) for p in events(page, "erin", "presence")]
-    assert left_and_back[-2:] == [("heidi", "left"), ("heidi", "joined")]
+
+    def heidi_left_and_came_back() -> bool:
+        seen = [(p["user"], p["event"]) for p in events(page, "erin", "presence")]
+        return seen[-2:] == [("heidi", "left"), ("heidi", "joined")]
+
+    wait_for(page, heidi_left_and_came_back, "erin to see heidi leave and come back")
+    assert members(page, "erin") == ["erin", "heidi"]
 
 
 def test_backoff_is_capped_exponential_with_jitter(page: Page) -> None:
@@ -505,8 +509,8 @@ def test_the_viewer_and_the_publisher_come_back_after_a_cut(
         request = conn.connection.request  # type: ignore[union-attr]
         return request.path == "/stream/demo" and request.query.get("role") != "publish"
 
-    assert server.drop(is_viewer) == 1
     recordings = viewer.evaluate("window.demo.view.recordings")
+    assert server.drop(is_viewer) == 1
     wait_for(
         viewer,
         lambda: viewer.evaluate("window.demo.view.recordings") > recordings,
@@ -515,16 +519,21 @@ def test_the_viewer_and_the_publisher_come_back_after_a_cut(
     played = video_time(viewer)
     wait_for(viewer, lambda: video_time(viewer) > played + 1.0, "the video to play on")
 
-    assert server.drop(lambda c: c.connection.request.query.get("role") == "publish") == 1  # type: ignore[union-attr]
-    wait_for(
-        publisher,
-        lambda: (
-            publisher.evaluate("window.demo.pub.socket.state") == "open"
-            and publisher.evaluate("window.demo.pub.chunks") > 0
-        ),
-        "the publisher to reconnect",
+    def is_publisher(conn: ServerConnection) -> bool:
+        return conn.connection.request.query.get("role") == "publish"  # type: ignore[union-attr]
+
+    publisher.evaluate(
+        "window.demo.pub.addEventListener('publishing', () => { window.republished = true; })"
     )
+    recordings = viewer.evaluate("window.demo.view.recordings")
+    assert server.drop(is_publisher) == 1
+    wait_for(publisher, lambda: publisher.evaluate("window.republished"), "a new publishing")
     pw_expect(publisher.locator("#publish-status")).to_contain_text("publishing")
+    wait_for(  # the stream ended for the viewer, which came back to the new recording
+        viewer,
+        lambda: viewer.evaluate("window.demo.view.recordings") > recordings,
+        "the viewer to get the new recording",
+    )
     played = video_time(viewer)
     wait_for(viewer, lambda: video_time(viewer) > played + 1.0, "the video to play again")
     assert viewer.evaluate("window.demo.view.error") is None
