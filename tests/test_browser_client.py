@@ -68,8 +68,9 @@ def client_router() -> Router:
     return router
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def chat_server() -> Iterator[DemoServer]:
+    """A fresh server for each test: no room remembers another test's messages."""
     served = DemoServer(client_router())
     served.start()
     try:
@@ -343,6 +344,13 @@ BAD_OPTIONS = [
         "initialDelayMs (10) exceeds maxDelayMs (5)",
     ),
     ('new m.ChatClient("/chat", {retries: 3})', "TypeError", "unknown option retries"),
+    ('new m.ChatClient("/chat", {maxAttempts: 0})', "RangeError", "maxAttempts must be in [1,"),
+    (
+        'new m.ChatClient("/chat", {maxPendingMessages: 0})',
+        "RangeError",
+        "maxPendingMessages must be in [1, Infinity], got 0",
+    ),
+    ('new m.ChatClient("/chat", {mimeType: "video/webm"})', "TypeError", "unknown option mimeType"),
     ('new m.ChatClient("/chat", "fast")', "TypeError", 'options must be an object, got "fast"'),
     ('new m.ChatClient("/chat", [1])', "TypeError", "options must be an object, got an array"),
     ("new m.ChatClient(42)", "TypeError", "url must be a string or a function, got 42"),
@@ -382,6 +390,15 @@ def test_bad_arguments_are_refused_by_name(page: Page, code: str, kind: str, mes
     assert error is not None, f"{code} was accepted"
     name, text = error
     assert name == kind and text.startswith("spoc-client: ") and message in text
+
+
+def test_notifications_reach_the_user(page: Page, chat_server: DemoServer) -> None:
+    make_chat(page, "kate")
+    chat = chat_server.router.channels["/chat"]
+    assert isinstance(chat, ChatServer)
+    chat.notify("kate", {"course": "maths", "grade": "A"})
+    wait_for(page, lambda: events(page, "kate", "notification"), "the notification")
+    assert events(page, "kate", "notification") == [{"payload": {"course": "maths", "grade": "A"}}]
 
 
 def test_what_is_not_a_protocol_event_is_reported_not_thrown(page: Page) -> None:
