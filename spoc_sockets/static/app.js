@@ -316,13 +316,14 @@ $("publish-camera").addEventListener("click", () => startPublish("camera"));
 $("stop-publish").addEventListener("click", () => stopPublish());
 
 let view = null; // the last StreamViewer
+let viewEnded = false; // the stream ended (the viewer reconnects: the status says why it waits)
 
 function watchStatus(text, kind) {
   setStatus($("watch-status"), text, kind);
 }
 
 function showWatchStats() {
-  if (!view || view.error || view.socket.state === "closed") return;
+  if (!view || view.error || viewEnded || view.socket.state === "closed") return;
   const video = $("viewer");
   watchStatus(
     `watching: ${view.chunks} chunks, ${kib(view.bytes)}, t=${video.currentTime.toFixed(1)}s` +
@@ -339,10 +340,18 @@ function startWatch() {
   // after the stream ends the viewer reconnects, to wait for the next publisher
   const viewer = new StreamViewer(STREAM_PATH, $("viewer"), { maxDelayMs: 2000 });
   view = viewer;
-  viewer.addEventListener("viewing", (e) =>
-    watchStatus(e.detail.live ? "connected: waiting for media" : "connected: waiting for a publisher"),
-  );
-  viewer.addEventListener("ended", () => watchStatus("the stream ended: waiting for the next publisher"));
+  viewEnded = false;
+  viewer.addEventListener("viewing", (e) => {
+    if (e.detail.live) watchStatus("connected: waiting for media");
+    else if (!viewEnded) watchStatus("connected: waiting for a publisher");
+  });
+  viewer.addEventListener("ended", () => {
+    viewEnded = true;
+    watchStatus("the stream ended: waiting for the next publisher");
+  });
+  viewer.addEventListener("recording", () => {
+    viewEnded = false;
+  });
   viewer.addEventListener("dropped", (e) => watchStatus(`too slow: ${e.detail.dropped} chunks dropped`, "bad"));
   viewer.addEventListener("media", showWatchStats);
   viewer.addEventListener("error", (e) => watchStatus(e.detail.message || e.detail.code, "bad"));
