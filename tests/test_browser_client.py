@@ -37,6 +37,7 @@ from tests.test_browser import (  # the same browser and server helpers as the d
 STATIC = Path(spoc_sockets.__file__).parent / "static"
 PAGE = "<!doctype html><meta charset=utf-8><title>client</title><body></body>"
 PAGE_BYTES = 1024  # history in one reply on /chat: a resume of 30 messages takes pages
+REPLAYED = 3  # messages a join without `since` replays on /chat
 KEPT = 5  # messages a room keeps on /chat-short
 
 
@@ -56,7 +57,8 @@ def client_router() -> Router:
     history pages (``/chat``) or a short history (``/chat-short``), and a blank page."""
     router = Router()
     unthrottled: dict[str, Any] = {"trust_user_param": True, "rate": 1000.0, "burst": 1000.0}
-    router.add("/chat", ChatServer(history_page_bytes=PAGE_BYTES, **unthrottled))
+    chat = ChatServer(history_page_bytes=PAGE_BYTES, history_size=REPLAYED, **unthrottled)
+    router.add("/chat", chat)
     router.add("/chat-short", ChatServer(max_history_messages=KEPT, **unthrottled))
     router.add("/chat-slow", ChatServer(trust_user_param=True, rate=2.0, burst=2.0))
     router.add("/garbage", Garbage())
@@ -199,6 +201,26 @@ def test_resume_after_the_server_drops_the_connection(page: Page, chat_server: D
     assert events(page, "bob", "gap") == []
     wait_for(page, lambda: members(page, "bob") == ["alice", "bob"], "bob's members")
     wait_for(page, lambda: members(page, "alice") == ["alice", "bob"], "alice's members")
+
+
+def test_a_client_that_saw_an_empty_room_resumes_from_its_start(
+    page: Page, chat_server: DemoServer
+) -> None:
+    """Cut off before any message was posted, a client still gets every message posted
+    meanwhile (more than a join without `since` replays)."""
+    make_chat(page, "yan")
+    make_chat(page, "zoe")
+    page.evaluate("window.setGate('zoe', false)")
+    drop(chat_server, "zoe")
+    wait_for(page, lambda: members(page, "yan") == ["yan"], "yan to see zoe leave")
+    for i in range(2 * REPLAYED):
+        post(page, "yan", f"m{i}")
+    wait_for(page, lambda: len(messages(page, "yan")) == 2 * REPLAYED, "yan's own messages")
+    page.evaluate("window.setGate('zoe', true)")
+    wait_for(page, lambda: len(events(page, "zoe", "synced")) == 2, "zoe to resume")
+    assert [m["text"] for m in messages(page, "zoe")] == [f"m{i}" for i in range(2 * REPLAYED)]
+    assert [j["resumed"] for j in events(page, "zoe", "joined")] == [False, True]
+    assert events(page, "zoe", "gap") == []
 
 
 def test_a_resume_past_what_the_room_kept_reports_a_gap(

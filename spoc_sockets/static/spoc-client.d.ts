@@ -153,7 +153,7 @@ export declare class Room {
   readonly joined: boolean;
   /** Kept current from `joined`, `presence` and `members`. */
   readonly members: Set<string>;
-  /** The id of the last message delivered, sent as `since` on rejoin. */
+  /** The id of the last message delivered (0: the room was seen empty), sent as `since` on rejoin. */
   readonly lastId: number | null;
   /** True while history pages are being asked for. */
   readonly paging: boolean;

@@ -543,6 +543,8 @@ export class ChatClient extends EventTarget {
       emit(this, "gap", { room: room.name });
     }
     for (const message of page) this._deliver(room, message, true);
+    // an empty room seen whole: a resume asks for everything after id 0
+    if (room.lastId === null && ev.complete !== false && !ev.more) room.lastId = 0;
     if (ev.more === true && page.length) {
       room.paging = true;
       this._request(room, { type: "history", room: room.name, since: page[page.length - 1].id });
