@@ -29,7 +29,7 @@ import errno
 import logging
 import socket
 import threading
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Server", "serve"]
 
-logger = logging.getLogger("spoc_sockets")
+logger = logging.getLogger("spoc_sockets.server")
 
 _ACCEPT_BATCH = 64
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -72,7 +72,6 @@ class _Protocol(asyncio.Protocol):
         peer = (str(peername[0]), int(peername[1])) if isinstance(peername, tuple) else None
         server._protocols[self] = None
         self.conn = server.hub.open(server._loop.time(), peer=peer, transport=self)
-        logger.debug("connection from %s", peer)
         server._flush()  # the new handshake deadline may be the earliest: rearm
 
     def data_received(self, data: bytes) -> None:
@@ -93,7 +92,6 @@ class _Protocol(asyncio.Protocol):
         server = self.server
         if self.conn is not None:
             self.conn.receive_data(b"", server._loop.time())
-            logger.debug("connection from %s closed", self.conn.peer)
         server._protocols.pop(self, None)
         server._resume_accepting()
         server._flush()
@@ -187,11 +185,12 @@ class Server:
         scheme = "wss" if self._ssl is not None else "ws"
         logger.info("serving on %s", ", ".join(f"{scheme}://{n[0]}:{n[1]}" for n in names))
 
-    def _spawn(self, coroutine: Coroutine[object, None, None]) -> None:
+    def _spawn(self, coroutine: Coroutine[object, None, None]) -> Callable[[], object]:
         """Run an async hook's coroutine for the core (it reports back when done)."""
         task = self._loop.create_task(coroutine)
         self._hooks.add(task)
         task.add_done_callback(self._hooks.discard)
+        return task.cancel
 
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(_ACCEPT_BATCH):
@@ -216,6 +215,9 @@ class Server:
         except Exception as exc:  # a failed TLS handshake, a reset...
             logger.debug("could not set up a connection: %r", exc)
             sock.close()
+        except BaseException:  # cancelled by close(): the socket is ours to close
+            sock.close()
+            raise
 
     def _pause_accepting(self) -> None:
         for listener in self._listeners:
@@ -296,7 +298,9 @@ class Server:
                 if self._timer is not None:
                     self._timer.cancel()
                     self._timer = None
-                for task in list(self._hooks):  # on_close hooks may still be running
+                if self._hooks:  # on_close hooks may still run: drain_timeout bounds them
+                    await asyncio.wait(set(self._hooks), timeout=self.drain_timeout)
+                for task in list(self._hooks):
                     task.cancel()
                 self._closed.set()
                 logger.info("server closed")

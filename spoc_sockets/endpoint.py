@@ -23,7 +23,7 @@ import inspect
 import logging
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 from .channel import (
@@ -46,8 +46,12 @@ from .router import Router
 
 __all__ = ["CLOSED", "CLOSING", "CONNECTING", "OPEN", "Endpoint"]
 
-logger = logging.getLogger("spoc_sockets")
+#: Errors of application code: hooks and HTTP routes (with their traceback).
+logger = logging.getLogger("spoc_sockets.hooks")
 core_logger = logging.getLogger("spoc_sockets.core")
+#: One INFO line per connection opened, closed or refused (never a query string,
+#: a cookie or a header value).
+connections_logger = logging.getLogger("spoc_sockets.connections")
 
 CONNECTING = ConnectionState.CONNECTING
 OPEN = ConnectionState.OPEN
@@ -58,10 +62,19 @@ CLOSED = ConnectionState.CLOSED
 class Endpoint(ABC):
     """One connection's decision, handle, output limit and end (see the module)."""
 
+    #: the client's address, if known
+    peer: tuple[str, int] | None
+
     def __init__(self, router: Router, now: float, spawn: Spawn | None = None) -> None:
         self.router = router
+        self._clock = now  # the latest time the owner told us (for durations in logs)
+        self._last_input = now  # when the last message came (for idle_timeout)
+        self._route: str | None = None  # the path the request was routed by
         self._spawn = spawn  # runs the coroutine of an async hook (None: cannot)
         self._busy = False  # an async on_connect / on_message is running: input waits
+        self._hook_ended: str | None = None  # "done" or "failed", until the next turn
+        self._cancel_authenticate: Callable[[], object] | None = None  # an async one runs
+        self._admission: tuple[ChannelServer, Request] | None = None  # a place taken
         #: where this connection is in its life
         self.state = CONNECTING
         #: the application's handle, once accepted
@@ -99,11 +112,12 @@ class Endpoint(ABC):
         """Act on a deadline that has passed (a call before it does nothing)."""
         if self._deadline is None or now < self._deadline:
             return
+        self._clock = now
         with self._guard():
             if self.state is CONNECTING:
                 self._handshake_expired()
             elif self.state is OPEN:
-                self._keepalive(now)
+                self._open_deadline_passed(now)
             elif self.state is CLOSING:
                 self._finish(self._close_code, self._close_reason)
 
@@ -125,11 +139,10 @@ class Endpoint(ABC):
         threads send: past ``max_buffered_amount`` the channel's ``overflow`` policy
         drops the message, or closes the connection with 1008 (dropping what is queued).
         """
-        if self.state is CLOSED or self._overflowed:
+        channel, conn = self._channel, self.connection  # read once: _finish may clear them
+        if conn is None or channel is None or self.state is CLOSED or self._overflowed:
             return  # discarded, and nothing accumulates on a dead connection
         if isinstance(item, Outgoing):
-            channel, conn = self._channel, self.connection
-            assert channel is not None and conn is not None
             if self.buffered_amount + item.size > channel.max_buffered_amount:
                 if channel.overflow == "drop":
                     conn.dropped += 1
@@ -165,8 +178,37 @@ class Endpoint(ABC):
     def _set_deadline(self, deadline: float | None) -> None:
         self._deadline = deadline
 
+    # -- OPEN: the idle timeout, and the keepalive where the subclass runs one --------------
+
+    def _arm_open(self) -> None:
+        """The next deadline of an OPEN connection: its keepalive's, or when it would
+        have been idle for ``idle_timeout`` (the earlier)."""
+        assert self._channel is not None
+        due = self._keepalive_due()
+        idle = self._channel.idle_timeout
+        if idle is not None:
+            due = min(self._last_input + idle, due if due is not None else float("inf"))
+        self._set_deadline(due)
+
+    def _open_deadline_passed(self, now: float) -> None:
+        assert self._channel is not None
+        if self._busy:  # nothing can be read meanwhile: the clocks restart when it ends
+            self._set_deadline(None)
+            return
+        idle = self._channel.idle_timeout
+        if idle is not None and now >= self._last_input + idle:
+            self._close(CloseCode.GOING_AWAY, "idle timeout", now)
+            return
+        self._keepalive(now)
+        if self.state is OPEN:
+            self._arm_open()
+
+    def _keepalive_due(self) -> float | None:
+        """When the keepalive next needs :meth:`handle_timeout` (None: never)."""
+        return None
+
     def _keepalive(self, now: float) -> None:  # noqa: B027 - an optional hook
-        """A deadline passed while OPEN (keepalive, where the subclass runs one)."""
+        """An OPEN deadline passed: ping, or fail a missing pong, when due."""
 
     # -- the decision -------------------------------------------------------------------
 
@@ -174,6 +216,7 @@ class Endpoint(ABC):
         """Run the channel's checks and ``authenticate``: accept, refuse, or wait."""
         try:
             self.router.admit(channel, request, now)
+            self._admission = (channel, request)
             subprotocol, decision = channel._handshake(request)
         except Reject as reject:
             self._refuse(reject.status, reject.headers, reject.body)
@@ -220,7 +263,7 @@ class Endpoint(ABC):
                 logger.exception("authenticate gave no usable decision")
                 deferred.reject(500, "internal server error\n")
 
-        self._spawn(settle(awaitable, decide))
+        self._cancel_authenticate = self._spawn(settle(awaitable, decide))
         return deferred
 
     def _take_decision(self, now: float) -> None:
@@ -239,13 +282,22 @@ class Endpoint(ABC):
         self._deferred = None
         self._send_accept(now)
         self.state = OPEN
-        self.connection = conn = Connection(self, channel, request, user, self._subprotocol)
+        self.connection = conn = Connection(
+            self, channel, request, user, self._subprotocol, self._route or "", now
+        )
         self.router.enter(conn)
-        self._set_deadline(None)
+        connections_logger.info(
+            "open %s peer=%s user=%s conn=%d", request.path, _peer(self.peer), _who(user), conn.id
+        )
+        self._last_input = now
         self._opened(now)
+        self._arm_open()
         self._after_hook(channel._opened(conn), now)
 
     def _refuse(self, status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> None:
+        self.router.refused(self._route, status)
+        path = self._request.path if self._request is not None else self._route or "-"
+        connections_logger.info("refused %s peer=%s status=%d", path, _peer(self.peer), status)
         self._send_refusal(status, headers, body)
         self._finish(CloseCode.ABNORMAL_CLOSURE, "")
 
@@ -261,10 +313,15 @@ class Endpoint(ABC):
 
     # -- messages -------------------------------------------------------------------------
 
-    def _deliver(self, message: Message, now: float) -> None:
-        """A complete message from the peer: ``on_message``, or 1011 if it raises."""
-        assert self._channel is not None and self.connection is not None
-        self._after_hook(self._channel._received(self.connection, message), now)
+    def _deliver(self, message: Message, size: int, now: float) -> None:
+        """A complete message of ``size`` bytes from the peer: ``on_message``, or 1011
+        if it raises."""
+        conn = self.connection
+        assert self._channel is not None and conn is not None
+        self._last_input = now  # the idle deadline follows lazily (_open_deadline_passed)
+        conn.messages_in += 1
+        conn.bytes_in += size
+        self._after_hook(self._channel._received(conn, message), now)
 
     def _after_hook(self, outcome: Outcome, now: float) -> None:
         """Act on what ``on_connect`` or ``on_message`` gave: nothing, 1011 for a
@@ -274,6 +331,7 @@ class Endpoint(ABC):
         if outcome is not False and self._spawn is not None:
             self._busy = True
             self._spawn(settle(outcome, self._hook_done))
+            self._schedule()  # the adapter learns input_paused at once, and stops reading
             return
         if outcome is not False:
             discard(outcome)
@@ -281,12 +339,30 @@ class Endpoint(ABC):
         self._close(CloseCode.INTERNAL_ERROR, "internal error", now)
 
     def _hook_done(self, ok: bool, result: object) -> None:
-        """An async hook finished (on the owner's thread): input may flow again."""
+        """An async hook finished (on the owner's thread); the next turn resumes input
+        (:meth:`_take_hook_end`), or closes with 1011 if it failed."""
+        self._hook_ended = "done" if ok else "failed"
+        self._schedule()
+
+    def _take_hook_end(self, now: float) -> None:
+        """At the connection's turn after an async hook ended: close with 1011 before any
+        later input if it failed, else take input again; the idle and pong clocks restart,
+        since nothing could be read while it ran."""
+        ended, self._hook_ended = self._hook_ended, None
+        if ended is None:
+            return
         self._busy = False
-        if ok:
-            self._schedule()
-        else:
-            self.post(CloseRequest(CloseCode.INTERNAL_ERROR, "internal error"))
+        if self.state is not OPEN:
+            return
+        if ended == "failed":
+            self._close(CloseCode.INTERNAL_ERROR, "internal error", now)
+            return
+        self._last_input = now
+        self._input_resumed(now)
+        self._arm_open()
+
+    def _input_resumed(self, now: float) -> None:  # noqa: B027 - an optional hook
+        """Input flows again after an async hook (the keepalive restarts its pong wait)."""
 
     @property
     def input_paused(self) -> bool:
@@ -303,6 +379,10 @@ class Endpoint(ABC):
                 self._taken += item.size
                 if self.state is OPEN:
                     self._queue(item, now)
+                    conn = self.connection
+                    assert conn is not None
+                    conn.messages_out += 1
+                    conn.bytes_out += len(item.payload)
             elif isinstance(item, CloseRequest) and self.state is OPEN:
                 if item.discard:
                     self._discard_output()
@@ -345,10 +425,29 @@ class Endpoint(ABC):
         self._mailbox.clear()
         if self._deferred is not None:
             self._deferred._notify = None
+        if self._cancel_authenticate is not None:  # undecided when the handshake ended
+            self._cancel_authenticate()
+            self._cancel_authenticate = None
+        if self._admission is not None:
+            self.router.discharge(*self._admission)
+            self._admission = None
         conn = self.connection
         if conn is not None:
             assert self._channel is not None
-            self.router.leave(conn)
+            self.router.leave(conn, code)
+            connections_logger.info(
+                "closed %s peer=%s user=%s conn=%d code=%d duration=%.3fs in=%d/%dB out=%d/%dB",
+                conn.request.path,
+                _peer(self.peer),
+                _who(conn.user),
+                conn.id,
+                code,
+                self._clock - conn.opened_at,
+                conn.messages_in,
+                conn.bytes_in,
+                conn.messages_out,
+                conn.bytes_out,
+            )
             outcome = self._channel._closed(conn, code, reason)
             if outcome is not True and outcome is not False:
                 if self._spawn is not None:
@@ -356,6 +455,7 @@ class Endpoint(ABC):
                 else:
                     discard(outcome)
                     logger.error("on_close is async and this server cannot await it")
+        self.connection = None  # no cycle with the handle: both are freed without the collector
         self._ended()
         self._schedule()
 
@@ -387,3 +487,26 @@ class Endpoint(ABC):
 
 def _ignore(ok: bool, result: object) -> None:
     """Nothing waits for ``on_close`` (its failure is logged by :func:`settle`)."""
+
+
+def _peer(peer: tuple[str, int] | None) -> str:
+    return "-" if peer is None else f"{peer[0]}:{peer[1]}"
+
+
+def _who(user: object) -> str:
+    """A principal for a log line: a string or number as it is, else its ``id`` or
+    ``name`` attribute, else its type (never its ``repr``: it may hold secrets)."""
+    if user is None:
+        return "-"
+    if isinstance(user, (str, int)) and not isinstance(user, bool):
+        return str(user)[:64]
+    for attribute in ("id", "name"):
+        value = getattr(user, attribute, None)
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return str(value)[:64]
+    if isinstance(user, dict):
+        for key in ("id", "name"):
+            value = user.get(key)
+            if isinstance(value, (str, int)) and not isinstance(value, bool):
+                return str(value)[:64]
+    return type(user).__name__

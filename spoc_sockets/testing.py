@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -298,10 +298,12 @@ class TestClient:
                     self._sockets.pop(server)
                 socket._feed(data, server.should_close)
 
-    def _spawn(self, coroutine: Coroutine[object, None, None]) -> None:
+    def _spawn(self, coroutine: Coroutine[object, None, None]) -> Callable[[], object]:
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
-        self._tasks.append(self._loop.create_task(coroutine))
+        task = self._loop.create_task(coroutine)
+        self._tasks.append(task)
+        return task.cancel
 
     def _run_hooks(self) -> bool:
         """Run the async hooks started so far to completion; False if there were none."""

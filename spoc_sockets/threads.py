@@ -46,13 +46,16 @@ from .router import Router
 
 __all__ = ["Server", "serve"]
 
-logger = logging.getLogger("spoc_sockets")
+logger = logging.getLogger("spoc_sockets.server")
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _READ_SIZE = 65536
 _ACCEPT_BATCH = 64
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: Seconds before accepting again after running out of resources with no connection
+#: of this server's own to wait for.
+_ACCEPT_RETRY = 1.0
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, _ssl.SSLWantReadError, _ssl.SSLWantWriteError)
 
 
@@ -130,6 +133,7 @@ class Server:
         self._loop_lock = threading.Lock()
         self._loop_thread: int | None = None
         self._accept_paused = False  # out of file descriptors: wait for a close
+        self._accept_retry: float | None = None  # or until then, with no connection
         self._stop_requested = False
         self._interrupted = False  # the last loop ended by an exception (Ctrl-C...)
         self._stopping = False
@@ -225,6 +229,8 @@ class Server:
             if self._stop_requested and not self._stopping:
                 self._begin_shutdown()
             now = time.monotonic()
+            if self._accept_retry is not None and now >= self._accept_retry:
+                self._resume_accepting()
             self.hub.handle_timeouts(now)
             for transport in [t for t in self._lingering if t.deadline <= now]:
                 logger.debug("output to %s not drained in time", transport.conn.peer)
@@ -258,6 +264,8 @@ class Server:
 
     def _timeout(self, now: float) -> float | None:
         deadline = self.hub.next_deadline()
+        if self._accept_retry is not None:
+            deadline = min(deadline or self._accept_retry, self._accept_retry)
         if self._stopping and self._shutdown_deadline is not None:
             deadline = min(deadline or self._shutdown_deadline, self._shutdown_deadline)
         for transport in self._lingering:
@@ -291,10 +299,14 @@ class Server:
             except _WOULD_BLOCK:
                 return
             except OSError as exc:  # out of file descriptors, aborted by the peer...
-                logger.warning("accept failed: %s", exc)
-                if exc.errno in _OUT_OF_RESOURCES and self._transports:
-                    self._selector.unregister(self._listener)  # until a connection closes
-                    self._accept_paused = True
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    logger.warning("accept failed: %s", exc)
+                    return
+                logger.warning("accept failed (%s): not accepting until a connection closes", exc)
+                self._selector.unregister(self._listener)  # else select() returns at once
+                self._accept_paused = True
+                if not self._transports:  # no connection of ours to wait for
+                    self._accept_retry = now + _ACCEPT_RETRY
                 return
             try:
                 sock.setblocking(False)
@@ -459,14 +471,18 @@ class Server:
             conn.receive_data(b"", now)
         self._transports.pop(conn, None)
         self._lingering.pop(transport, None)
-        if self._accept_paused and self._listener is not None:
-            self._accept_paused = False
-            self._selector.register(self._listener, _READ)
+        self._resume_accepting()
         if transport.mask:
             self._selector.unregister(transport.sock)
             transport.mask = 0
         transport.out = b""
         transport.sock.close()
+
+    def _resume_accepting(self) -> None:
+        if self._accept_paused and self._listener is not None:
+            self._accept_paused = False
+            self._accept_retry = None
+            self._selector.register(self._listener, _READ)
 
 
 def serve(

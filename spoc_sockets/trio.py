@@ -43,7 +43,7 @@ __all__ = ["Server", "handle_stream", "serve"]
 #: Bytes asked of the transport per read.
 READ_SIZE = 65536
 
-logger = logging.getLogger("spoc_sockets")
+logger = logging.getLogger("spoc_sockets.server")
 
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 #: Seconds before accepting again after running out of resources with no connection
@@ -134,10 +134,12 @@ class Server:
         with contextlib.suppress(trio.RunFinishedError):  # gone: nothing left to flush
             self._token.run_sync_soon(self._flush)
 
-    def _spawn(self, coroutine: Coroutine[object, None, None]) -> None:
+    def _spawn(self, coroutine: Coroutine[object, None, None]) -> Callable[[], object]:
         """Run an async hook's coroutine for the core (it reports back when done)."""
         assert self._hooks is not None, "a connection exists only while the server runs"
-        self._hooks.start_soon(_await, coroutine)
+        scope = trio.CancelScope()
+        self._hooks.start_soon(_await, coroutine, scope)
+        return scope.cancel
 
     def _flush(self) -> None:  # the trio thread
         now = trio.current_time()
@@ -166,15 +168,16 @@ class Server:
             deadline = self.hub.next_deadline()
             self._timer_scope.deadline = math.inf if deadline is None else deadline
 
-    async def _timer(self) -> None:
-        while True:
-            deadline = self.hub.next_deadline()
-            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
-                self._timer_scope = scope
-                await trio.sleep_forever()
-            self._timer_scope = None
-            self.hub.handle_timeouts(trio.current_time())
-            self._flush()
+    async def _timer(self, scope: trio.CancelScope) -> None:
+        with scope:
+            while True:
+                deadline = self.hub.next_deadline()
+                with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as wait:
+                    self._timer_scope = wait
+                    await trio.sleep_forever()
+                self._timer_scope = None
+                self.hub.handle_timeouts(trio.current_time())
+                self._flush()
 
     # -- one stream ---------------------------------------------------------------------
 
@@ -277,11 +280,13 @@ class Server:
                 with self._shield:
                     async with trio.open_nursery() as nursery:
                         self._hooks = nursery
-                        nursery.start_soon(self._timer)
+                        timer = trio.CancelScope()
+                        nursery.start_soon(self._timer, timer)
                         await body(nursery)
                         self._begin_shutdown()
                         await self._idle.wait()
-                        nursery.cancel_scope.cancel()
+                        timer.cancel()  # async hooks still running get drain_timeout
+                        nursery.cancel_scope.deadline = trio.current_time() + self.drain_timeout
                 watch.cancel_scope.cancel()
         finally:
             self._done.set()
@@ -293,8 +298,9 @@ class Server:
             self._begin_shutdown()
 
 
-async def _await(coroutine: Coroutine[object, None, None]) -> None:
-    await coroutine
+async def _await(coroutine: Coroutine[object, None, None], scope: trio.CancelScope) -> None:
+    with scope:
+        await coroutine
 
 
 def _peer(stream: trio.abc.Stream) -> tuple[str, int] | None:
