@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,10 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 from playwright.sync_api import expect as pw_expect
 
-from spoc_sockets.asyncio import serve
-from spoc_sockets.demo import demo_router
+from spoc_sockets import Router
+from spoc_sockets.asyncio import Server, serve
+from spoc_sockets.connection import ServerConnection
+from spoc_sockets.demo import demo_router, static_handler
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -40,11 +43,26 @@ CHROMIUM_ARGS = [
 TIMEOUT_MS = 20_000
 
 
-class DemoServer:
-    """The demo router served by the asyncio adapter in a background thread."""
+CLIENT_MODULE = "/spoc-client.js"
 
-    def __init__(self) -> None:
+
+def serving_the_client(router: Router) -> Router:
+    """``router``, serving the browser client at ``/spoc-client.js`` (the demo page
+    imports it) where the router does not serve it already."""
+    if router.http_handler(CLIENT_MODULE) is None:
+        handler = static_handler("spoc-client.js", "text/javascript; charset=utf-8")
+        router.add_http(CLIENT_MODULE, handler)
+    return router
+
+
+class DemoServer:
+    """A router (the demo's by default) served by the asyncio adapter in a background
+    thread."""
+
+    def __init__(self, router: Router | None = None) -> None:
+        self.router = serving_the_client(demo_router() if router is None else router)
         self.port = 0
+        self.server: Server | None = None
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -61,7 +79,8 @@ class DemoServer:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        async with serve(demo_router(), "127.0.0.1", 0) as server:
+        async with serve(self.router, "127.0.0.1", 0) as server:
+            self.server = server
             self.port = server.port
             self._ready.set()
             await self._stop.wait()
@@ -76,6 +95,22 @@ class DemoServer:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout=30)
         assert not self._thread.is_alive(), "the demo server did not stop"
+
+    def drop(self, which: Callable[[ServerConnection], bool]) -> int:
+        """Drops (aborts, without a closing handshake) the transports of the upgraded
+        connections ``which`` selects, as a crash or a network cut would; returns how many."""
+        loop, server = self._loop, self.server
+        assert loop is not None and server is not None
+        future: Future[int] = Future()
+
+        def abort() -> None:
+            chosen = [c for c in server.hub.connections if c.connection and which(c)]
+            for conn in chosen:
+                conn.transport.transport.abort()  # type: ignore[union-attr]
+            future.set_result(len(chosen))
+
+        loop.call_soon_threadsafe(abort)
+        return future.result(timeout=10)
 
     @property
     def url(self) -> str:

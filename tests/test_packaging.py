@@ -19,7 +19,8 @@ for name in names:
     if name not in ("spoc_sockets.trio", "spoc_sockets.__main__"):  # trio: an extra
         importlib.import_module(name)
 assert (files("spoc_sockets") / "py.typed").is_file()
-assert (files("spoc_sockets") / "static" / "index.html").is_file()
+for name in ("index.html", "app.js", "style.css", "spoc-client.js", "spoc-client.d.ts"):
+    assert (files("spoc_sockets") / "static" / name).is_file(), name
 print(len(names))
 """
 
