@@ -1,0 +1,131 @@
+"""The answers of docs/answers.rst, pinned exactly: the point where a limit closes, the
+origin that matches, the close reason a peer reads. Each test here fails on a plausible
+one-token change of the core that the rest of the suite would let through."""
+
+from __future__ import annotations
+
+import pytest
+
+from spoc_sockets import ChannelServer, Connection, ConnectionState
+
+from ..frames import upgrade_request
+from .wire import Peer, Recorder, close_payload, frame, router_with
+
+# -- max_message_size counts the whole message, not each fragment ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("opcode", "piece"),
+    [(0x1, "a" * 1000), (0x1, "é" * 500), (0x2, b"a" * 1000)],
+    ids=["ascii-text", "utf8-text", "binary"],
+)
+def test_1009_once_the_fragments_together_pass_the_limit(opcode: int, piece: str | bytes) -> None:
+    recorder = Recorder(max_message_size=1000)
+    router = router_with("/r", recorder)
+    peer = Peer(router)
+    peer.handshake("/r")
+    payload = piece.encode() if isinstance(piece, str) else piece
+    assert len(payload) == 1000  # one fragment is exactly the limit: allowed
+    peer.send(frame(opcode, payload, fin=False))
+    assert peer.close is None
+    for _ in range(29):  # 30 fragments of 1,000 bytes: the second one passes the limit
+        peer.send(frame(0x0, payload, fin=False))
+        if peer.close is not None:
+            break
+    assert peer.close == (1009, "message over 1000 bytes")
+    assert peer.server.state is ConnectionState.CLOSING
+    peer.send(frame(0x0, payload))  # the message's end is ignored: nothing is delivered
+    assert recorder.messages == []
+    peer.send(frame(0x8, close_payload(1009)))
+    assert recorder.closed == [(1009, "message over 1000 bytes")]
+    assert router.upgraded == frozenset()
+
+
+def test_1009_at_the_first_utf8_byte_past_the_limit() -> None:
+    """Text is counted in bytes of UTF-8, not in characters."""
+    recorder = Recorder(max_message_size=1000)
+    peer = Peer(router_with("/r", recorder))
+    peer.handshake("/r")
+    peer.send(frame(0x1, ("é" * 300).encode(), fin=False))  # 600 bytes, 300 characters
+    assert peer.close is None
+    peer.send(frame(0x0, ("é" * 200 + "a").encode(), fin=False))  # 1001 bytes, 501 characters
+    assert peer.close_code == 1009
+
+
+def test_the_count_starts_again_with_each_message() -> None:
+    recorder = Recorder(max_message_size=1000)
+    peer = Peer(router_with("/r", recorder))
+    peer.handshake("/r")
+    for n in range(3):  # three messages of 1,000 bytes, in two fragments each
+        peer.send(frame(0x1, b"x" * 600, fin=False) + frame(0x0, bytes([0x61 + n]) * 400))
+    assert [len(m) for m in recorder.messages] == [1000, 1000, 1000]
+    assert peer.close is None
+
+
+# -- origins match exactly --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://app.example.evil.net",  # the allowed one as a prefix
+        "https://app.example:8443",
+        "https://app.example/",
+        "https://app.exampl",  # a prefix of the allowed one
+        "http://app.example",
+        "https://evil.net/https://app.example",  # the allowed one as a suffix
+        "null",
+    ],
+)
+def test_an_origin_that_is_not_exactly_allowed_is_403(origin: str) -> None:
+    router = router_with("/o", Recorder(origins=["https://app.example"]))
+    peer = Peer(router)
+    peer.send(upgrade_request("/o", extra=f"Origin: {origin}\r\n"))
+    assert peer.answer.status == 403
+    assert peer.server.should_close
+    assert router.upgraded == frozenset()
+
+
+def test_the_allowed_origin_itself_is_accepted() -> None:
+    peer = Peer(router_with("/o", Recorder(origins=["https://app.example"])))
+    peer.send(upgrade_request("/o", extra="Origin: https://app.example\r\n"))
+    assert peer.answer.status == 101
+
+
+# -- the 1011 reasons -------------------------------------------------------------------------
+
+
+class RaisesOnMessage(Recorder):
+    def on_message(self, conn: Connection, message: str | bytes) -> None:
+        raise RuntimeError("secret")
+
+
+class RaisesOnConnect(Recorder):
+    def on_connect(self, conn: Connection) -> None:
+        raise RuntimeError("secret")
+
+
+@pytest.mark.parametrize(
+    "channel", [RaisesOnMessage(), RaisesOnConnect()], ids=["on_message", "on_connect"]
+)
+def test_a_hook_that_raises_closes_1011_internal_error(channel: ChannelServer) -> None:
+    router = router_with("/b", channel)
+    peer = Peer(router)
+    peer.handshake("/b")
+    peer.send(frame(0x1, b"hi"))
+    assert peer.close == (1011, "internal error")
+    peer.send(frame(0x8, close_payload(1011)))
+    assert peer.server.should_close
+    assert router.upgraded == frozenset()
+
+
+def test_no_pong_closes_1011_keepalive_ping_timeout() -> None:
+    recorder = Recorder(ping_interval=10.0, ping_timeout=5.0)
+    peer = Peer(router_with("/r", recorder))
+    peer.handshake("/r")
+    peer.advance(10.0)
+    assert [f.opcode for f in peer.frames] == [0x9]
+    peer.advance(5.0)
+    assert peer.close == (1011, "keepalive ping timeout")
+    assert peer.server.should_close  # the transport is dropped at once
+    assert recorder.closed == [(1011, "keepalive ping timeout")]

@@ -1,0 +1,144 @@
+"""MessageSession (the core of a connection an ASGI server parses), driven directly with
+virtual time: its deadlines, and the answers it gives, exactly."""
+
+from __future__ import annotations
+
+import pytest
+
+from spoc_sockets import ChannelServer, Connection, ConnectionState, Deferred, Request, Router
+from spoc_sockets.channel import CloseRequest
+from spoc_sockets.session import Accept, MessageSession, Refuse
+
+from .wire import Recorder
+
+
+class Undecided(Recorder):
+    def __init__(self, **options: object) -> None:
+        super().__init__(**options)
+        self.deferred = Deferred()
+
+    def authenticate(self, request: Request) -> object:
+        return self.deferred
+
+
+class Session:
+    """One session on ``/c`` of ``router``, with its wake-ups counted."""
+
+    def __init__(self, router: Router, now: float = 0.0) -> None:
+        self.wakeups = 0
+        request = Request.parse("GET", "/c", [("host", "example")])
+        self.session = MessageSession(router, request, now, self._wake)
+
+    def _wake(self) -> None:
+        self.wakeups += 1
+
+
+def open_session(channel: ChannelServer, now: float = 0.0) -> tuple[Router, MessageSession]:
+    router = Router()
+    router.add("/c", channel)
+    session = Session(router, now).session
+    assert session.actions(now) == [Accept(None)]
+    assert session.state is ConnectionState.OPEN
+    return router, session
+
+
+def test_an_undecided_deferred_is_refused_503_at_handshake_timeout() -> None:
+    channel = Undecided()
+    router = Router(handshake_timeout=3.0)
+    router.add("/c", channel)
+    session = Session(router, now=100.0).session
+    assert session.actions(100.0) == []
+    assert session.next_deadline() == 103.0
+    session.handle_timeout(102.999)  # too early: nothing happens
+    assert session.actions(102.999) == []
+    assert session.state is ConnectionState.CONNECTING
+    session.handle_timeout(103.0)
+    refusal = Refuse(503, (), b"the handshake was not decided in time\n")
+    assert session.actions(103.0) == [refusal]
+    assert session.done and session.next_deadline() is None
+    channel.deferred.accept("late")  # a decision after the deadline is ignored
+    assert session.actions(104.0) == []
+    assert channel.connected == [] and router.upgraded == frozenset()
+
+
+def test_a_deferred_decided_in_time_is_taken_at_the_next_actions() -> None:
+    channel = Undecided()
+    router = Router()
+    router.add("/c", channel)
+    wrapped = Session(router)
+    session = wrapped.session
+    assert session.actions(0.0) == [] and wrapped.wakeups == 0
+    channel.deferred.accept("ada")
+    assert wrapped.wakeups == 1  # the adapter is told to call actions()
+    assert session.actions(1.0) == [Accept(None)]
+    assert session.connection is not None and session.connection.user == "ada"
+    assert session.next_deadline() is None  # no handshake deadline once open
+    session.handle_timeout(50.0)
+    assert session.state is ConnectionState.OPEN
+
+
+def test_a_close_the_server_never_confirms_ends_at_close_timeout() -> None:
+    channel = Recorder(close_timeout=4.0)
+    router, session = open_session(channel)
+    conn = session.connection
+    assert conn is not None
+    conn.close(4000, "bye")
+    assert session.actions(1.0) == [CloseRequest(4000, "bye")]
+    assert session.state is ConnectionState.CLOSING
+    assert session.next_deadline() == 5.0
+    session.handle_timeout(4.999)
+    assert not session.done and channel.closed == []
+    session.handle_timeout(5.0)
+    assert session.done
+    assert channel.closed == [(4000, "bye")]
+    assert router.upgraded == frozenset()
+    session.disconnected(1006)  # the server's late report changes nothing
+    assert channel.closed == [(4000, "bye")]
+
+
+def test_a_close_the_server_confirms_keeps_our_code() -> None:
+    channel = Recorder()
+    router, session = open_session(channel)
+    assert session.connection is not None
+    session.connection.close(1001, "moving")
+    session.actions(0.0)
+    session.disconnected(1006)  # what the server reports after our close
+    assert session.done and channel.closed == [(1001, "moving")]
+    assert router.upgraded == frozenset()
+
+
+def test_a_message_past_the_limit_is_1009_then_close_timeout() -> None:
+    channel = Recorder(max_message_size=10, close_timeout=2.0)
+    _, session = open_session(channel)
+    session.receive("é" * 5, 0.0)  # 10 bytes: allowed
+    session.receive("é" * 5 + "a", 1.0)  # 11 bytes
+    assert channel.messages == ["é" * 5]
+    assert session.actions(1.0) == [CloseRequest(1009, "message over 10 bytes")]
+    session.receive("late", 1.5)  # ignored while closing
+    assert channel.messages == ["é" * 5]
+    assert session.next_deadline() == 3.0
+    session.handle_timeout(3.0)
+    assert session.done and channel.closed == [(1009, "message over 10 bytes")]
+
+
+class Raises(Recorder):
+    def on_message(self, conn: Connection, message: str | bytes) -> None:
+        raise RuntimeError("secret")
+
+
+def test_a_hook_that_raises_is_1011_internal_error() -> None:
+    channel = Raises()
+    _, session = open_session(channel)
+    session.receive(b"x", 0.0)
+    assert session.actions(0.0) == [CloseRequest(1011, "internal error")]
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_deferred_rejection_is_refused_with_its_status(status: int) -> None:
+    channel = Undecided()
+    router = Router()
+    router.add("/c", channel)
+    session = Session(router).session
+    channel.deferred.reject(status, "no", [("WWW-Authenticate", "Bearer")])
+    assert session.actions(0.5) == [Refuse(status, (("WWW-Authenticate", "Bearer"),), b"no")]
+    assert session.done
