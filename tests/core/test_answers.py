@@ -129,3 +129,23 @@ def test_no_pong_closes_1011_keepalive_ping_timeout() -> None:
     assert peer.close == (1011, "keepalive ping timeout")
     assert peer.server.should_close  # the transport is dropped at once
     assert recorder.closed == [(1011, "keepalive ping timeout")]
+
+
+# -- the 101 response -------------------------------------------------------------------------
+
+
+def test_the_101_response_is_written_as_rfc_6455_shows_it() -> None:
+    """Header names and values in their canonical case (some clients compare them so)."""
+    channel = Recorder(subprotocols=["chat"])
+    peer = Peer(router_with("/r", channel))
+    key = "dGhlIHNhbXBsZSBub25jZQ=="  # the sample nonce of RFC 6455 section 1.3
+    request = upgrade_request("/r", key=key, extra="Sec-WebSocket-Protocol: chat\r\n")
+    peer.send(request)
+    head = bytes(peer.out).partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+    assert head == [
+        "HTTP/1.1 101 Switching Protocols",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
+        "Sec-WebSocket-Protocol: chat",
+    ]

@@ -1,0 +1,154 @@
+"""What a refused peer and a misusing caller read: the bodies of refusals, the answers of
+plain HTTP routes (``Router.answer_http``, which the ASGI adapter relies on), and the
+messages of ``Reject`` and ``UsageError``, exactly."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+
+import pytest
+
+from spoc_sockets import Reject, Request, Response, Router, UsageError
+from spoc_sockets.request import Headers
+
+from ..frames import upgrade_request
+from .wire import Peer, Recorder, router_with
+
+
+def plain_request(target: str, method: str = "GET", upgrade: bool = False) -> Request:
+    headers = [("Host", "example")]
+    if upgrade:
+        headers += [
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "MDEyMzQ1Njc4OWFiY2RlZg=="),
+            ("Sec-WebSocket-Version", "13"),
+        ]
+    return Request.parse(method, target, headers)
+
+
+# -- refusal bodies ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "body"),
+    [
+        (upgrade_request("/nowhere"), 404, b"no channel at /nowhere\n"),
+        (upgrade_request("/echo", method="POST"), 405, b"a WebSocket handshake must use GET"),
+        (upgrade_request("/echo", version="8"), 426, b"unsupported Sec-WebSocket-Version 8"),
+        (upgrade_request("/echo", key="short"), 400, b"Sec-WebSocket-Key must be one base64"),
+    ],
+)
+def test_a_refusal_says_what_the_peer_did_wrong(
+    request_bytes: bytes, status: int, body: bytes
+) -> None:
+    peer = Peer(router_with())
+    peer.send(request_bytes)
+    assert peer.answer.status == status
+    assert peer.answer.body.startswith(body) and peer.answer.body.endswith(b"\n")
+    assert peer.answer.header("Content-Length") == str(len(peer.answer.body))
+    assert str(peer.server.error) == peer.answer.body.decode().rstrip("\n")
+
+
+# -- plain HTTP routes -------------------------------------------------------------------------
+
+
+def test_an_http_route_answers_with_what_its_handler_returns() -> None:
+    router = router_with()
+    router.add_http("/hello", lambda request: Response(200, f"hi {request.query.get('who')}"))
+    answer = router.answer_http(plain_request("/hello?who=ada"))
+    assert answer == Response(200, "hi ada")
+    peer = Peer(router)
+    peer.send(b"GET /hello?who=bob HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (peer.answer.status, peer.answer.body) == (200, b"hi bob")
+    assert peer.answer.header("Connection") == "close"
+
+
+def test_an_http_route_that_raises_is_500_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    router = Router()
+
+    def broken(request: Request) -> Response:
+        raise RuntimeError("secret")
+
+    router.add_http("/broken", broken)
+    with caplog.at_level(logging.ERROR, "spoc_sockets"):
+        answer = router.answer_http(plain_request("/broken"))
+    assert answer == Response(500, "internal server error\n")
+    (record,) = caplog.records
+    assert record.getMessage() == "HTTP route /broken failed"
+    assert record.exc_info is not None and "secret" in str(record.exc_info[1])
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "status", "header"),
+    [
+        ("POST", "/echo", 405, ("Allow", "GET")),
+        ("GET", "/echo", 426, ("Upgrade", "websocket")),
+        ("GET", "/echo?a=1", 426, ("Upgrade", "websocket")),
+    ],
+)
+def test_a_channels_path_without_an_upgrade_is_refused(
+    method: str, target: str, status: int, header: tuple[str, str]
+) -> None:
+    answer = router_with().answer_http(plain_request(target, method))
+    assert answer is not None
+    assert (answer.status, answer.headers) == (status, (header,))
+    assert isinstance(answer.body, str) and answer.body.endswith("\n") and len(answer.body) > 20
+
+
+def test_answer_http_leaves_upgrades_and_unknown_paths_to_the_caller() -> None:
+    router = router_with()
+    assert router.answer_http(plain_request("/echo", upgrade=True)) is None
+    assert router.answer_http(plain_request("/nowhere")) is None
+    assert router.answer_http(plain_request("/nowhere?echo")) is None
+
+
+# -- Reject ------------------------------------------------------------------------------------
+
+
+def test_reject_defaults_to_403_with_no_body() -> None:
+    reject = Reject()
+    assert (reject.status, reject.body, reject.headers) == (403, b"", ())
+
+
+@pytest.mark.parametrize("status", [400, 499, 599])
+def test_reject_takes_any_4xx_or_5xx(status: int) -> None:
+    assert Reject(status).status == status
+
+
+@pytest.mark.parametrize("status", [101, 200, 399, 600])
+def test_reject_refuses_other_statuses(status: int) -> None:
+    with pytest.raises(UsageError, match=f"^Reject needs a 4xx or 5xx status, not {status}$"):
+        Reject(status)
+
+
+def test_a_reject_survives_pickling() -> None:
+    """A decision made in another process (a process pool) comes back intact."""
+    reject = pickle.loads(pickle.dumps(Reject(401, "token required")))
+    assert (reject.status, reject.body) == (401, b"token required")
+
+
+# -- what a misusing caller reads ---------------------------------------------------------------
+
+
+def test_a_second_http_route_at_a_path_is_refused_by_name() -> None:
+    router = Router()
+    router.add_http("/page", lambda request: Response())
+    with pytest.raises(UsageError, match=r"^an HTTP route is already registered at '/page'$"):
+        router.add_http("/page", lambda request: Response())
+
+
+def test_claiming_a_transport_twice_is_refused_by_name() -> None:
+    router = router_with("/r", Recorder())
+    router.claim("socket-1", object())
+    with pytest.raises(UsageError, match=r"^transport 'socket-1' already has a connection"):
+        router.claim("socket-1", object())
+    router.release("socket-1")
+    router.release("socket-1")  # releasing twice is harmless
+    router.claim("socket-1", object())
+
+
+def test_headers_repr_shows_the_items() -> None:
+    headers = Headers([("Host", "example"), ("X-A", "1")])
+    assert repr(headers) == "Headers([('Host', 'example'), ('X-A', '1')])"
