@@ -149,3 +149,10 @@ def test_the_101_response_is_written_as_rfc_6455_shows_it() -> None:
         "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
         "Sec-WebSocket-Protocol: chat",
     ]
+
+
+def test_the_101_response_names_the_negotiated_extension() -> None:
+    peer = Peer(router_with("/z", Recorder(compression=True)))
+    peer.send(upgrade_request("/z", extra="Sec-WebSocket-Extensions: permessage-deflate\r\n"))
+    head = bytes(peer.out).partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+    assert head[-1].startswith("Sec-WebSocket-Extensions: permessage-deflate")

@@ -31,24 +31,56 @@ def plain_request(target: str, method: str = "GET", upgrade: bool = False) -> Re
 # -- refusal bodies ----------------------------------------------------------------------------
 
 
+NO_UPGRADE_TOKEN = "Upgrade: websocket\r\nConnection: keep-alive\r\n"
+
+
 @pytest.mark.parametrize(
-    ("request_bytes", "status", "body"),
+    ("request_bytes", "status", "body", "line"),
     [
-        (upgrade_request("/nowhere"), 404, b"no channel at /nowhere\n"),
-        (upgrade_request("/echo", method="POST"), 405, b"a WebSocket handshake must use GET"),
-        (upgrade_request("/echo", version="8"), 426, b"unsupported Sec-WebSocket-Version 8"),
-        (upgrade_request("/echo", key="short"), 400, b"Sec-WebSocket-Key must be one base64"),
+        (upgrade_request("/nowhere"), 404, b"no channel at /nowhere\n", None),
+        (
+            upgrade_request("/echo", method="POST"),
+            405,
+            b"a WebSocket handshake must use GET, not POST\n",
+            b"Allow: GET",
+        ),
+        (
+            upgrade_request("/echo", upgrade=""),
+            426,
+            b"this path serves WebSocket connections only (Upgrade: websocket expected)\n",
+            b"Upgrade: websocket",
+        ),
+        (
+            upgrade_request("/echo", version="8"),
+            426,
+            b"unsupported Sec-WebSocket-Version 8; 13 expected\n",
+            b"Sec-WebSocket-Version: 13",
+        ),
+        (
+            upgrade_request("/echo", http="1.0"),
+            400,
+            b"a WebSocket handshake needs HTTP/1.1, not 1.0\n",
+            None,
+        ),
+        (
+            upgrade_request("/echo", upgrade="", extra=NO_UPGRADE_TOKEN),
+            400,
+            b"the Connection header must contain 'upgrade'\n",
+            None,
+        ),
+        (upgrade_request("/echo", key="short"), 400, b"Sec-WebSocket-Key must be one base64", None),
     ],
 )
 def test_a_refusal_says_what_the_peer_did_wrong(
-    request_bytes: bytes, status: int, body: bytes
+    request_bytes: bytes, status: int, body: bytes, line: bytes | None
 ) -> None:
     peer = Peer(router_with())
     peer.send(request_bytes)
     assert peer.answer.status == status
+    if line is not None:  # in its canonical case
+        assert b"\r\n" + line + b"\r\n" in bytes(peer.out)
     assert peer.answer.body.startswith(body) and peer.answer.body.endswith(b"\n")
     assert peer.answer.header("Content-Length") == str(len(peer.answer.body))
-    assert str(peer.server.error) == peer.answer.body.decode().rstrip("\n")
 
 
 # -- plain HTTP routes -------------------------------------------------------------------------
