@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from spoc_sockets import ChannelServer, Connection, ConnectionState, Deferred, Request, Router
-from spoc_sockets.channel import CloseRequest
+from spoc_sockets.channel import CloseRequest, Outgoing
 from spoc_sockets.session import Accept, MessageSession, Refuse
 
 from .wire import Recorder
@@ -142,3 +142,45 @@ def test_a_deferred_rejection_is_refused_with_its_status(status: int) -> None:
     channel.deferred.reject(status, "no", [("WWW-Authenticate", "Bearer")])
     assert session.actions(0.5) == [Refuse(status, (("WWW-Authenticate", "Bearer"),), b"no")]
     assert session.done
+
+
+def test_a_session_refuses_unknown_paths_and_everything_while_shutting_down() -> None:
+    router = Router()
+    router.add("/c", Recorder())
+    unknown = MessageSession(router, Request.parse("GET", "/nowhere?x=1", []), 0.0, lambda: None)
+    assert unknown.actions(0.0) == [Refuse(404, (), b"no channel at /nowhere\n")]
+    assert unknown.done
+    request = Request.parse("GET", "/c", [])
+    refusing = MessageSession(router, request, 0.0, lambda: None, refusing=True)
+    assert refusing.actions(0.0) == [Refuse(503, (), b"the server is shutting down\n")]
+    assert refusing.done and router.upgraded == frozenset()
+
+
+def test_output_counts_until_the_server_took_it() -> None:
+    channel = Recorder()
+    _, session = open_session(channel)
+    conn = session.connection
+    assert conn is not None
+    conn.send("abc")  # 2 bytes of frame header, 3 of payload
+    conn.send(b"\x00" * 200)  # 4 + 200
+    assert conn.buffered_amount == 209
+    actions = session.actions(0.0)
+    assert [a.message for a in actions if isinstance(a, Outgoing)] == ["abc", b"\x00" * 200]
+    assert conn.buffered_amount == 209  # handed to the adapter, not yet to the server
+    session.delivered(actions[:1])
+    assert conn.buffered_amount == 204
+    session.delivered(actions[1:])
+    assert conn.buffered_amount == 0
+
+
+def test_messages_before_the_decision_or_after_the_end_are_ignored() -> None:
+    channel = Undecided()
+    router = Router()
+    router.add("/c", channel)
+    session = Session(router).session
+    session.receive("early", 0.0)
+    channel.deferred.accept()
+    assert session.actions(0.0) == [Accept(None)]
+    session.disconnected(1000, "done")
+    session.receive("late", 1.0)
+    assert channel.messages == [] and channel.closed == [(1000, "done")]
