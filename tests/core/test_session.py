@@ -184,3 +184,52 @@ def test_messages_before_the_decision_or_after_the_end_are_ignored() -> None:
     session.disconnected(1000, "done")
     session.receive("late", 1.0)
     assert channel.messages == [] and channel.closed == [(1000, "done")]
+
+
+def test_the_adapter_is_woken_once_until_it_takes_the_actions() -> None:
+    router = Router()
+    router.add("/c", Recorder())
+    wrapped = Session(router)
+    session = wrapped.session
+    assert wrapped.wakeups == 1  # the accept is waiting
+    session.actions(0.0)
+    conn = session.connection
+    assert conn is not None
+    conn.send("a")
+    conn.send("b")
+    assert wrapped.wakeups == 2
+    assert len(session.actions(0.0)) == 2
+    conn.send("c")
+    assert wrapped.wakeups == 3
+
+
+def test_a_disconnect_while_open_reaches_on_close_with_the_servers_code() -> None:
+    channel = Recorder()
+    router, session = open_session(channel)
+    session.disconnected(1006)
+    assert session.done and channel.closed == [(1006, "")]
+    assert router.upgraded == frozenset()
+
+
+class Flood(Recorder):
+    def on_message(self, conn: Connection, message: str | bytes) -> None:
+        for _ in range(3):
+            conn.send(b"x" * 40)  # 42 bytes each on the wire
+
+
+def test_overflow_drops_what_is_queued_and_closes_1008() -> None:
+    channel = Flood(max_buffered_amount=100)
+    _, session = open_session(channel)
+    session.receive("go", 0.0)
+    assert session.actions(0.0) == [CloseRequest(1008, "slow consumer")]
+    assert session.buffered_amount == 0
+
+
+def test_overflow_drop_keeps_the_connection() -> None:
+    channel = Flood(max_buffered_amount=100, overflow="drop")
+    _, session = open_session(channel)
+    session.receive("go", 0.0)
+    actions = session.actions(0.0)
+    assert [a.size for a in actions if isinstance(a, Outgoing)] == [42, 42]
+    assert session.connection is not None and session.connection.dropped == 1
+    assert session.state is ConnectionState.OPEN
