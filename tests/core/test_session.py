@@ -233,3 +233,44 @@ def test_overflow_drop_keeps_the_connection() -> None:
     assert [a.size for a in actions if isinstance(a, Outgoing)] == [42, 42]
     assert session.connection is not None and session.connection.dropped == 1
     assert session.state is ConnectionState.OPEN
+
+
+class Rooms(Recorder):
+    subprotocols = ("chat", "superchat")
+
+
+def test_a_session_routes_with_the_query_and_path_params_and_negotiates() -> None:
+    channel = Rooms()
+    router = Router()
+    router.add("/rooms/{room}", channel)
+    headers = [("Sec-WebSocket-Protocol", "superchat, chat")]
+    request = Request.parse("GET", "/rooms/7?token=t", headers)
+    session = MessageSession(router, request, 0.0, lambda: None)
+    assert session.actions(0.0) == [Accept("chat")]
+    (conn,) = channel.connected
+    assert conn.request.path_params == {"room": "7"}
+    assert conn.request.query.get("token") == "t"
+    assert conn.subprotocol == "chat"
+
+
+class RaisesOnConnect(Recorder):
+    def on_connect(self, conn: Connection) -> None:
+        raise RuntimeError("secret")
+
+
+class DefersThenRaisesOnConnect(Undecided, RaisesOnConnect):
+    pass
+
+
+@pytest.mark.parametrize("channel_class", [RaisesOnConnect, DefersThenRaisesOnConnect])
+def test_on_connect_raising_closes_1011_then_close_timeout(
+    channel_class: type[RaisesOnConnect],
+) -> None:
+    channel = channel_class(close_timeout=3.0)
+    router = Router()
+    router.add("/c", channel)
+    session = Session(router, now=5.0).session
+    if isinstance(channel, Undecided):
+        channel.deferred.accept()
+    assert session.actions(5.0) == [Accept(None), CloseRequest(1011, "internal error")]
+    assert session.next_deadline() == 8.0
