@@ -68,6 +68,24 @@ NO_UPGRADE_TOKEN = "Upgrade: websocket\r\nConnection: keep-alive\r\n"
             b"the Connection header must contain 'upgrade'\n",
             None,
         ),
+        (
+            upgrade_request("/echo", version=""),
+            426,
+            b"unsupported Sec-WebSocket-Version (missing); 13 expected\n",
+            None,
+        ),
+        (
+            upgrade_request("/echo", version="8", extra="Sec-WebSocket-Version: 13\r\n"),
+            426,
+            b"unsupported Sec-WebSocket-Version 8, 13; 13 expected\n",
+            None,
+        ),
+        (
+            upgrade_request("/echo", extra="Content-Length: 2\r\n") + b"hi",
+            400,
+            b"a WebSocket handshake request has no body\n",
+            None,
+        ),
         (upgrade_request("/echo", key="short"), 400, b"Sec-WebSocket-Key must be one base64", None),
     ],
 )
