@@ -202,3 +202,39 @@ def test_claiming_a_transport_twice_is_refused_by_name() -> None:
 def test_headers_repr_shows_the_items() -> None:
     headers = Headers([("Host", "example"), ("X-A", "1")])
     assert repr(headers) == "Headers([('Host', 'example'), ('X-A', '1')])"
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("echo", "a path starts with '/': 'echo'"),
+        ("/rooms/{room}/{room}", "bad or repeated parameter '{room}' in '/rooms/{room}/{room}'"),
+        ("/rooms/{1st}", "bad or repeated parameter '{1st}' in '/rooms/{1st}'"),
+        ("/rooms/x{room}", "a parameter is a whole segment, like /{name}: '/rooms/x{room}'"),
+        ("/echo", "a channel is already registered at '/echo'"),
+        ("/{anything}", "'/{anything}' conflicts with the channel at '/{name}'"),
+    ],
+)
+def test_a_path_that_cannot_be_served_is_refused_by_name(path: str, message: str) -> None:
+    router = router_with("/echo")
+    router.add("/{name}", Recorder())
+    with pytest.raises(UsageError) as refused:
+        router.add(path, Recorder())
+    assert str(refused.value) == message
+
+
+def test_router_add_names_what_it_got_instead_of_a_channel() -> None:
+    with pytest.raises(UsageError) as refused:
+        Router().add("/x", Recorder)  # type: ignore[type-var]
+    assert str(refused.value).startswith("router.add takes a ChannelServer instance, not <class")
+
+
+def test_http_handler_gives_the_registered_handler() -> None:
+    router = Router()
+
+    def page(request: Request) -> Response:
+        return Response()
+
+    router.add_http("/page", page)
+    assert router.http_handler("/page") is page
+    assert router.http_handler("/other") is None
