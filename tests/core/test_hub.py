@@ -1,0 +1,27 @@
+"""The hub's single timer: the earliest live deadline of all its connections."""
+
+from __future__ import annotations
+
+from spoc_sockets import Hub
+
+from ..frames import upgrade_request
+from .wire import Recorder, router_with
+
+
+def test_next_deadline_is_the_earliest_live_one() -> None:
+    hub = Hub(router_with("/r", Recorder(ping_interval=25.0), handshake_timeout=10.0))
+    assert hub.next_deadline() is None
+    first = hub.open(0.0)
+    second = hub.open(3.0)
+    assert hub.next_deadline() == 10.0
+    first.receive_data(upgrade_request("/r"), 1.0)  # its handshake deadline is now stale
+    assert first.next_deadline() == 26.0
+    assert hub.next_deadline() == 13.0
+    second.receive_data(b"", 4.0)  # gone: its deadline goes with it
+    assert hub.next_deadline() == 26.0
+    hub.handle_timeouts(25.9)
+    assert hub.next_deadline() == 26.0
+    hub.handle_timeouts(26.0)  # the ping goes out; the pong is due by ping_timeout
+    assert hub.next_deadline() == 26.0 + 20.0
+    first.receive_data(b"", 27.0)
+    assert hub.next_deadline() is None
