@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from spoc_sockets import ChannelServer, Connection, ConnectionState
+from spoc_sockets import ChannelServer, Connection, ConnectionState, Deferred, Hub, Request
 
 from ..frames import upgrade_request
 from .wire import Peer, Recorder, close_payload, frame, router_with
@@ -156,3 +156,71 @@ def test_the_101_response_names_the_negotiated_extension() -> None:
     peer.send(upgrade_request("/z", extra="Sec-WebSocket-Extensions: permessage-deflate\r\n"))
     head = bytes(peer.out).partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
     assert head[-1].startswith("Sec-WebSocket-Extensions: permessage-deflate")
+
+
+# -- output past max_buffered_amount: pongs count too -------------------------------------------
+
+
+def pong_flood(overflow: str) -> tuple[Peer, Connection]:
+    """Three pongs (127 bytes each) fit exactly in the limit; then two more pings."""
+    peer = Peer(router_with("/r", Recorder(max_buffered_amount=3 * 127, overflow=overflow)))
+    conn = peer.handshake("/r")
+    peer.server.pause_writing()  # a peer that pings and never reads
+    for n in range(5):
+        peer.send(frame(0x9, bytes([n]) * 125))
+    peer.server.resume_writing()
+    peer.flush()
+    return peer, conn
+
+
+def test_pongs_past_the_limit_are_dropped_one_by_one_with_overflow_drop() -> None:
+    peer, conn = pong_flood("drop")
+    assert [(f.opcode, f.payload[:1]) for f in peer.frames] == [
+        (0xA, b"\x00"),
+        (0xA, b"\x01"),
+        (0xA, b"\x02"),
+    ]
+    assert conn.dropped == 2
+    assert peer.server.state is ConnectionState.OPEN
+
+
+def test_pongs_past_the_limit_close_1008_slow_consumer() -> None:
+    peer, conn = pong_flood("close")
+    assert [f.opcode for f in peer.frames] == [0x8]  # the queued pongs are dropped
+    assert peer.close == (1008, "slow consumer")
+    assert conn.dropped == 0
+
+
+# -- shutdown -----------------------------------------------------------------------------------
+
+
+def test_shutdown_closes_1001_and_refuses_an_undecided_handshake_503() -> None:
+    class Later(Recorder):
+        def authenticate(self, request: Request) -> object:
+            return Deferred() if request.path == "/later" else None
+
+    router = router_with("/r", Later())
+    router.add("/later", Later())
+    hub = Hub(router)
+    open_peer = Peer(router, hub=hub)
+    open_peer.handshake("/r")
+    waiting = Peer(router, hub=hub)
+    waiting.send(upgrade_request("/later"))
+    assert waiting.out == b""
+    hub.shutdown()
+    open_peer.flush()
+    waiting.flush()
+    assert open_peer.close == (1001, "server shutting down")
+    assert (waiting.answer.status, waiting.answer.body) == (503, b"the server is shutting down\n")
+
+
+def test_a_deferred_rejected_without_arguments_is_403_with_no_body() -> None:
+    class Later(Recorder):
+        def authenticate(self, request: Request) -> object:
+            deferred = Deferred()
+            deferred.reject()
+            return deferred
+
+    peer = Peer(router_with("/r", Later()))
+    peer.send(upgrade_request("/r"))
+    assert (peer.answer.status, peer.answer.body) == (403, b"")
