@@ -224,3 +224,37 @@ def test_a_deferred_rejected_without_arguments_is_403_with_no_body() -> None:
     peer = Peer(router_with("/r", Later()))
     peer.send(upgrade_request("/r"))
     assert (peer.answer.status, peer.answer.body) == (403, b"")
+
+
+# -- keepalive ----------------------------------------------------------------------------------
+
+
+def test_each_ping_has_its_own_payload_and_a_stale_pong_does_not_count() -> None:
+    recorder = Recorder(ping_interval=10.0, ping_timeout=5.0)
+    peer = Peer(router_with("/r", recorder))
+    peer.handshake("/r")
+    peer.advance(10.0)
+    (first,) = peer.frames
+    assert first.payload == b"\x00\x00\x00\x01"
+    peer.send(frame(0xA, first.payload))
+    assert peer.server.next_deadline() == 20.0  # the next ping, an interval after this one
+    peer.advance(10.0)
+    second = peer.frames[-1]
+    assert (second.opcode, second.payload) == (0x9, b"\x00\x00\x00\x02")
+    peer.send(frame(0xA, first.payload))  # an answer to the earlier ping
+    peer.advance(5.0)
+    assert peer.close == (1011, "keepalive ping timeout")
+    assert peer.server.error is not None
+    assert (str(peer.server.error), peer.server.error.code) == ("no pong within ping_timeout", 1011)
+
+
+def test_an_unfinished_head_is_408_with_its_reason() -> None:
+    peer = Peer(router_with(handshake_timeout=2.0))
+    peer.send(b"GET /echo HTTP/1.1\r\n")
+    peer.advance(2.0)
+    assert (peer.answer.status, peer.answer.body) == (408, b"request head not received in time\n")
+    assert peer.server.error is not None
+    assert (str(peer.server.error), peer.server.error.status) == (
+        "request head not received in time",
+        408,
+    )
