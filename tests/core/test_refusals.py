@@ -9,11 +9,12 @@ import pickle
 
 import pytest
 
-from spoc_sockets import Reject, Request, Response, Router, UsageError
+from spoc_sockets import Connection, Deferred, Reject, Request, Response, Router, UsageError
 from spoc_sockets.request import Headers
+from spoc_sockets.testing import ConnectionClosed, HandshakeRejected, TestClient
 
 from ..frames import upgrade_request
-from .wire import Peer, Recorder, router_with
+from .wire import Peer, Recorder, frame, router_with
 
 
 def plain_request(target: str, method: str = "GET", upgrade: bool = False) -> Request:
@@ -238,3 +239,82 @@ def test_http_handler_gives_the_registered_handler() -> None:
     router.add_http("/page", page)
     assert router.http_handler("/page") is page
     assert router.http_handler("/other") is None
+
+
+# -- close codes a server may send ----------------------------------------------------------------
+
+SENDABLE = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1012, 1013, 3000, 4999]
+NOT_SENDABLE = [999, 1004, 1005, 1006, 1010, 1014, 1015, 2999, 5000]
+
+
+@pytest.mark.parametrize("code", SENDABLE)
+def test_a_sendable_close_code_is_sent(code: int) -> None:
+    peer = Peer(router_with("/r", Recorder()))
+    conn = peer.handshake("/r")
+    conn.close(code, "é" * 61 + "a")  # 123 bytes of UTF-8: the most a reason may take
+    peer.flush()
+    assert peer.close == (code, "é" * 61 + "a")
+
+
+@pytest.mark.parametrize("code", NOT_SENDABLE)
+def test_an_unsendable_close_code_is_refused_by_name(code: int) -> None:
+    peer = Peer(router_with("/r", Recorder()))
+    conn = peer.handshake("/r")
+    with pytest.raises(UsageError) as refused:
+        conn.close(code)
+    assert str(refused.value) == f"close code {code} may not be sent (RFC 6455 section 7.4)"
+
+
+def test_a_close_reason_past_123_bytes_is_refused_by_name() -> None:
+    peer = Peer(router_with("/r", Recorder()))
+    conn = peer.handshake("/r")
+    with pytest.raises(UsageError) as refused:
+        conn.close(1000, "é" * 62)
+    assert str(refused.value) == "a close reason is at most 123 bytes of UTF-8"
+
+
+def test_a_second_decision_is_refused_by_name() -> None:
+    deferred = Deferred()
+    deferred.accept()
+    with pytest.raises(UsageError) as refused:
+        deferred.reject()
+    assert str(refused.value) == "this handshake was already decided"
+
+
+def test_send_json_keeps_non_ascii_text_as_is() -> None:
+    class Replies(Recorder):
+        def on_message(self, conn: Connection, message: str | bytes) -> None:
+            conn.send_json({"é": [1, "ü"]})
+
+    peer = Peer(router_with("/r", Replies()))
+    peer.handshake("/r")
+    peer.send(frame(0x1, b"go"))
+    assert peer.frames[-1].payload == '{"é":[1,"ü"]}'.encode()
+
+
+# -- what TestClient raises -----------------------------------------------------------------------
+
+
+class Guarded(Recorder):
+    def authenticate(self, request: Request) -> object:
+        raise Reject(401, "token required", [("WWW-Authenticate", "Bearer")])
+
+
+def test_handshake_rejected_carries_the_answer() -> None:
+    with (
+        TestClient(router_with("/g", Guarded())) as client,
+        pytest.raises(HandshakeRejected) as rejected,
+    ):
+        client.connect("/g")
+    assert str(rejected.value) == "handshake rejected with 401: b'token required'"
+    assert ("www-authenticate", "Bearer") in rejected.value.headers  # names lower-cased
+    assert rejected.value.body == b"token required"
+
+
+def test_connection_closed_names_the_code_and_reason() -> None:
+    with TestClient(router_with("/r", Recorder())) as client, client.connect("/r") as ws:
+        ws.server.connection.close(4000, "bye")  # type: ignore[union-attr]
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.receive()
+    assert str(closed.value) == "connection closed with 4000 'bye'"
+    assert (closed.value.code, closed.value.reason) == (4000, "bye")
