@@ -258,3 +258,28 @@ def test_an_unfinished_head_is_408_with_its_reason() -> None:
         "request head not received in time",
         408,
     )
+
+
+# -- protocol errors: the close frame says what was wrong -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (frame(0x3, b"reserved opcode"), 1002),
+        (frame(0x0, b"continuation of nothing"), 1002),
+        (frame(0x1, b"\xff\xfe"), 1007),
+    ],
+)
+def test_a_protocol_error_is_explained_in_the_close_frame_and_the_error(
+    data: bytes, code: int
+) -> None:
+    peer = Peer(router_with("/r", Recorder()))
+    peer.handshake("/r")
+    peer.send(data)
+    assert peer.close is not None
+    sent_code, reason = peer.close
+    assert sent_code == code and reason  # a reason the peer can read
+    assert peer.server.error is not None
+    assert (str(peer.server.error), peer.server.error.code) == (reason, code)
+    assert peer.server.should_close

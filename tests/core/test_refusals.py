@@ -96,8 +96,11 @@ def test_a_refusal_says_what_the_peer_did_wrong(
     peer = Peer(router_with())
     peer.send(request_bytes)
     assert peer.answer.status == status
-    if line is not None:  # in its canonical case
-        assert b"\r\n" + line + b"\r\n" in bytes(peer.out)
+    head = bytes(peer.out).partition(b"\r\n\r\n")[0].split(b"\r\n")
+    for expected in (line, b"Content-Type: text/plain; charset=utf-8", b"Connection: close"):
+        if expected is not None:  # in its canonical case
+            assert expected in head
+    assert f"Content-Length: {len(peer.answer.body)}".encode() in head
     assert peer.answer.body.startswith(body) and peer.answer.body.endswith(b"\n")
     assert peer.answer.header("Content-Length") == str(len(peer.answer.body))
 
