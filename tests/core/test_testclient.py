@@ -1,0 +1,54 @@
+"""TestClient's own promises: the state a WebSocket reports, abort, and what it raises."""
+
+from __future__ import annotations
+
+import pytest
+
+from spoc_sockets.testing import ConnectionClosed, NothingReceived, TestClient
+
+from .wire import Recorder, router_with
+
+
+def test_a_fresh_connection_reports_its_state() -> None:
+    with TestClient(router_with("/r", Recorder())) as client, client.connect("/r") as ws:
+        assert ws.open is True
+        assert ws.subprotocol is None
+        assert (ws.close_code, ws.close_reason, ws.pings) == (None, None, 0)
+        with pytest.raises(NothingReceived) as nothing:
+            ws.receive()
+        assert str(nothing.value) == "no message is waiting on this connection"
+
+
+def test_a_close_without_reason_is_reported_with_an_empty_one() -> None:
+    with TestClient(router_with("/r", Recorder())) as client, client.connect("/r") as ws:
+        assert ws.server.connection is not None
+        ws.server.connection.close()
+        client.pump()
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.receive()
+        assert (closed.value.code, closed.value.reason) == (1000, "")
+        assert (ws.close_code, ws.close_reason) == (1000, "")
+
+
+def test_abort_drops_the_transport_and_the_server_sees_1006() -> None:
+    recorder = Recorder()
+    router = router_with("/r", recorder)
+    with TestClient(router) as client:
+        ws = client.connect("/r")
+        ws.abort()
+        assert ws.close_code == 1006
+        assert ws.server.should_close
+        assert recorder.closed == [(1006, "")]
+        ws.abort()  # a second time: nothing more happens
+        assert recorder.closed == [(1006, "")] and router.upgraded == frozenset()
+
+
+def test_abort_after_a_close_keeps_the_close_code() -> None:
+    recorder = Recorder()
+    with TestClient(router_with("/r", recorder)) as client:
+        ws = client.connect("/r")
+        assert ws.server.connection is not None
+        ws.server.connection.close(4000, "bye")
+        client.pump()
+        ws.abort()
+        assert ws.close_code == 4000
