@@ -19,10 +19,11 @@ A subclass says how things are sent (:meth:`_send_accept`, :meth:`_send_refusal`
 
 from __future__ import annotations
 
+import inspect
 import logging
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 
 from .channel import (
@@ -32,7 +33,12 @@ from .channel import (
     ConnectionState,
     Deferred,
     Message,
+    Outcome,
     Outgoing,
+    Spawn,
+    discard,
+    settle,
+    verdict,
 )
 from .errors import CloseCode, Reject
 from .request import Request
@@ -52,8 +58,10 @@ CLOSED = ConnectionState.CLOSED
 class Endpoint(ABC):
     """One connection's decision, handle, output limit and end (see the module)."""
 
-    def __init__(self, router: Router, now: float) -> None:
+    def __init__(self, router: Router, now: float, spawn: Spawn | None = None) -> None:
         self.router = router
+        self._spawn = spawn  # runs the coroutine of an async hook (None: cannot)
+        self._busy = False  # an async on_connect / on_message is running: input waits
         #: where this connection is in its life
         self.state = CONNECTING
         #: the application's handle, once accepted
@@ -165,6 +173,7 @@ class Endpoint(ABC):
     def _decide(self, channel: ChannelServer, request: Request, now: float) -> None:
         """Run the channel's checks and ``authenticate``: accept, refuse, or wait."""
         try:
+            self.router.admit(channel, request, now)
             subprotocol, decision = channel._handshake(request)
         except Reject as reject:
             self._refuse(reject.status, reject.headers, reject.body)
@@ -174,11 +183,45 @@ class Endpoint(ABC):
             self._refuse(500, (), b"internal server error\n")
             return
         self._channel, self._request, self._subprotocol = channel, request, subprotocol
+        if inspect.isawaitable(decision):  # an async authenticate: decided when it is done
+            decision = self._defer(decision)
+            if decision is None:
+                self._refuse(500, (), b"internal server error\n")
+                return
         if isinstance(decision, Deferred):
             self._deferred = decision
             decision.attach(self._schedule)
         else:
             self._accept(decision, now)
+
+    def _defer(self, awaitable: Awaitable[object]) -> Deferred | None:
+        """A :class:`Deferred` that the awaited ``authenticate`` decides (None if this
+        server cannot await it: the handshake fails)."""
+        if self._spawn is None:
+            discard(awaitable)
+            logger.error("authenticate is async and this server cannot await it")
+            return None
+        deferred = Deferred()
+
+        def decide(ok: bool, result: object) -> None:
+            if deferred.done:
+                return
+            if not ok:
+                if isinstance(result, Reject):
+                    deferred.reject(result.status, result.body, result.headers)
+                else:
+                    deferred.reject(500, "internal server error\n")
+                return
+            try:
+                deferred.accept(verdict(result)[0])
+            except Reject as reject:
+                deferred.reject(reject.status, reject.body, reject.headers)
+            except Exception:
+                logger.exception("authenticate gave no usable decision")
+                deferred.reject(500, "internal server error\n")
+
+        self._spawn(settle(awaitable, decide))
+        return deferred
 
     def _take_decision(self, now: float) -> None:
         """Apply a :class:`Deferred` decision that arrived (called when flushing)."""
@@ -200,8 +243,7 @@ class Endpoint(ABC):
         self.router.enter(conn)
         self._set_deadline(None)
         self._opened(now)
-        if not channel._opened(conn):
-            self._close(CloseCode.INTERNAL_ERROR, "internal error", now)
+        self._after_hook(channel._opened(conn), now)
 
     def _refuse(self, status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> None:
         self._send_refusal(status, headers, body)
@@ -222,8 +264,35 @@ class Endpoint(ABC):
     def _deliver(self, message: Message, now: float) -> None:
         """A complete message from the peer: ``on_message``, or 1011 if it raises."""
         assert self._channel is not None and self.connection is not None
-        if not self._channel._received(self.connection, message):
-            self._close(CloseCode.INTERNAL_ERROR, "internal error", now)
+        self._after_hook(self._channel._received(self.connection, message), now)
+
+    def _after_hook(self, outcome: Outcome, now: float) -> None:
+        """Act on what ``on_connect`` or ``on_message`` gave: nothing, 1011 for a
+        failure, or (async) run it while the connection's input waits."""
+        if outcome is True:
+            return
+        if outcome is not False and self._spawn is not None:
+            self._busy = True
+            self._spawn(settle(outcome, self._hook_done))
+            return
+        if outcome is not False:
+            discard(outcome)
+            logger.error("a hook is async and this server cannot await it")
+        self._close(CloseCode.INTERNAL_ERROR, "internal error", now)
+
+    def _hook_done(self, ok: bool, result: object) -> None:
+        """An async hook finished (on the owner's thread): input may flow again."""
+        self._busy = False
+        if ok:
+            self._schedule()
+        else:
+            self.post(CloseRequest(CloseCode.INTERNAL_ERROR, "internal error"))
+
+    @property
+    def input_paused(self) -> bool:
+        """True while input must wait (an async hook is running): the adapter stops
+        reading until the connection is pending again and this is false."""
+        return self._busy
 
     def _intake(self, now: float) -> None:
         """Take what other threads posted, in order, on the owner's thread."""
@@ -280,7 +349,13 @@ class Endpoint(ABC):
         if conn is not None:
             assert self._channel is not None
             self.router.leave(conn)
-            self._channel._closed(conn, code, reason)
+            outcome = self._channel._closed(conn, code, reason)
+            if outcome is not True and outcome is not False:
+                if self._spawn is not None:
+                    self._spawn(settle(outcome, _ignore))
+                else:
+                    discard(outcome)
+                    logger.error("on_close is async and this server cannot await it")
         self._ended()
         self._schedule()
 
@@ -308,3 +383,7 @@ class Endpoint(ABC):
     @abstractmethod
     def _discard_output(self) -> None:
         """Drop the queued messages (not the handshake answer): the connection closes."""
+
+
+def _ignore(ok: bool, result: object) -> None:
+    """Nothing waits for ``on_close`` (its failure is logged by :func:`settle`)."""

@@ -5,13 +5,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import unquote
 
-from .channel import ChannelServer, Connection
-from .errors import ProtocolError, UsageError
+from .channel import ChannelServer, Connection, check_hooks
+from .errors import ProtocolError, Reject, UsageError
 from .handshake import check_upgrade
+from .limits import WINDOW, RateWindow, check_number
 from .request import Request
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .channel import ChannelOptions
 
 logger = logging.getLogger("spoc_sockets")
 
@@ -86,14 +92,44 @@ class Router:
     that also matches it; two templates that could match the same path are refused at
     registration.
 
-    ``max_request_size`` bounds the request head (answered with 431), and
-    ``handshake_timeout`` the time from connection to decision (408, or 503 when
-    :meth:`~ChannelServer.authenticate` deferred and did not decide in time).
+    Its options bound what one client can make the server hold before it is upgraded:
+
+    * ``max_request_size`` (bytes, default 16 KiB): the request head (431);
+    * ``max_headers`` (default 100): header lines in the request head (431);
+    * ``handshake_timeout`` (seconds, default 10): from connection to decision (408, or
+      503 when :meth:`~ChannelServer.authenticate` deferred and did not decide in time);
+    * ``max_connections_per_address`` (default ``None``: no limit): open connections
+      from one client IP address, over every channel (429);
+    * ``max_handshake_rate`` (handshakes per second, default ``None``: no limit): per
+      client IP address, counted over 10-second windows (429 with ``Retry-After``).
+
+    The two per-address limits are off by default: behind a reverse proxy or a NAT, one
+    address is many users. Set them when clients connect directly.
     """
 
-    def __init__(self, *, max_request_size: int = 16 * 1024, handshake_timeout: float = 10.0):
+    def __init__(
+        self,
+        *,
+        max_request_size: int = 16 * 1024,
+        max_headers: int = 100,
+        handshake_timeout: float = 10.0,
+        max_connections_per_address: int | None = None,
+        max_handshake_rate: float | None = None,
+    ) -> None:
+        check_number("max_request_size", max_request_size, integer=True, optional=False)
+        check_number("max_headers", max_headers, integer=True, optional=False)
+        check_number("handshake_timeout", handshake_timeout, integer=False, optional=False)
+        check_number("max_connections_per_address", max_connections_per_address, True, True)
+        check_number("max_handshake_rate", max_handshake_rate, integer=False, optional=True)
         self.max_request_size = max_request_size
+        self.max_headers = max_headers
         self.handshake_timeout = handshake_timeout
+        self.max_connections_per_address = max_connections_per_address
+        self.max_handshake_rate = max_handshake_rate
+        self._per_address: dict[str, int] = {}  # open connections per client address
+        self._handshakes: dict[str, RateWindow] = {}  # per client address
+        self._kept = 0  # entries kept by the last pruning of _handshakes
+        self._awaits = True  # False once served by a server that cannot await hooks
         self._static: dict[str, ChannelServer] = {}
         self._templates: dict[int, list[_Template]] = {}
         self._http: dict[str, HTTPHandler] = {}
@@ -106,6 +142,7 @@ class Router:
         """Serve ``server`` at ``path`` (``{name}`` segments become path params)."""
         if not isinstance(server, ChannelServer):
             raise UsageError(f"router.add takes a ChannelServer instance, not {server!r}")
+        check_hooks(server, awaited=self._awaits)
         template = _compile(path, server)
         if not template.names:
             if path in self._static:
@@ -119,7 +156,7 @@ class Router:
         same_length.append(template)
         return server
 
-    def channel(self, path: str, **options: Any) -> Callable[[type[C]], type[C]]:
+    def channel(self, path: str, **options: Unpack[ChannelOptions]) -> Callable[[type[C]], type[C]]:
         """Class decorator: register ``cls(**options)`` at ``path``; returns the class."""
 
         def register(cls: type[C]) -> type[C]:
@@ -162,6 +199,14 @@ class Router:
             if params is not None:
                 return template.server, params
         return None
+
+    def refuse_async_hooks(self) -> None:
+        """Called by a server that runs hooks as plain functions (the threads adapter):
+        raise :class:`UsageError` now for any ``async def`` hook, and at registration
+        for channels added later."""
+        for server in self.channels.values():
+            check_hooks(server, awaited=False)
+        self._awaits = False
 
     def http_handler(self, path: str) -> HTTPHandler | None:
         return self._http.get(path)
@@ -208,6 +253,49 @@ class Router:
 
     def enter(self, conn: Connection) -> None:
         self._upgraded[conn] = None
+        address = _address(conn.request)
+        if address is not None:
+            self._per_address[address] = self._per_address.get(address, 0) + 1
 
     def leave(self, conn: Connection) -> None:
-        self._upgraded.pop(conn, None)
+        if conn not in self._upgraded:
+            return
+        del self._upgraded[conn]
+        address = _address(conn.request)
+        if address is not None:
+            left = self._per_address.pop(address) - 1
+            if left:
+                self._per_address[address] = left
+
+    # -- admission ------------------------------------------------------------------
+
+    def admit(self, channel: ChannelServer, request: Request, now: float) -> None:
+        """Raise :class:`Reject` if the limits refuse one more handshake (429, 503)."""
+        most = channel.max_connections
+        if most is not None and len(channel._clients) >= most:
+            raise Reject(503, "this channel is full", [("Retry-After", "10")])
+        address = _address(request)
+        if address is None:
+            return
+        limit = self.max_connections_per_address
+        if limit is not None and self._per_address.get(address, 0) >= limit:
+            raise Reject(429, "too many connections from this address")
+        if self.max_handshake_rate is not None:
+            self._count_handshake(address, now, self.max_handshake_rate)
+
+    def _count_handshake(self, address: str, now: float, rate: float) -> None:
+        window = self._handshakes.get(address)
+        if window is None:
+            window = self._handshakes[address] = RateWindow(now)
+            if len(self._handshakes) > max(1024, 2 * self._kept):  # forget ended windows
+                self._handshakes = {
+                    a: w for a, w in self._handshakes.items() if now - w.start < WINDOW
+                }
+                self._kept = len(self._handshakes)
+        if not window.allow(now, rate):
+            retry = str(window.retry_after(now))
+            raise Reject(429, "too many handshakes", [("Retry-After", retry)])
+
+
+def _address(request: Request) -> str | None:
+    return request.peer[0] if request.peer is not None else None

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from .channel import CloseRequest, Message, Outgoing
+from .channel import CloseRequest, Message, Outgoing, Spawn
 from .endpoint import CLOSED, CLOSING, OPEN, Endpoint
 from .errors import CloseCode
 from .request import Request
@@ -60,10 +60,11 @@ class MessageSession(Endpoint):
         wakeup: Callable[[], None],
         *,
         refusing: bool = False,
+        spawn: Spawn | None = None,
     ) -> None:
         self._wakeup = wakeup
         self._actions: list[Action] = []
-        super().__init__(router, now)
+        super().__init__(router, now, spawn)
         if refusing:
             self._refuse(503, (), b"the server is shutting down\n")
             return
