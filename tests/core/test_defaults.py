@@ -22,7 +22,17 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 # -- the "Default limits" table ----------------------------------------------------------------
 
-UNITS = {"B": 1, "bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "ms": 0.001, "s": 1}
+UNITS = {
+    "": 1,
+    "B": 1,
+    "bytes": 1,
+    "KiB": 2**10,
+    "MiB": 2**20,
+    "GiB": 2**30,
+    "ms": 0.001,
+    "s": 1,
+    "per second": 1,
+}
 
 
 def simple_table(text: str, title: str) -> list[list[str]]:
@@ -63,9 +73,9 @@ def agrees(documented: str, value: object) -> bool:
         return value is None or (
             isinstance(value, Collection) and not isinstance(value, str) and len(value) == 0
         )
-    quantity = re.fullmatch(r"(\d+(?:\.\d+)?) ?(\w+)?", documented)
-    assert quantity, f"docs/answers.rst: cannot read the default {documented!r}"
-    unit = UNITS[quantity[2] or "B"]
+    quantity = re.fullmatch(r"(\d+(?:\.\d+)?) ?(.*)", documented)
+    assert quantity and quantity[2] in UNITS, f"docs/answers.rst: cannot read {documented!r}"
+    unit = UNITS[quantity[2]]
     return (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
@@ -109,6 +119,7 @@ def test_the_table_reader_reads_what_the_table_says() -> None:
     """The reader itself: units, words and literals, and a mismatch it must see."""
     assert agrees("16 KiB", 16384) and not agrees("16 KiB", 16000)
     assert agrees("20 s", 20.0) and not agrees("20 s", 21.0)
+    assert agrees("10 per second", 10) and agrees("1024", 1024) and not agrees("1024", 1000)
     assert agrees("1 MiB", 2**20) and not agrees("1 MiB", True)
     assert agrees('``"close"``', "close") and not agrees('``"close"``', "drop")
     assert agrees("off", False) and not agrees("off", 0) and not agrees("on", False)
