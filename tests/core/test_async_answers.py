@@ -3,6 +3,7 @@ hooks), and what a server that cannot await answers."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -83,19 +84,27 @@ def test_an_async_acceptance_gives_the_user() -> None:
 
 
 class ReturnsACoroutine(ChannelServer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.returned: list[Coroutine[Any, Any, object]] = []
+
     def authenticate(self, request: Request) -> Coroutine[Any, Any, object]:
         async def later() -> object:
             return "ada"
 
-        return later()
+        self.returned.append(later())
+        return self.returned[-1]
 
 
 def test_a_server_that_cannot_await_refuses_500_and_says_why(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    peer = Peer(router_with("/c", ReturnsACoroutine()))
+    channel = ReturnsACoroutine()
+    peer = Peer(router_with("/c", channel))
     with caplog.at_level(logging.ERROR, "spoc_sockets"):
         peer.send(upgrade_request("/c"))
     assert (peer.answer.status, peer.answer.body) == (500, b"internal server error\n")
     messages = [record.getMessage() for record in caplog.records]
     assert "authenticate is async and this server cannot await it" in messages
+    (coroutine,) = channel.returned  # closed, so Python warns of no "never awaited"
+    assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED

@@ -321,3 +321,22 @@ def test_connection_closed_names_the_code_and_reason() -> None:
             ws.receive()
     assert str(closed.value) == "connection closed with 4000 'bye'"
     assert (closed.value.code, closed.value.reason) == (4000, "bye")
+
+
+def test_a_message_of_another_type_is_refused_by_name() -> None:
+    peer = Peer(router_with("/r", Recorder()))
+    conn = peer.handshake("/r")
+    with pytest.raises(UsageError) as refused:
+        conn.send(123)  # type: ignore[arg-type]
+    assert str(refused.value) == "a message is str or bytes, not int"
+
+
+def test_broadcast_to_some_reaches_only_them() -> None:
+    channel = Recorder()
+    router = router_with("/r", channel)
+    peers = [Peer(router) for _ in range(3)]
+    conns = [peer.handshake("/r") for peer in peers]
+    channel.broadcast("to two", to=conns[:2])
+    for peer in peers:
+        peer.flush()
+    assert [[f.payload for f in peer.frames] for peer in peers] == [[b"to two"], [b"to two"], []]
