@@ -283,3 +283,21 @@ def test_a_protocol_error_is_explained_in_the_close_frame_and_the_error(
     assert peer.server.error is not None
     assert (str(peer.server.error), peer.server.error.code) == (reason, code)
     assert peer.server.should_close
+
+
+# -- control frames past max_control_rate ---------------------------------------------------------
+
+
+def test_the_ping_past_the_rate_is_not_answered_and_closes_1008_with_the_rate() -> None:
+    recorder = Recorder(max_control_rate=1.5, ping_interval=None)  # 15 per 10-second window
+    peer = Peer(router_with("/r", recorder))
+    peer.handshake("/r")
+    peer.send(b"".join(frame(0x9, bytes([n])) for n in range(16)))
+    pongs = [f.payload for f in peer.frames if f.opcode == 0xA]
+    assert pongs == [bytes([n]) for n in range(15)]  # the 16th ping gets no pong
+    assert peer.close == (1008, "more than 1.5 control frames per second")
+    assert peer.server.error is not None
+    assert (str(peer.server.error), peer.server.error.code) == (
+        "more than 1.5 control frames per second",
+        1008,
+    )
