@@ -3,6 +3,9 @@ virtual time: its deadlines, and the answers it gives, exactly."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
+
 import pytest
 
 from spoc_sockets import ChannelServer, Connection, ConnectionState, Deferred, Request, Router
@@ -274,3 +277,21 @@ def test_on_connect_raising_closes_1011_then_close_timeout(
         channel.deferred.accept()
     assert session.actions(5.0) == [Accept(None), CloseRequest(1011, "internal error")]
     assert session.next_deadline() == 8.0
+
+
+class AsyncAuthenticate(Recorder):
+    async def authenticate(self, request: Request) -> object:
+        return request.query.get("user")
+
+
+def test_an_async_authenticate_runs_where_the_adapter_spawns_it() -> None:
+    router = Router()
+    router.add("/c", AsyncAuthenticate())
+    spawned: list[Coroutine[object, None, None]] = []
+    request = Request.parse("GET", "/c?user=ada", [])
+    session = MessageSession(router, request, 0.0, lambda: None, spawn=spawned.append)
+    assert session.actions(0.0) == []  # waiting for the hook
+    (hook,) = spawned
+    asyncio.run(hook)
+    assert session.actions(0.0) == [Accept(None)]
+    assert session.connection is not None and session.connection.user == "ada"
