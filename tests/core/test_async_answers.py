@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from spoc_sockets import ChannelServer, Reject, Request
+from spoc_sockets import ChannelServer, Connection, Reject, Request
 from spoc_sockets.testing import HandshakeRejected, TestClient
 
 from ..frames import upgrade_request
@@ -108,3 +108,17 @@ def test_a_server_that_cannot_await_refuses_500_and_says_why(
     assert "authenticate is async and this server cannot await it" in messages
     (coroutine,) = channel.returned  # closed, so Python warns of no "never awaited"
     assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
+
+
+class AsyncRaises(ChannelServer):
+    ping_interval = None
+
+    async def on_message(self, conn: Connection, message: str | bytes) -> None:
+        raise RuntimeError("secret")
+
+
+def test_an_async_hook_that_raises_closes_1011_internal_error() -> None:
+    with TestClient(router_with("/a", AsyncRaises())) as client, client.connect("/a") as ws:
+        ws.send("boom")
+        client.pump()
+        assert (ws.close_code, ws.close_reason) == (1011, "internal error")
