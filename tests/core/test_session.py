@@ -295,3 +295,12 @@ def test_an_async_authenticate_runs_where_the_adapter_spawns_it() -> None:
     asyncio.run(hook)
     assert session.actions(0.0) == [Accept(None)]
     assert session.connection is not None and session.connection.user == "ada"
+
+
+def test_output_may_fill_max_buffered_amount_exactly() -> None:
+    channel = Flood(max_buffered_amount=2 * 42, overflow="drop")
+    _, session = open_session(channel)
+    session.receive("go", 0.0)
+    actions = session.actions(0.0)
+    assert [a.size for a in actions if isinstance(a, Outgoing)] == [42, 42]
+    assert session.connection is not None and session.connection.dropped == 1
