@@ -3,6 +3,7 @@ hooks), and what a server that cannot await answers."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Coroutine
@@ -10,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from spoc_sockets import ChannelServer, Connection, Reject, Request
+from spoc_sockets import ChannelServer, Connection, Reject, Request, Router
+from spoc_sockets.session import MessageSession, Refuse
 from spoc_sockets.testing import HandshakeRejected, TestClient
 
 from ..frames import upgrade_request
@@ -122,3 +124,51 @@ def test_an_async_hook_that_raises_closes_1011_internal_error() -> None:
         ws.send("boom")
         client.pump()
         assert (ws.close_code, ws.close_reason) == (1011, "internal error")
+
+
+class NotACoroutine:
+    """An awaitable without ``close`` (as a Future is)."""
+
+    def __await__(self) -> Any:
+        yield None
+
+
+class ReturnsAnAwaitable(ChannelServer):
+    def authenticate(self, request: Request) -> object:
+        return NotACoroutine()
+
+
+def test_an_awaitable_without_close_is_refused_the_same_way(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    peer = Peer(router_with("/c", ReturnsAnAwaitable()))
+    with caplog.at_level(logging.ERROR, "spoc_sockets"):
+        peer.send(upgrade_request("/c"))
+    assert peer.answer.status == 500
+    messages = [record.getMessage() for record in caplog.records]
+    assert "authenticate is async and this server cannot await it" in messages
+
+
+class WaitsForever(ChannelServer):
+    async def authenticate(self, request: Request) -> object:
+        await asyncio.Event().wait()
+        return "never"
+
+
+def test_an_async_authenticate_cancelled_by_a_stopping_server_never_accepts() -> None:
+    router = Router()
+    router.add("/w", WaitsForever())
+    spawned: list[Coroutine[object, None, None]] = []
+    request = Request.parse("GET", "/w", [])
+    session = MessageSession(router, request, 0.0, lambda: None, spawn=spawned.append)
+
+    async def stop_while_waiting() -> None:
+        task = asyncio.ensure_future(spawned[0])
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(stop_while_waiting())
+    assert session.actions(0.0) == [Refuse(500, (), b"internal server error\n")]
+    assert router.upgraded == frozenset()

@@ -304,3 +304,19 @@ def test_output_may_fill_max_buffered_amount_exactly() -> None:
     actions = session.actions(0.0)
     assert [a.size for a in actions if isinstance(a, Outgoing)] == [42, 42]
     assert session.connection is not None and session.connection.dropped == 1
+
+
+class RemembersWhoLeft(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.left: list[Connection] = []
+
+    def on_close(self, conn: Connection, code: int, reason: str) -> None:
+        self.left.append(conn)
+
+
+def test_on_close_gets_the_connection_that_ended() -> None:
+    channel = RemembersWhoLeft()
+    _, session = open_session(channel)
+    session.disconnected(1000)
+    assert channel.left == [session.connection] and channel.left[0] is not None
