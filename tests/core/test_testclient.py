@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from spoc_sockets import Request
 from spoc_sockets.testing import ConnectionClosed, NothingReceived, TestClient
 
 from .wire import Recorder, router_with
@@ -52,3 +53,28 @@ def test_abort_after_a_close_keeps_the_close_code() -> None:
         client.pump()
         ws.abort()
         assert ws.close_code == 4000
+
+
+def test_the_client_answers_the_servers_close_at_once() -> None:
+    recorder = Recorder(close_timeout=30.0)
+    with TestClient(router_with("/r", recorder)) as client, client.connect("/r") as ws:
+        assert ws.server.connection is not None
+        ws.server.connection.close(4001, "done")
+        client.pump()
+        assert ws.server.should_close  # no wait for close_timeout
+        assert recorder.closed == [(4001, "done")]
+
+
+class SeesTheRequest(Recorder):
+    def authenticate(self, request: Request) -> object:
+        return request.headers.get("host")
+
+
+def test_requests_come_from_testserver_without_compression_unless_asked() -> None:
+    router = router_with("/r", SeesTheRequest(compression=True))
+    with TestClient(router) as client:
+        plain = client.connect("/r")
+        assert plain.server.connection is not None
+        assert plain.server.connection.user == "testserver"
+        assert not plain.server._compressed
+        assert client.connect("/r", compression=True).server._compressed
