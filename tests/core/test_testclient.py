@@ -78,3 +78,12 @@ def test_requests_come_from_testserver_without_compression_unless_asked() -> Non
         assert plain.server.connection.user == "testserver"
         assert not plain.server._compressed
         assert client.connect("/r", compression=True).server._compressed
+
+
+def test_close_without_arguments_is_1000_with_no_reason() -> None:
+    recorder = Recorder()
+    with TestClient(router_with("/r", recorder)) as client:
+        ws = client.connect("/r")
+        ws.close()
+        assert recorder.closed == [(1000, "")]
+        assert ws.close_code == 1000
