@@ -2,12 +2,17 @@
 
 ::
 
-    python conformance/echo_server.py [threads|trio|asyncio] [--port 9001]
+    python conformance/echo_server.py [threads|trio|asyncio|asgi|asgi-websockets] [--port 9001]
 
 Serves one channel at ``/`` on 127.0.0.1 that sends every text or binary message back
 as it came, with permessage-deflate accepted (cases 12.x and 13.x), no keepalive pings
 (they would interleave with the suite's expected frames) and limits large enough for the
 suite's biggest messages (16 MiB in cases 9.x).
+
+``asgi`` serves the same router through :class:`~spoc_sockets.asgi.ASGIApp` inside
+uvicorn with its wsproto implementation (``uvicorn --ws wsproto``); ``asgi-websockets``
+with its websockets implementation (``--ws websockets``). There uvicorn parses the bytes,
+so its settings mirror the channel's: 64 MiB messages, no pings, compression on.
 
 The first line printed is ``listening on 127.0.0.1:<port> (<adapter>)``; tools wait for
 it. SIGINT or SIGTERM stops the server gracefully.
@@ -16,9 +21,10 @@ it. SIGINT or SIGTERM stops the server gracefully.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from spoc_sockets import ChannelServer, Connection, Router
 from spoc_sockets.__main__ import ADAPTERS, run
@@ -45,9 +51,46 @@ def echo_router() -> Router:
     return router
 
 
+def run_asgi(router: Router, port: int, ws: str, on_listen: Callable[[int], None]) -> None:
+    """Serve ``router`` as an ASGIApp in uvicorn (``ws``: its WebSocket implementation)
+    until SIGINT or SIGTERM (uvicorn's own handlers)."""
+    import uvicorn
+
+    from spoc_sockets.asgi import ASGIApp
+
+    config = uvicorn.Config(
+        ASGIApp(router),
+        host=HOST,
+        port=port,
+        ws=ws,
+        ws_max_size=Echo.max_message_size,
+        ws_ping_interval=None,
+        ws_ping_timeout=None,
+        ws_per_message_deflate=True,
+        lifespan="on",
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+
+    async def main() -> None:
+        serving = asyncio.ensure_future(server.serve())
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.01)
+        if server.started:
+            on_listen(server.servers[0].sockets[0].getsockname()[1])
+        await serving
+
+    asyncio.run(main())
+
+
+ASGI_SERVERS = {"asgi": "wsproto", "asgi-websockets": "websockets"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="spoc_sockets echo server for Autobahn")
-    parser.add_argument("adapter", nargs="?", choices=sorted(ADAPTERS), default="threads")
+    parser.add_argument(
+        "adapter", nargs="?", choices=sorted({*ADAPTERS, *ASGI_SERVERS}), default="threads"
+    )
     parser.add_argument("--port", type=int, default=9001, help="port (0: any free port)")
     parser.add_argument("--log-level", default="WARNING", help="logging level (INFO, DEBUG...)")
     args = parser.parse_args(argv)
@@ -57,7 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"listening on {HOST}:{port} ({args.adapter})", flush=True)
 
     try:
-        run(echo_router(), HOST, args.port, args.adapter, announce)
+        if args.adapter in ASGI_SERVERS:
+            run_asgi(echo_router(), args.port, ASGI_SERVERS[args.adapter], announce)
+        else:
+            run(echo_router(), HOST, args.port, args.adapter, announce)
     except KeyboardInterrupt:
         return 130
     return 0

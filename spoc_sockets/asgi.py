@@ -33,7 +33,13 @@ ASGI = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def _request(scope: Scope) -> Request:
+    """The scope as a :class:`~spoc_sockets.Request`, its path relative to the mount
+    point: ``root_path`` (set by Starlette's ``Mount``, or uvicorn's ``--root-path``) is
+    cut off the front of the raw path when it starts with it."""
     raw_path = scope.get("raw_path") or scope["path"].encode()
+    root = (scope.get("root_path") or "").encode()
+    if root and raw_path.startswith(root):
+        raw_path = raw_path[len(root) :]
     query = scope.get("query_string", b"")
     target = raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
     headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Server", "serve"]
 
-logger = logging.getLogger("spoc_sockets")
+logger = logging.getLogger("spoc_sockets.server")
 
 _ACCEPT_BATCH = 64
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -72,7 +72,6 @@ class _Protocol(asyncio.Protocol):
         peer = (str(peername[0]), int(peername[1])) if isinstance(peername, tuple) else None
         server._protocols[self] = None
         self.conn = server.hub.open(server._loop.time(), peer=peer, transport=self)
-        logger.debug("connection from %s", peer)
         server._flush()  # the new handshake deadline may be the earliest: rearm
 
     def data_received(self, data: bytes) -> None:
@@ -93,7 +92,6 @@ class _Protocol(asyncio.Protocol):
         server = self.server
         if self.conn is not None:
             self.conn.receive_data(b"", server._loop.time())
-            logger.debug("connection from %s closed", self.conn.peer)
         server._protocols.pop(self, None)
         server._resume_accepting()
         server._flush()

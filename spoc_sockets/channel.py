@@ -19,7 +19,17 @@ import re
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypedDict
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    Protocol,
+    TypedDict,
+    TypeVar,
+    cast,
+)
 
 from .errors import CloseCode, Reject, UsageError
 from .frames import OP_BINARY, OP_TEXT, frame_header
@@ -27,7 +37,13 @@ from .limits import check_number
 from .request import Request
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeVar as DefaultTypeVar
     from typing_extensions import Unpack
+
+    #: The principal's type: what ``authenticate`` returns, :attr:`Connection.user`.
+    U = DefaultTypeVar("U", default=object)
+else:
+    U = TypeVar("U")
 
 __all__ = [
     "ChannelOptions",
@@ -40,7 +56,8 @@ __all__ = [
     "Subprotocols",
 ]
 
-logger = logging.getLogger("spoc_sockets")
+#: Errors of application code: hooks and HTTP routes (with their traceback).
+logger = logging.getLogger("spoc_sockets.hooks")
 
 Message = str | bytes
 
@@ -125,8 +142,11 @@ def check_close(code: int, reason: str) -> None:
 _ids = itertools.count(1)
 
 
-class Connection:
+class Connection(Generic[U]):
     """One upgraded client of a channel, as the channel's hooks see it.
+
+    Generic in the principal's type: in a ``ChannelServer[User]``, hooks receive a
+    ``Connection[User]`` whose :attr:`user` is a ``User``.
 
     :meth:`send`, :meth:`send_json` and :meth:`close` may be called from any task or
     thread: they queue, and the adapter that owns the transport writes. A message sent
@@ -136,10 +156,16 @@ class Connection:
     __slots__ = (
         "__weakref__",
         "_link",
+        "bytes_in",
+        "bytes_out",
         "channel",
         "dropped",
         "id",
+        "messages_in",
+        "messages_out",
+        "opened_at",
         "request",
+        "route",
         "subprotocol",
         "user",
     )
@@ -147,12 +173,20 @@ class Connection:
     def __init__(
         self,
         link: Link,
-        channel: ChannelServer,
+        channel: ChannelServer[U],
         request: Request,
-        user: object,
+        user: U,
         subprotocol: str | None,
+        route: str = "",
+        opened_at: float = 0.0,
     ) -> None:
         self._link = link
+        #: the path the channel is registered at (``/stream/{stream_id}``)
+        self.route = route
+        #: when the handshake was accepted (the core's clock)
+        self.opened_at = opened_at
+        #: messages and payload bytes received from the client, and queued for it
+        self.messages_in = self.bytes_in = self.messages_out = self.bytes_out = 0
         #: the channel that accepted this connection
         self.channel = channel
         #: the upgrade request
@@ -257,14 +291,19 @@ class ChannelOptions(TypedDict, total=False):
     ping_interval: float | None
     ping_timeout: float | None
     close_timeout: float
+    idle_timeout: float | None
     max_control_rate: float | None
     max_connections: int | None
     max_buffered_amount: int
     overflow: Overflow
 
 
-class ChannelServer:
+class ChannelServer(Generic[U]):
     """Base class of a channel: override the hooks, set the options.
+
+    Generic in the principal's type (``ChannelServer[User]``: ``authenticate`` returns a
+    ``User`` and every hook's ``conn.user`` is one); a plain ``ChannelServer`` is
+    ``ChannelServer[object]``.
 
     Options are class attributes with documented defaults; the constructor takes the
     same names as keyword arguments::
@@ -302,6 +341,9 @@ class ChannelServer:
     ping_timeout: float | None = 20.0
     #: Seconds to wait for the peer's close frame after sending ours.
     close_timeout: float = 10.0
+    #: Seconds without a message from the client before the connection is closed with
+    #: 1001 ``"idle timeout"`` (pings and pongs do not count); ``None`` means never.
+    idle_timeout: float | None = None
     #: Ping and pong frames a client may send per second, counted over 10-second
     #: windows; more closes with 1008. ``None`` means no limit.
     max_control_rate: float | None = 10.0
@@ -324,6 +366,7 @@ class ChannelServer:
         "ping_interval",
         "ping_timeout",
         "close_timeout",
+        "idle_timeout",
         "max_control_rate",
         "max_connections",
         "max_buffered_amount",
@@ -348,13 +391,13 @@ class ChannelServer:
                 raise UsageError(f"{type(self).__name__} has no option {name!r}")
             setattr(self, name, value)
         self._check_options()
-        self._clients: dict[Connection, None] = {}
+        self._clients: dict[Connection[U], None] = {}
 
     def _check_options(self) -> None:
         """Refuse option values that would misbehave, naming the option and the value."""
         for name in ("max_message_size", "max_fragments", "max_connections"):
             check_number(name, getattr(self, name), integer=True, optional=True)
-        for name in ("ping_interval", "ping_timeout", "max_control_rate"):
+        for name in ("ping_interval", "ping_timeout", "idle_timeout", "max_control_rate"):
             check_number(name, getattr(self, name), integer=False, optional=True)
         check_number("close_timeout", self.close_timeout, integer=False, optional=False)
         check_number("max_buffered_amount", self.max_buffered_amount, True, optional=False)
@@ -367,23 +410,28 @@ class ChannelServer:
 
     # -- hooks ----------------------------------------------------------------------
 
-    def authenticate(self, request: Request) -> object:
+    def authenticate(self, request: Request) -> U | Deferred | Awaitable[U]:
         """Decide whether ``request`` may connect.
 
         Return the principal (available as :attr:`Connection.user`), raise
         :class:`~spoc_sockets.Reject` to refuse with an HTTP status, or return a
-        :class:`Deferred` and decide later. The default accepts everyone as ``None``.
+        :class:`Deferred` and decide later; ``async def`` is awaited where the server
+        runs coroutines. The default accepts everyone as ``None`` (a channel typed with
+        a principal, ``ChannelServer[User]``, overrides it).
         """
+        return cast("U", None)
+
+    def on_connect(self, conn: Connection[U]) -> Awaitable[None] | None:
+        """Called once the handshake succeeded; ``conn`` is now in :attr:`clients`."""
         return None
 
-    def on_connect(self, conn: Connection) -> None:
-        """Called once the handshake succeeded; ``conn`` is now in :attr:`clients`."""
-
-    def on_message(self, conn: Connection, message: str | bytes) -> None:
+    def on_message(self, conn: Connection[U], message: str | bytes) -> Awaitable[None] | None:
         """Called for every complete message: ``str`` for text, ``bytes`` for binary."""
+        return None
 
-    def on_close(self, conn: Connection, code: int, reason: str) -> None:
+    def on_close(self, conn: Connection[U], code: int, reason: str) -> Awaitable[None] | None:
         """Called once when the connection ends (1006 if the transport was lost)."""
+        return None
 
     # -- negotiation ----------------------------------------------------------------
 
@@ -408,15 +456,15 @@ class ChannelServer:
     # -- fan-out --------------------------------------------------------------------
 
     @property
-    def clients(self) -> frozenset[Connection]:
+    def clients(self) -> frozenset[Connection[U]]:
         """The open connections of this channel (a snapshot)."""
         return frozenset(self._clients)
 
     def broadcast(
         self,
         message: str | bytes,
-        exclude: Connection | Collection[Connection] = (),
-        to: Iterable[Connection] | None = None,
+        exclude: Connection[U] | Collection[Connection[U]] = (),
+        to: Iterable[Connection[U]] | None = None,
     ) -> None:
         """Send ``message`` to every open client (or to those of ``to``) but ``exclude``.
 
@@ -444,20 +492,20 @@ class ChannelServer:
             return subprotocol, decision
         return subprotocol, verdict(decision)[0]
 
-    def _opened(self, conn: Connection) -> Outcome:
+    def _opened(self, conn: Connection[U]) -> Outcome:
         """Register ``conn`` and run :meth:`on_connect`."""
         self._clients[conn] = None
         return _call(self.on_connect, conn)
 
-    def _received(self, conn: Connection, message: Message) -> Outcome:
+    def _received(self, conn: Connection[U], message: Message) -> Outcome:
         """Run :meth:`on_message` (a failure closes the connection with 1011)."""
         return _call(self.on_message, conn, message)
 
-    def _leaving(self, conn: Connection) -> None:
+    def _leaving(self, conn: Connection[U]) -> None:
         """``conn`` started closing: broadcasts skip it from now on."""
         self._clients.pop(conn, None)
 
-    def _closed(self, conn: Connection, code: int, reason: str) -> Outcome:
+    def _closed(self, conn: Connection[U], code: int, reason: str) -> Outcome:
         """``conn`` is finished: run :meth:`on_close`."""
         self._clients.pop(conn, None)
         return _call(self.on_close, conn, code, reason)

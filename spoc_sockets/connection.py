@@ -27,7 +27,6 @@ States (:class:`~spoc_sockets.ConnectionState`) and what moves them:
 
 from __future__ import annotations
 
-import logging
 import struct
 from collections.abc import Hashable, Iterator
 from dataclasses import replace
@@ -52,7 +51,7 @@ from .channel import Message, Outgoing
 from .deflate import BoundedDeflate, negotiate
 from .endpoint import CLOSED, OPEN, Endpoint
 from .errors import CloseCode, ProtocolError
-from .handshake import accept_headers, check_upgrade, is_upgrade
+from .handshake import accept_headers, check_head, check_upgrade, is_upgrade
 from .limits import RateWindow
 from .request import Request
 from .router import Response, Router
@@ -62,7 +61,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ServerConnection", "http_response"]
 
-logger = logging.getLogger("spoc_sockets")
 
 _PING = struct.Struct("!I")
 
@@ -127,6 +125,7 @@ class ServerConnection(Endpoint):
             h11.SERVER, max_incomplete_event_size=router.max_request_size
         )
         self._received = 0  # bytes of the request head (and what came with it)
+        self._head: bytearray | None = bytearray()  # those bytes, until the head is read
         self._key = ""
         self._extension: tuple[BoundedDeflate, str] | None = None
         self._ws: WSConnection | None = None
@@ -140,8 +139,9 @@ class ServerConnection(Endpoint):
         self._size = 0
         self._fragments = 0
         self._control = RateWindow(now)
-        self._ping_payload: bytes | None = None
+        self._ping_payload: bytes | None = None  # the ping awaiting its pong
         self._ping_sent = 0.0
+        self._ping_base = 0.0  # when the keepalive interval last started
         self._pings = 0
         super().__init__(router, now, hub.spawn if hub is not None else None)
 
@@ -163,6 +163,7 @@ class ServerConnection(Endpoint):
         """Feed bytes read from the transport; ``b""`` means the peer closed its side."""
         if self.state is CLOSED:
             return
+        self._clock = now
         with self._guard():
             if self._ws is None:
                 self._receive_handshake(data, now)
@@ -172,6 +173,7 @@ class ServerConnection(Endpoint):
     def data_to_send(self, now: float) -> bytes:
         """Everything to write now, coalesced; ``b""`` when nothing (or while paused)."""
         self._scheduled = False
+        self._clock = now
         with self._guard():
             self._take_decision(now)
             if self._events is not None and not self._busy:
@@ -233,7 +235,7 @@ class ServerConnection(Endpoint):
 
     def _ended(self) -> None:
         # free what the connection holds now, whatever keeps the connection object alive
-        self._h11 = self._ws = self._extension = self._events = None
+        self._h11 = self._ws = self._extension = self._events = self._head = None
         self._first = self._rest = None
         if self.transport is not None:
             self.router.release(self.transport)
@@ -248,6 +250,8 @@ class ServerConnection(Endpoint):
             self._finish(CloseCode.ABNORMAL_CLOSURE, "")
             return
         self._received += len(data)
+        if self._head is not None and len(self._head) <= self.router.max_request_size:
+            self._head += data  # the raw head, for check_head (h11 keeps no raw bytes)
         self._h11.receive_data(data)
         if self._deferred is not None:  # early frames wait in h11's buffer, bounded
             if len(self._h11.trailing_data[0]) > self.router.max_request_size:
@@ -260,6 +264,9 @@ class ServerConnection(Endpoint):
                 head = self._received - len(self._h11.trailing_data[0])
                 if head > self.router.max_request_size:
                     raise h11.RemoteProtocolError("request head too large", 431)
+                assert self._head is not None
+                raw, self._head = bytes(self._head[:head]), None
+                check_head(raw)
                 self._handle_request(event, now)
         except h11.RemoteProtocolError as exc:
             status = 431 if exc.error_status_hint == 431 else 400  # the table's answers only
@@ -287,13 +294,13 @@ class ServerConnection(Endpoint):
             if response is not None:
                 self._respond(response)
                 return
-        found = self.router.resolve(request.target.partition("?")[0])
-        if found is None:
+        route = self.router.resolve(request.target.partition("?")[0])
+        if route is None:
             raise ProtocolError(f"no channel at {request.path}", status=404)
-        channel, params = found
+        self._route, channel = route.path, route.channel
         self._key = check_upgrade(request, event.http_version.decode())
         self._h11.next_event()  # the EndOfMessage of a bodiless GET
-        request = replace(request, path_params=params)
+        request = replace(request, path_params=route.params)
         if channel.compression:
             self._extension = negotiate(request, channel.max_message_size)
         self._decide(channel, request, now)
@@ -399,9 +406,9 @@ class ServerConnection(Endpoint):
             self.error = ProtocolError(fault, code=CloseCode.MESSAGE_TOO_BIG)
             self._close(CloseCode.MESSAGE_TOO_BIG, fault, now)
         elif event.message_finished:
-            message = self._reassemble(data)
+            message, size = self._reassemble(data), self._size
             self._size = self._fragments = 0
-            self._deliver(message, now)
+            self._deliver(message, size, now)
         else:
             self._accumulate(data)
 
@@ -478,36 +485,40 @@ class ServerConnection(Endpoint):
     # -- keepalive ------------------------------------------------------------------------
 
     def _opened(self, now: float) -> None:
-        self._keepalive_from(now)
+        self._ping_base = now  # the next ping is due ping_interval after this
 
-    def _keepalive_from(self, now: float) -> None:
+    def _keepalive_due(self) -> float | None:
         assert self._channel is not None
-        interval = self._channel.ping_interval
-        self._set_deadline(None if interval is None else now + interval)
+        timeout, interval = self._channel.ping_timeout, self._channel.ping_interval
+        if self._ping_payload is not None and timeout is not None:
+            return self._ping_sent + timeout  # waiting for the pong
+        return None if interval is None else self._ping_base + interval
 
     def _keepalive(self, now: float) -> None:
-        assert self._channel is not None and self._ws is not None
+        channel, ws = self._channel, self._ws
+        assert channel is not None and ws is not None
         if self._ping_payload is not None:
-            self.error = ProtocolError("no pong within ping_timeout", code=CloseCode.INTERNAL_ERROR)
-            self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            if channel.ping_timeout is not None and now >= self._ping_sent + channel.ping_timeout:
+                self.error = ProtocolError(
+                    "no pong within ping_timeout", code=CloseCode.INTERNAL_ERROR
+                )
+                self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            return
+        if channel.ping_interval is None or now < self._ping_base + channel.ping_interval:
             return
         self._pings += 1
         payload = _PING.pack(self._pings & 0xFFFFFFFF)
-        self._emit(self._ws.send(Ping(payload=payload)))
-        self._ping_sent = now
-        if self._channel.ping_timeout is None:
-            self._keepalive_from(now)
-        else:
+        self._emit(ws.send(Ping(payload=payload)))
+        self._ping_sent = self._ping_base = now
+        if channel.ping_timeout is not None:
             self._ping_payload = payload
-            self._set_deadline(now + self._channel.ping_timeout)
 
     def _on_pong(self, event: Pong, now: float) -> None:
         if self._ping_payload is None or bytes(event.payload) != self._ping_payload:
             return  # unsolicited (allowed by RFC 6455 section 5.5.3), or stale
-        assert self._channel is not None and self._channel.ping_interval is not None
         self._ping_payload = None
         if self.state is OPEN:
-            self._set_deadline(max(now, self._ping_sent + self._channel.ping_interval))
+            self._arm_open()  # the next ping is due ping_interval after the last one
 
     def __repr__(self) -> str:
         return f"<ServerConnection {self.peer} {self.state.value}>"

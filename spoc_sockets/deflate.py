@@ -28,15 +28,21 @@ class BoundedDeflate(PerMessageDeflate):
         self.max_size = max_size
         self._inflated = 0  # bytes of the current message inflated so far
 
-    def _inflate(self, data: bytes) -> bytes | CloseReason:
-        assert self._decompressor is not None
+    def _inflate(self, data: bytes, end: bool = False) -> bytes | CloseReason:
+        """Inflate ``data`` (``end``: the tail appended at the end of a message)."""
+        decompressor = self._decompressor
+        assert decompressor is not None
+        if decompressor.eof:  # a block with BFINAL set ended the stream (RFC 7692 7.2.3.3)
+            return b"" if end or not data else CloseReason.INVALID_FRAME_PAYLOAD_DATA
         if self.max_size is None:
-            return self._decompressor.decompress(data)
-        allowed = self.max_size - self._inflated
-        out = self._decompressor.decompress(data, allowed + 1)
-        self._inflated += len(out)
-        if self._inflated > self.max_size:
-            return CloseReason.MESSAGE_TOO_BIG
+            out = decompressor.decompress(data)
+        else:
+            out = decompressor.decompress(data, self.max_size - self._inflated + 1)
+            self._inflated += len(out)
+            if self._inflated > self.max_size:
+                return CloseReason.MESSAGE_TOO_BIG
+        if decompressor.unused_data and not end:  # data after the final block
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
         return out
 
     def frame_inbound_header(
@@ -74,12 +80,13 @@ class BoundedDeflate(PerMessageDeflate):
             self._inbound_compressed = None
             return None
         try:
-            data = self._inflate(_TAIL)
+            data = self._inflate(_TAIL, end=True)
         except zlib.error:
             return CloseReason.INVALID_FRAME_PAYLOAD_DATA
         self._inflated = 0
-        if self.client_no_context_takeover:
-            self._decompressor = None
+        assert self._decompressor is not None
+        if self.client_no_context_takeover or self._decompressor.eof:
+            self._decompressor = None  # the next message starts a new stream
         self._inbound_compressed = None
         return data
 

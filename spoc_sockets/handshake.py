@@ -1,8 +1,10 @@
 """The server side of the RFC 6455 opening handshake (section 4.2).
 
 :func:`check_upgrade` validates what the request itself must carry, in the order of
-the answers table (405, 426, 400, 426 for the version); :func:`accept_headers` builds
-the headers of the ``101 Switching Protocols`` response.
+the answers table (414 for too many query parameters, 405, 426, 400, 426 for the
+version); :func:`check_head` refuses the raw request-head
+shapes h11 tolerates; :func:`accept_headers` builds the headers of the ``101 Switching
+Protocols`` response.
 """
 
 from __future__ import annotations
@@ -15,7 +17,17 @@ from wsproto.utilities import generate_accept_token
 from .errors import ProtocolError
 from .request import Request
 
-__all__ = ["accept_headers", "check_upgrade", "is_upgrade"]
+__all__ = [
+    "MAX_QUERY_FIELDS",
+    "accept_headers",
+    "check_head",
+    "check_upgrade",
+    "is_upgrade",
+]
+
+#: The most query parameters (``&``-separated fields) an upgrade request's target may
+#: carry (answered 414 beyond), so that reading ``request.query`` stays cheap.
+MAX_QUERY_FIELDS = 100
 
 
 def is_upgrade(request: Request) -> bool:
@@ -23,11 +35,34 @@ def is_upgrade(request: Request) -> bool:
     return "websocket" in request.headers.tokens("upgrade")
 
 
+def check_head(head: bytes) -> None:
+    """Refuse, with 400, the request-head shapes h11 tolerates but RFC 7230 lets a server
+    reject, each a request-smuggling vector when a proxy in front reads them otherwise:
+    a line ending in a bare LF (section 3.5), a header folded onto the next line
+    (obs-fold, section 3.2.4) and a repeated ``Content-Length`` (section 3.3.2).
+
+    ``head`` is the request head as received, up to and including its blank line.
+    """
+    lines = head.split(b"\n")
+    if any(not line.endswith(b"\r") for line in lines[:-1]):
+        raise ProtocolError("a line of the request head ends in a bare LF, not CRLF", status=400)
+    if any(line[:1] in (b" ", b"\t") for line in lines[1:-1]):
+        raise ProtocolError("a header is folded onto the next line (obs-fold)", status=400)
+    lengths = sum(line.split(b":", 1)[0].lower() == b"content-length" for line in lines[1:])
+    if lengths > 1:
+        raise ProtocolError("the request has more than one Content-Length header", status=400)
+
+
 def check_upgrade(request: Request, http_version: str = "1.1") -> str:
     """Validate a routed upgrade request; return its ``Sec-WebSocket-Key``.
 
     Raises :class:`ProtocolError` carrying the HTTP status that answers the fault.
     """
+    fields = request.target.partition("?")[2].count("&") + 1
+    if fields > MAX_QUERY_FIELDS:
+        raise ProtocolError(
+            f"too many query parameters: {fields}; at most {MAX_QUERY_FIELDS}", status=414
+        )
     if request.method != "GET":
         raise ProtocolError(
             f"a WebSocket handshake must use GET, not {request.method}",

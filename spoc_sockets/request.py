@@ -9,48 +9,68 @@ from urllib.parse import parse_qsl, unquote
 __all__ = ["Headers", "Query", "Request"]
 
 
+Pairs = Iterable[tuple[str, str]]
+
+
 class MultiDict(Mapping[str, str]):
     """An immutable mapping that keeps repeated keys.
 
     ``d[key]`` and ``d.get(key)`` give the *first* value; :meth:`get_all` gives every
-    value in the order received; iterating gives each distinct key once.
+    value in the order received; iterating gives each distinct key once. The pairs are
+    indexed on first use: a request a channel never looks into costs nothing more.
     """
 
-    __slots__ = ("_index", "_items")
+    __slots__ = ("_index", "_items", "_source")
 
-    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items = tuple(items)
-        index: dict[str, list[str]] = {}
-        for key, value in self._items:
-            index.setdefault(self._fold(key), []).append(value)
-        self._index = index
+    def __init__(self, items: Pairs | str = ()) -> None:
+        self._source: Pairs | str | None = items
+        self._items: tuple[tuple[str, str], ...] = ()
+        self._index: dict[str, list[str]] | None = None
 
     @staticmethod
     def _fold(key: str) -> str:
         return key
 
+    @staticmethod
+    def _pairs(source: Pairs | str) -> Pairs:
+        assert not isinstance(source, str)
+        return source
+
+    def _indexed(self) -> dict[str, list[str]]:
+        index = self._index
+        if index is None:
+            assert self._source is not None
+            self._items = tuple(self._pairs(self._source))
+            self._source = None
+            index = {}
+            for key, value in self._items:
+                index.setdefault(self._fold(key), []).append(value)
+            self._index = index
+        return index
+
     def __getitem__(self, key: str) -> str:
-        return self._index[self._fold(key)][0]
+        return self._indexed()[self._fold(key)][0]
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._fold(key) in self._index
+        return isinstance(key, str) and self._fold(key) in self._indexed()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._index)
+        return iter(self._indexed())
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._indexed())
 
     def get_all(self, key: str) -> list[str]:
         """Every value of ``key``, in order; ``[]`` when absent."""
-        return list(self._index.get(self._fold(key), ()))
+        return list(self._indexed().get(self._fold(key), ()))
 
     def raw_items(self) -> tuple[tuple[str, str], ...]:
         """Every ``(key, value)`` pair as received, repeats included."""
+        self._indexed()
         return self._items
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({list(self._items)!r})"
+        return f"{type(self).__name__}({list(self.raw_items())!r})"
 
 
 class Headers(MultiDict):
@@ -76,9 +96,18 @@ class Headers(MultiDict):
 
 
 class Query(MultiDict):
-    """The query string's parameters, percent-decoded, repeats kept (case-sensitive)."""
+    """The query string's parameters, percent-decoded, repeats kept (case-sensitive).
+
+    Built from pairs, or from the raw query string (parsed on first use).
+    """
 
     __slots__ = ()
+
+    @staticmethod
+    def _pairs(source: Pairs | str) -> Pairs:
+        if isinstance(source, str):
+            return parse_qsl(source, keep_blank_values=True)
+        return source
 
 
 @dataclass(frozen=True)
@@ -111,7 +140,7 @@ class Request:
             method=method,
             target=target,
             path=unquote(raw_path),
-            query=Query(parse_qsl(query, keep_blank_values=True)),
+            query=Query(query),
             headers=Headers(headers),
             peer=peer,
         )

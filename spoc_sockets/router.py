@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import unquote
 
 from .channel import ChannelServer, Connection, check_hooks
@@ -13,17 +14,21 @@ from .errors import ProtocolError, Reject, UsageError
 from .handshake import check_upgrade
 from .limits import WINDOW, RateWindow, check_number
 from .request import Request
+from .stats import RouteCounters, RouterStats
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from .channel import ChannelOptions
 
-logger = logging.getLogger("spoc_sockets")
+#: Errors of application code: hooks and HTTP routes (with their traceback).
+logger = logging.getLogger("spoc_sockets.hooks")
 
-__all__ = ["Response", "Router"]
+__all__ = ["Response", "Route", "Router"]
 
-C = TypeVar("C", bound=ChannelServer)
+#: Any channel, whatever its principal type.
+AnyChannel = ChannelServer[Any]
+C = TypeVar("C", bound=AnyChannel)
 
 
 @dataclass(frozen=True)
@@ -39,12 +44,20 @@ class Response:
 HTTPHandler = Callable[[Request], Response]
 
 
+class Route(NamedTuple):
+    """Where a request path leads: the path as registered, its channel, its params."""
+
+    path: str
+    channel: AnyChannel
+    params: dict[str, str]
+
+
 @dataclass(frozen=True)
 class _Template:
     path: str
     segments: tuple[str | None, ...]  # a literal, or None for a {name} segment
     names: tuple[str, ...]
-    server: ChannelServer
+    server: AnyChannel
 
     def overlaps(self, other: _Template) -> bool:
         """Whether some path would match both templates."""
@@ -65,7 +78,7 @@ class _Template:
         return dict(zip(self.names, values, strict=True))
 
 
-def _compile(path: str, server: ChannelServer) -> _Template:
+def _compile(path: str, server: AnyChannel) -> _Template:
     if not path.startswith("/"):
         raise UsageError(f"a path starts with '/': {path!r}")
     segments: list[str | None] = []
@@ -130,10 +143,12 @@ class Router:
         self._handshakes: dict[str, RateWindow] = {}  # per client address
         self._kept = 0  # entries kept by the last pruning of _handshakes
         self._awaits = True  # False once served by a server that cannot await hooks
-        self._static: dict[str, ChannelServer] = {}
+        self._static: dict[str, AnyChannel] = {}
         self._templates: dict[int, list[_Template]] = {}
         self._http: dict[str, HTTPHandler] = {}
         self._upgraded: dict[Connection, None] = {}
+        self._counters: dict[str, RouteCounters] = {}  # per registered path
+        self._unrouted: Counter[int] = Counter()  # refusals before a channel was found
         self._transports: dict[Hashable, object] = {}
 
     # -- registration ---------------------------------------------------------------
@@ -148,12 +163,14 @@ class Router:
             if path in self._static:
                 raise UsageError(f"a channel is already registered at {path!r}")
             self._static[path] = server
+            self._counters[path] = RouteCounters()
             return server
         same_length = self._templates.setdefault(len(template.segments), [])
         for other in same_length:
             if template.overlaps(other):
                 raise UsageError(f"{path!r} conflicts with the channel at {other.path!r}")
         same_length.append(template)
+        self._counters[path] = RouteCounters()
         return server
 
     def channel(self, path: str, **options: Unpack[ChannelOptions]) -> Callable[[type[C]], type[C]]:
@@ -171,8 +188,26 @@ class Router:
             raise UsageError(f"an HTTP route is already registered at {path!r}")
         self._http[path] = handler
 
+    def get(self, cls: type[C], path: str | None = None) -> C:
+        """The instance of ``cls`` registered here (by :meth:`channel`, say), typed as
+        ``cls``; ``path`` picks one when several are. :class:`UsageError` when there is
+        none, or several and no ``path``."""
+        found = [
+            server
+            for where, server in self.channels.items()
+            if type(server) is cls and (path is None or where == path)
+        ]
+        unique = list({id(server): server for server in found}.values())
+        if len(unique) != 1:
+            where = f" at {path!r}" if path is not None else ""
+            many = "several are: give the path" if unique else "none is"
+            raise UsageError(f"one {cls.__name__}{where} is asked for, and {many} registered")
+        server = unique[0]
+        assert isinstance(server, cls)
+        return server
+
     @property
-    def channels(self) -> dict[str, ChannelServer]:
+    def channels(self) -> dict[str, AnyChannel]:
         """Every registered path (static and template) and its channel."""
         paths = dict(self._static)
         for templates in self._templates.values():
@@ -181,8 +216,8 @@ class Router:
 
     # -- lookup ---------------------------------------------------------------------
 
-    def resolve(self, raw_path: str) -> tuple[ChannelServer, dict[str, str]] | None:
-        """The channel for a raw (percent-encoded) path and its path params, or None.
+    def resolve(self, raw_path: str) -> Route | None:
+        """The route of a raw (percent-encoded) path: its channel and params, or None.
 
         Segments are percent-decoded one by one, so ``%2F`` never splits a segment.
         """
@@ -191,13 +226,14 @@ class Router:
         segments = raw_path.split("/")[1:]
         decoded = [unquote(segment) for segment in segments]
         if not any("/" in segment for segment in decoded):  # %2F stays inside a segment
-            server = self._static.get("/" + "/".join(decoded))
+            path = "/" + "/".join(decoded)
+            server = self._static.get(path)
             if server is not None:
-                return server, {}
+                return Route(path, server, {})
         for template in self._templates.get(len(segments), ()):
             params = template.match(decoded)
             if params is not None:
-                return template.server, params
+                return Route(template.path, template.server, params)
         return None
 
     def refuse_async_hooks(self) -> None:
@@ -251,16 +287,41 @@ class Router:
     def release(self, transport: Hashable) -> None:
         self._transports.pop(transport, None)
 
+    def stats(self) -> RouterStats:
+        """A snapshot of every route's counters (see :class:`~spoc_sockets.stats.ChannelStats`).
+
+        Exact while one server (or several on the same thread) runs this router; with
+        servers on several threads, the counts may miss an increment now and then.
+        """
+        live: dict[str, list[Connection]] = {path: [] for path in self._counters}
+        for conn in tuple(self._upgraded):
+            live.setdefault(conn.route, []).append(conn)
+        return RouterStats(
+            {path: counters.snapshot(live[path]) for path, counters in self._counters.items()},
+            dict(self._unrouted),
+        )
+
+    def refused(self, route: str | None, status: int) -> None:
+        """Count a refused handshake (``route`` None: it reached no channel)."""
+        counters = self._counters.get(route) if route is not None else None
+        (counters.refused if counters is not None else self._unrouted)[status] += 1
+
     def enter(self, conn: Connection) -> None:
         self._upgraded[conn] = None
+        counters = self._counters.get(conn.route)
+        if counters is not None:
+            counters.accepted += 1
         address = _address(conn.request)
         if address is not None:
             self._per_address[address] = self._per_address.get(address, 0) + 1
 
-    def leave(self, conn: Connection) -> None:
+    def leave(self, conn: Connection, code: int) -> None:
         if conn not in self._upgraded:
             return
         del self._upgraded[conn]
+        counters = self._counters.get(conn.route)
+        if counters is not None:
+            counters.add(conn, code)
         address = _address(conn.request)
         if address is not None:
             left = self._per_address.pop(address) - 1
@@ -269,7 +330,7 @@ class Router:
 
     # -- admission ------------------------------------------------------------------
 
-    def admit(self, channel: ChannelServer, request: Request, now: float) -> None:
+    def admit(self, channel: AnyChannel, request: Request, now: float) -> None:
         """Raise :class:`Reject` if the limits refuse one more handshake (429, 503)."""
         most = channel.max_connections
         if most is not None and len(channel._clients) >= most:

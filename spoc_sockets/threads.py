@@ -46,7 +46,7 @@ from .router import Router
 
 __all__ = ["Server", "serve"]
 
-logger = logging.getLogger("spoc_sockets")
+logger = logging.getLogger("spoc_sockets.server")
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE

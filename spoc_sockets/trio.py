@@ -43,7 +43,7 @@ __all__ = ["Server", "handle_stream", "serve"]
 #: Bytes asked of the transport per read.
 READ_SIZE = 65536
 
-logger = logging.getLogger("spoc_sockets")
+logger = logging.getLogger("spoc_sockets.server")
 
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 #: Seconds before accepting again after running out of resources with no connection

@@ -223,3 +223,20 @@ def test_a_new_lifespan_startup_serves_again_after_a_shutdown() -> None:
 
     for _ in range(2):
         assert asyncio.run(one_lifespan()) == {"type": "websocket.accept", "subprotocol": None}
+
+
+@pytest.mark.parametrize("path", ["/ws/echo", "/echo"])
+def test_a_mount_prefix_is_not_part_of_the_channel_path(path: str) -> None:
+    """Under a mount (``root_path="/ws"``) the channel at /echo serves /ws/echo; a server
+    that already cut the prefix off ``path`` and ``raw_path`` is served the same."""
+    scope = ws_scope(path) | {"root_path": "/ws"}
+    incoming = [{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1000}]
+    sent = asyncio.run(call(ASGIApp(make_router()), scope, incoming, wait_sends=1))
+    assert sent[0] == {"type": "websocket.accept", "subprotocol": None}
+
+
+def test_the_node_module_names_are_importable_from_the_package() -> None:
+    from spoc_sockets import create_chat_server, create_stream_server, setup_websocket_handlers
+
+    router = setup_websocket_handlers(create_chat_server(), create_stream_server())
+    assert sorted(router.channels) == ["/chat", "/stream", "/stream/{stream_id}"]

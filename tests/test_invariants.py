@@ -28,6 +28,7 @@ CORE = [
     "request.py",
     "router.py",
     "session.py",
+    "stats.py",
 ]
 FORBIDDEN = {"asyncio", "trio", "threading", "socket", "selectors", "time", "_thread"}
 
@@ -53,10 +54,11 @@ def test_core_never_imports_io_threads_or_clock(module: str) -> None:
 ADAPTERS = {"asyncio.py", "trio.py", "threads.py", "asgi.py", "_listen.py", "__main__.py"}
 ADAPTERS |= {"demo.py", "testing.py"}  # the in-memory adapter runs async hooks on asyncio
 CHANNELS = {"chat.py", "stream.py", "seed.py"}
+INTEGRATIONS = {"metrics.py"}  # optional: reads the core's stats for an exporter
 
 
 def test_core_list_is_complete() -> None:
-    present = {p.name for p in PACKAGE.glob("*.py")} - ADAPTERS - CHANNELS
+    present = {p.name for p in PACKAGE.glob("*.py")} - ADAPTERS - CHANNELS - INTEGRATIONS
     assert present == set(CORE)
 
 

@@ -212,3 +212,15 @@ def test_too_many_header_lines_answer_431(serve_bytes: Harness) -> None:
         raw = served.raw()
         raw.send(upgrade_request("/e", extra=headers))
         assert status_of(raw.read_all()) == 431
+
+
+def test_an_idle_client_is_closed_with_1001(serve: Harness) -> None:
+    router = Router()
+    router.add("/e", Echo(idle_timeout=1.0))
+    with serve(router) as served:
+        client = served.connect("/e")
+        client.send("once")
+        assert client.receive() == "once"
+        served.wait_for(lambda: client.close_code is not None)  # a second later
+        assert client.close_code == 1001
+        served.wait_for(lambda: not router.upgraded)

@@ -232,3 +232,36 @@ def test_a_long_advance_runs_every_deadline_in_order() -> None:
             ws.receive()
         assert closed.value.code == 1011
         assert client.now == 60
+
+
+def test_idle_timeout_counts_messages_not_pings() -> None:
+    from spoc_sockets.testing import ConnectionClosed, TestClient
+
+    router = Router()
+    router.add("/r", Recorder(ping_interval=20.0, ping_timeout=20.0, idle_timeout=30.0))
+    with TestClient(router) as client, client.connect("/r") as ws:  # answers every ping
+        client.advance(25)
+        ws.send("still here")
+        client.advance(29)  # 54 s: 29 s after the message
+        assert ws.close_code is None
+        client.advance(1)
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.receive()
+        assert (closed.value.code, closed.value.reason) == (1001, "idle timeout")
+        assert client.now == 55
+
+
+def test_a_finished_connection_is_freed_without_the_collector() -> None:
+    import weakref
+
+    router = router_with("/r", ChannelServer())
+    gc.collect()
+    gc.disable()
+    try:
+        peer = Peer(router)
+        handle = weakref.ref(peer.handshake("/r"))
+        peer.send(frame(0x8, close_payload(1000)))
+        assert peer.server.should_close
+        assert handle() is None  # the connection no longer keeps its handle in a cycle
+    finally:
+        gc.enable()

@@ -128,3 +128,11 @@ def test_percent_encoded_static_path_routes() -> None:
     request = _seen(Router(), "/st%61tic")
     assert request.path == "/static"
     assert request.target == "/st%61tic"
+
+
+def test_the_query_is_parsed_on_first_use_only() -> None:
+    request = Request.parse("GET", "/p?" + "&".join(["a=1"] * 5000), [])
+    assert request.query._index is None  # a channel that never reads it pays nothing
+    assert len(request.query.get_all("a")) == 5000
+    assert Query([("k", "v")])["k"] == "v" and Query("k=v&k=w").get_all("k") == ["v", "w"]
+    assert repr(Query("x=1")) == "Query([('x', '1')])"
