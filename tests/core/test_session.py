@@ -318,5 +318,7 @@ class RemembersWhoLeft(Recorder):
 def test_on_close_gets_the_connection_that_ended() -> None:
     channel = RemembersWhoLeft()
     _, session = open_session(channel)
+    conn = session.connection
+    assert conn is not None
     session.disconnected(1000)
-    assert channel.left == [session.connection] and channel.left[0] is not None
+    assert channel.left == [conn]
