@@ -190,7 +190,7 @@ def test_session_limits_refusals_and_overflow() -> None:
     assert not router.upgraded
 
     async def shut_then_connect() -> list[Message]:
-        await app.shutdown()
+        await asyncio.wait_for(app.shutdown(), timeout=5)
         scope = ws_scope("/flood", extensions={"websocket.http.response": {}})
         return await call(app, scope, [connect_msg])
 

@@ -173,6 +173,7 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         ],
         check=True,
         capture_output=True,
+        timeout=60,
     )
     return cert, key
 
@@ -315,7 +316,7 @@ def test_leaving_the_block_closes_even_a_peer_that_never_answers(
         return server
 
     server = run(main())
-    asyncio.run(server.wait_closed())  # a closed server stays closed, on any loop
+    run(server.wait_closed(), timeout=10)  # a closed server stays closed, on any loop
 
 
 # -- sends from elsewhere ----------------------------------------------------------------
@@ -346,7 +347,8 @@ def test_send_from_another_thread_and_from_another_task() -> None:
                 thread.start()
                 await from_task()
                 received = [await ws.recv() for _ in range(1000)]
-                thread.join()
+                thread.join(20)  # the loop waits here: run() could not bound it
+                assert not thread.is_alive(), "sends from a thread did not return"
                 assert [m for m in received if m[0] == "t"] == [f"t{i}" for i in range(500)]
                 assert [m for m in received if m[0] == "a"] == [f"a{i}" for i in range(500)]
             await wait_until(lambda: not router.upgraded)

@@ -79,7 +79,8 @@ def running(router: Router, **options: Any) -> Iterator[tuple[Server, threading.
             yield server, thread
         finally:
             server.shutdown()
-            thread.join()
+            thread.join(TIMEOUT)
+            assert not thread.is_alive(), "serve_forever did not return after shutdown()"
 
 
 def ws_connect(port: int, path: str = "/echo", **options: Any) -> ContextManager[ClientConnection]:
@@ -159,6 +160,7 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.S
          "-keyout", str(key), "-out", str(cert)],
         check=True,
         capture_output=True,
+        timeout=60,
     )  # fmt: skip
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(cert, key)
@@ -328,7 +330,7 @@ def test_send_and_broadcast_from_several_threads_at_once() -> None:
         room_clients = [stack.enter_context(ws_connect(server.port, "/room")) for _ in range(3)]
         wait_for(lambda: len(router.upgraded) == 4)
         (conn,) = [c for c in router.upgraded if c.request.path == "/echo"]
-        start = threading.Barrier(8)
+        start = threading.Barrier(8, timeout=TIMEOUT)
 
         def sender(k: int) -> None:
             start.wait()
@@ -341,7 +343,8 @@ def test_send_and_broadcast_from_several_threads_at_once() -> None:
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join()
+            thread.join(TIMEOUT)
+            assert not thread.is_alive(), "a send from a thread did not return"
         for client, count in [(echo_client, 8 * 250)] + [(c, 8 * 100) for c in room_clients]:
             received = [client.recv(timeout=TIMEOUT) for _ in range(count)]
             by_thread: dict[str, list[int]] = {}

@@ -96,6 +96,7 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
         ],
         check=True,
         capture_output=True,
+        timeout=60,
     )  # fmt: skip
     return cert, key
 
@@ -225,7 +226,8 @@ def test_send_from_another_thread() -> None:
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join()
+            thread.join(TIMEOUT)
+            assert not thread.is_alive(), "a send from a thread did not return"
         received = [ws.recv(timeout=TIMEOUT) for _ in range(800)]
         for t in range(4):  # each thread's messages arrive, in its order
             assert [m for m in received if str(m).startswith(f"{t}:")] == [

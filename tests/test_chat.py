@@ -135,7 +135,8 @@ def test_notify_reaches_every_connection_of_the_user_from_a_thread() -> None:
         )
         thread = threading.Thread(target=chat.notify, args=("ada", {"grade": "A"}))
         thread.start()
-        thread.join()
+        thread.join(10)
+        assert not thread.is_alive(), "notify from a thread did not return"
         note = {"type": "notification", "payload": {"grade": "A"}}
         assert phone.receive_json() == note
         assert laptop.receive_json() == note

@@ -75,12 +75,12 @@ def start_demo(adapter: str, tmp_path: Path) -> Demo:
         first = lines.get(timeout=STARTUP_TIMEOUT)
     except queue.Empty:
         process.kill()
-        process.wait()
+        process.wait(timeout=STOP_TIMEOUT)
         pytest.fail(f"no announcement within {STARTUP_TIMEOUT}s: {stderr.read_text()}")
     match = LISTENING.match(first or "")
     if match is None:
         process.kill()
-        process.wait()
+        process.wait(timeout=STOP_TIMEOUT)
         pytest.fail(f"unexpected first line {first!r}; stderr: {stderr.read_text()}")
     assert match.group(1) == adapter
     return Demo(process, int(match.group(2)), lines, stderr)
@@ -102,7 +102,7 @@ def demo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Demo]:
     finally:
         if server.process.poll() is None:
             server.process.kill()
-            server.process.wait()
+            server.process.wait(timeout=STOP_TIMEOUT)
         assert server.process.stdout is not None
         server.process.stdout.close()
 
@@ -169,7 +169,7 @@ def test_static_route_refuses_other_methods(tmp_path: Path) -> None:
     finally:
         if demo.process.poll() is None:
             demo.process.kill()
-            demo.process.wait()
+            demo.process.wait(timeout=STOP_TIMEOUT)
         assert demo.process.stdout is not None
         demo.process.stdout.close()
 

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from spoc_sockets import Router
 from spoc_sockets.threads import serve
 
-from .harness_net import HOST, NetServer, net_harness
+from .harness_net import HOST, TIMEOUT, NetServer, net_harness
 
 
 @contextmanager
@@ -21,7 +21,8 @@ def start(router: Router) -> Iterator[NetServer]:
             yield NetServer(server.port, server.shutdown)
         finally:
             server.shutdown()
-            thread.join()
+            thread.join(TIMEOUT)
+            assert not thread.is_alive(), "serve_forever did not return after shutdown()"
 
 
 HARNESS = net_harness(start)

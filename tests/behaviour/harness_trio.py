@@ -64,9 +64,15 @@ class TrioThread(Generic[T]):
             trio.from_thread.run_sync(fn, *args, trio_token=self.token)
 
     def run(self, fn: Callable[..., Awaitable[object]], *args: Any) -> None:
-        """Await ``fn(*args)`` in the trio thread (nothing once the run ended)."""
+        """Await ``fn(*args)`` in the trio thread (nothing once the run ended); past
+        ``TIMEOUT`` it fails with :exc:`trio.TooSlowError` instead of hanging."""
+
+        async def bounded() -> None:
+            with trio.fail_after(TIMEOUT):
+                await fn(*args)
+
         with suppress(trio.RunFinishedError):
-            trio.from_thread.run(fn, *args, trio_token=self.token)
+            trio.from_thread.run(bounded, trio_token=self.token)
 
     def cancel(self) -> None:
         self.call(self._scope.cancel)

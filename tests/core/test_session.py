@@ -1,0 +1,324 @@
+"""MessageSession (the core of a connection an ASGI server parses), driven directly with
+virtual time: its deadlines, and the answers it gives, exactly."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+
+import pytest
+
+from spoc_sockets import ChannelServer, Connection, ConnectionState, Deferred, Request, Router
+from spoc_sockets.channel import CloseRequest, Outgoing
+from spoc_sockets.session import Accept, MessageSession, Refuse
+
+from .wire import Recorder
+
+
+class Undecided(Recorder):
+    def __init__(self, **options: object) -> None:
+        super().__init__(**options)
+        self.deferred = Deferred()
+
+    def authenticate(self, request: Request) -> object:
+        return self.deferred
+
+
+class Session:
+    """One session on ``/c`` of ``router``, with its wake-ups counted."""
+
+    def __init__(self, router: Router, now: float = 0.0) -> None:
+        self.wakeups = 0
+        request = Request.parse("GET", "/c", [("host", "example")])
+        self.session = MessageSession(router, request, now, self._wake)
+
+    def _wake(self) -> None:
+        self.wakeups += 1
+
+
+def open_session(channel: ChannelServer, now: float = 0.0) -> tuple[Router, MessageSession]:
+    router = Router()
+    router.add("/c", channel)
+    session = Session(router, now).session
+    assert session.actions(now) == [Accept(None)]
+    assert session.state is ConnectionState.OPEN
+    return router, session
+
+
+def test_an_undecided_deferred_is_refused_503_at_handshake_timeout() -> None:
+    channel = Undecided()
+    router = Router(handshake_timeout=3.0)
+    router.add("/c", channel)
+    session = Session(router, now=100.0).session
+    assert session.actions(100.0) == []
+    assert session.next_deadline() == 103.0
+    session.handle_timeout(102.999)  # too early: nothing happens
+    assert session.actions(102.999) == []
+    assert session.state is ConnectionState.CONNECTING
+    session.handle_timeout(103.0)
+    refusal = Refuse(503, (), b"the handshake was not decided in time\n")
+    assert session.actions(103.0) == [refusal]
+    assert session.done and session.next_deadline() is None
+    channel.deferred.accept("late")  # a decision after the deadline is ignored
+    assert session.actions(104.0) == []
+    assert channel.connected == [] and router.upgraded == frozenset()
+
+
+def test_a_deferred_decided_in_time_is_taken_at_the_next_actions() -> None:
+    channel = Undecided()
+    router = Router()
+    router.add("/c", channel)
+    wrapped = Session(router)
+    session = wrapped.session
+    assert session.actions(0.0) == [] and wrapped.wakeups == 0
+    channel.deferred.accept("ada")
+    assert wrapped.wakeups == 1  # the adapter is told to call actions()
+    assert session.actions(1.0) == [Accept(None)]
+    assert session.connection is not None and session.connection.user == "ada"
+    assert session.next_deadline() is None  # no handshake deadline once open
+    session.handle_timeout(50.0)
+    assert session.state is ConnectionState.OPEN
+
+
+def test_a_close_the_server_never_confirms_ends_at_close_timeout() -> None:
+    channel = Recorder(close_timeout=4.0)
+    router, session = open_session(channel)
+    conn = session.connection
+    assert conn is not None
+    conn.close(4000, "bye")
+    assert session.actions(1.0) == [CloseRequest(4000, "bye")]
+    assert session.state is ConnectionState.CLOSING
+    assert session.next_deadline() == 5.0
+    session.handle_timeout(4.999)
+    assert not session.done and channel.closed == []
+    session.handle_timeout(5.0)
+    assert session.done
+    assert channel.closed == [(4000, "bye")]
+    assert router.upgraded == frozenset()
+    session.disconnected(1006)  # the server's late report changes nothing
+    assert channel.closed == [(4000, "bye")]
+
+
+def test_a_close_the_server_confirms_keeps_our_code() -> None:
+    channel = Recorder()
+    router, session = open_session(channel)
+    assert session.connection is not None
+    session.connection.close(1001, "moving")
+    session.actions(0.0)
+    session.disconnected(1006)  # what the server reports after our close
+    assert session.done and channel.closed == [(1001, "moving")]
+    assert router.upgraded == frozenset()
+
+
+def test_a_message_past_the_limit_is_1009_then_close_timeout() -> None:
+    channel = Recorder(max_message_size=10, close_timeout=2.0)
+    _, session = open_session(channel)
+    session.receive("é" * 5, 0.0)  # 10 bytes: allowed
+    session.receive("é" * 5 + "a", 1.0)  # 11 bytes
+    assert channel.messages == ["é" * 5]
+    assert session.actions(1.0) == [CloseRequest(1009, "message over 10 bytes")]
+    session.receive("late", 1.5)  # ignored while closing
+    assert channel.messages == ["é" * 5]
+    assert session.next_deadline() == 3.0
+    session.handle_timeout(3.0)
+    assert session.done and channel.closed == [(1009, "message over 10 bytes")]
+
+
+class Raises(Recorder):
+    def on_message(self, conn: Connection, message: str | bytes) -> None:
+        raise RuntimeError("secret")
+
+
+def test_a_hook_that_raises_is_1011_internal_error() -> None:
+    channel = Raises()
+    _, session = open_session(channel)
+    session.receive(b"x", 0.0)
+    assert session.actions(0.0) == [CloseRequest(1011, "internal error")]
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_deferred_rejection_is_refused_with_its_status(status: int) -> None:
+    channel = Undecided()
+    router = Router()
+    router.add("/c", channel)
+    session = Session(router).session
+    channel.deferred.reject(status, "no", [("WWW-Authenticate", "Bearer")])
+    assert session.actions(0.5) == [Refuse(status, (("WWW-Authenticate", "Bearer"),), b"no")]
+    assert session.done
+
+
+def test_a_session_refuses_unknown_paths_and_everything_while_shutting_down() -> None:
+    router = Router()
+    router.add("/c", Recorder())
+    unknown = MessageSession(router, Request.parse("GET", "/nowhere?x=1", []), 0.0, lambda: None)
+    assert unknown.actions(0.0) == [Refuse(404, (), b"no channel at /nowhere\n")]
+    assert unknown.done
+    request = Request.parse("GET", "/c", [])
+    refusing = MessageSession(router, request, 0.0, lambda: None, refusing=True)
+    assert refusing.actions(0.0) == [Refuse(503, (), b"the server is shutting down\n")]
+    assert refusing.done and router.upgraded == frozenset()
+
+
+def test_output_counts_until_the_server_took_it() -> None:
+    channel = Recorder()
+    _, session = open_session(channel)
+    conn = session.connection
+    assert conn is not None
+    conn.send("abc")  # 2 bytes of frame header, 3 of payload
+    conn.send(b"\x00" * 200)  # 4 + 200
+    assert conn.buffered_amount == 209
+    actions = session.actions(0.0)
+    assert [a.message for a in actions if isinstance(a, Outgoing)] == ["abc", b"\x00" * 200]
+    assert conn.buffered_amount == 209  # handed to the adapter, not yet to the server
+    session.delivered(actions[:1])
+    assert conn.buffered_amount == 204
+    session.delivered(actions[1:])
+    assert conn.buffered_amount == 0
+
+
+def test_messages_before_the_decision_or_after_the_end_are_ignored() -> None:
+    channel = Undecided()
+    router = Router()
+    router.add("/c", channel)
+    session = Session(router).session
+    session.receive("early", 0.0)
+    channel.deferred.accept()
+    assert session.actions(0.0) == [Accept(None)]
+    session.disconnected(1000, "done")
+    session.receive("late", 1.0)
+    assert channel.messages == [] and channel.closed == [(1000, "done")]
+
+
+def test_the_adapter_is_woken_once_until_it_takes_the_actions() -> None:
+    router = Router()
+    router.add("/c", Recorder())
+    wrapped = Session(router)
+    session = wrapped.session
+    assert wrapped.wakeups == 1  # the accept is waiting
+    session.actions(0.0)
+    conn = session.connection
+    assert conn is not None
+    conn.send("a")
+    conn.send("b")
+    assert wrapped.wakeups == 2
+    assert len(session.actions(0.0)) == 2
+    conn.send("c")
+    assert wrapped.wakeups == 3
+
+
+def test_a_disconnect_while_open_reaches_on_close_with_the_servers_code() -> None:
+    channel = Recorder()
+    router, session = open_session(channel)
+    session.disconnected(1006)
+    assert session.done and channel.closed == [(1006, "")]
+    assert router.upgraded == frozenset()
+
+
+class Flood(Recorder):
+    def on_message(self, conn: Connection, message: str | bytes) -> None:
+        for _ in range(3):
+            conn.send(b"x" * 40)  # 42 bytes each on the wire
+
+
+def test_overflow_drops_what_is_queued_and_closes_1008() -> None:
+    channel = Flood(max_buffered_amount=100)
+    _, session = open_session(channel)
+    session.receive("go", 0.0)
+    assert session.actions(0.0) == [CloseRequest(1008, "slow consumer")]
+    assert session.buffered_amount == 0
+
+
+def test_overflow_drop_keeps_the_connection() -> None:
+    channel = Flood(max_buffered_amount=100, overflow="drop")
+    _, session = open_session(channel)
+    session.receive("go", 0.0)
+    actions = session.actions(0.0)
+    assert [a.size for a in actions if isinstance(a, Outgoing)] == [42, 42]
+    assert session.connection is not None and session.connection.dropped == 1
+    assert session.state is ConnectionState.OPEN
+
+
+class Rooms(Recorder):
+    subprotocols = ("chat", "superchat")
+
+
+def test_a_session_routes_with_the_query_and_path_params_and_negotiates() -> None:
+    channel = Rooms()
+    router = Router()
+    router.add("/rooms/{room}", channel)
+    headers = [("Sec-WebSocket-Protocol", "superchat, chat")]
+    request = Request.parse("GET", "/rooms/7?token=t", headers)
+    session = MessageSession(router, request, 0.0, lambda: None)
+    assert session.actions(0.0) == [Accept("chat")]
+    (conn,) = channel.connected
+    assert conn.request.path_params == {"room": "7"}
+    assert conn.request.query.get("token") == "t"
+    assert conn.subprotocol == "chat"
+
+
+class RaisesOnConnect(Recorder):
+    def on_connect(self, conn: Connection) -> None:
+        raise RuntimeError("secret")
+
+
+class DefersThenRaisesOnConnect(Undecided, RaisesOnConnect):
+    pass
+
+
+@pytest.mark.parametrize("channel_class", [RaisesOnConnect, DefersThenRaisesOnConnect])
+def test_on_connect_raising_closes_1011_then_close_timeout(
+    channel_class: type[RaisesOnConnect],
+) -> None:
+    channel = channel_class(close_timeout=3.0)
+    router = Router()
+    router.add("/c", channel)
+    session = Session(router, now=5.0).session
+    if isinstance(channel, Undecided):
+        channel.deferred.accept()
+    assert session.actions(5.0) == [Accept(None), CloseRequest(1011, "internal error")]
+    assert session.next_deadline() == 8.0
+
+
+class AsyncAuthenticate(Recorder):
+    async def authenticate(self, request: Request) -> object:
+        return request.query.get("user")
+
+
+def test_an_async_authenticate_runs_where_the_adapter_spawns_it() -> None:
+    router = Router()
+    router.add("/c", AsyncAuthenticate())
+    spawned: list[Coroutine[object, None, None]] = []
+    request = Request.parse("GET", "/c?user=ada", [])
+    session = MessageSession(router, request, 0.0, lambda: None, spawn=spawned.append)
+    assert session.actions(0.0) == []  # waiting for the hook
+    (hook,) = spawned
+    asyncio.run(hook)
+    assert session.actions(0.0) == [Accept(None)]
+    assert session.connection is not None and session.connection.user == "ada"
+
+
+def test_output_may_fill_max_buffered_amount_exactly() -> None:
+    channel = Flood(max_buffered_amount=2 * 42, overflow="drop")
+    _, session = open_session(channel)
+    session.receive("go", 0.0)
+    actions = session.actions(0.0)
+    assert [a.size for a in actions if isinstance(a, Outgoing)] == [42, 42]
+    assert session.connection is not None and session.connection.dropped == 1
+
+
+class RemembersWhoLeft(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.left: list[Connection] = []
+
+    def on_close(self, conn: Connection, code: int, reason: str) -> None:
+        self.left.append(conn)
+
+
+def test_on_close_gets_the_connection_that_ended() -> None:
+    channel = RemembersWhoLeft()
+    _, session = open_session(channel)
+    conn = session.connection
+    assert conn is not None
+    session.disconnected(1000)
+    assert channel.left == [conn]
