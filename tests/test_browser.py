@@ -60,7 +60,8 @@ class DemoServer:
     thread."""
 
     def __init__(self, router: Router | None = None) -> None:
-        self.router = serving_the_client(demo_router() if router is None else router)
+        # the demo serves the client itself; a test's own router gets it added
+        self.router = demo_router() if router is None else serving_the_client(router)
         self.port = 0
         self.server: Server | None = None
         self._ready = threading.Event()
