@@ -125,8 +125,13 @@ class WebSocket:
         self._pipe.write(data)
 
     def receive(self) -> str | bytes:
-        """The next message: ``str`` for text, ``bytes`` for binary."""
+        """The next message: ``str`` for text, ``bytes`` for binary.
+
+        Raises :class:`HandshakeRejected` if a handshake that was pending (a deferred or
+        async ``authenticate``) has been refused since :meth:`TestClient.connect`.
+        """
         self._pipe.client.pump()
+        self._raise_rejection()
         if self._messages:
             return self._messages.popleft()
         if self.close_code is not None:

@@ -298,3 +298,23 @@ def test_handshakes_still_deciding_hold_their_places() -> None:
     late.send(upgrade_request("/l"))  # the refused handshake gave its place back
     assert len(decisions) == 3
     assert router.channels["/l"]._admitted == 2
+
+
+def test_a_later_refusal_reaches_the_test_client() -> None:
+    from spoc_sockets import Deferred
+    from spoc_sockets.testing import HandshakeRejected, TestClient
+
+    class Later(ChannelServer):
+        decision = Deferred()
+
+        def authenticate(self, request: Request) -> object:
+            return self.decision
+
+    router = router_with("/l", Later())
+    with TestClient(router) as client:
+        ws = client.connect("/l")
+        assert not ws.open
+        Later.decision.reject(401, "no")
+        with pytest.raises(HandshakeRejected) as refused:
+            ws.receive()
+        assert (refused.value.status, refused.value.body) == (401, b"no")
