@@ -1,6 +1,7 @@
 """spoc_sockets: routed, real-time WebSocket channels.
 
-The public names, re-exported from the modules that own them.
+The public names, re-exported from the modules that own them; also the Node module's
+names (``create_chat_server``, ``create_stream_server``, ``setup_websocket_handlers``).
 """
 
 from .channel import ChannelServer, Connection, ConnectionState, Deferred
@@ -9,6 +10,7 @@ from .errors import CloseCode, ProtocolError, Reject, SpocSocketsError, UsageErr
 from .hub import Hub
 from .request import Headers, Query, Request
 from .router import Response, Router
+from .seed import create_chat_server, create_stream_server, setup_websocket_handlers
 
 __all__ = [
     "ChannelServer",
@@ -27,6 +29,9 @@ __all__ = [
     "ServerConnection",
     "SpocSocketsError",
     "UsageError",
+    "create_chat_server",
+    "create_stream_server",
+    "setup_websocket_handlers",
 ]
 
 __version__ = "0.1.0"

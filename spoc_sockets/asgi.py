@@ -16,7 +16,7 @@ an asyncio event loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
 from .channel import CloseRequest, Outgoing
@@ -33,7 +33,13 @@ ASGI = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def _request(scope: Scope) -> Request:
+    """The scope as a :class:`~spoc_sockets.Request`, its path relative to the mount
+    point: ``root_path`` (set by Starlette's ``Mount``, or uvicorn's ``--root-path``) is
+    cut off the front of the raw path when it starts with it."""
     raw_path = scope.get("raw_path") or scope["path"].encode()
+    root = (scope.get("root_path") or "").encode()
+    if root and raw_path.startswith(root):
+        raw_path = raw_path[len(root) :]
     query = scope.get("query_string", b"")
     target = raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
     headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
@@ -83,19 +89,31 @@ class ASGIApp:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
         woken = asyncio.Event()
+        readable = asyncio.Event()  # set while the session takes input
+        hooks: set[asyncio.Task[None]] = set()
 
         def wakeup() -> None:
             loop.call_soon_threadsafe(woken.set)
+
+        def spawn(coroutine: Coroutine[object, None, None]) -> None:
+            task = loop.create_task(coroutine)
+            hooks.add(task)
+            task.add_done_callback(hooks.discard)
 
         first = await receive()
         if first["type"] != "websocket.connect":
             return
         session = MessageSession(
-            self.router, _request(scope), loop.time(), wakeup, refusing=self._refusing
+            self.router,
+            _request(scope),
+            loop.time(),
+            wakeup,
+            refusing=self._refusing,
+            spawn=spawn,
         )
         self._sessions.add(session)
         denial = "websocket.http.response" in scope.get("extensions", {})
-        reader = asyncio.ensure_future(self._read(session, receive, loop))
+        reader = asyncio.ensure_future(self._read(session, receive, loop, readable))
         try:
             while True:
                 actions = session.actions(loop.time())
@@ -104,6 +122,8 @@ class ASGIApp:
                 session.delivered(actions)
                 if session.done:
                     return
+                if not session.input_paused:
+                    readable.set()
                 deadline = session.next_deadline()
                 timeout = None if deadline is None else max(0.0, deadline - loop.time())
                 waiter = asyncio.ensure_future(woken.wait())
@@ -124,11 +144,17 @@ class ASGIApp:
 
     @staticmethod
     async def _read(
-        session: MessageSession, receive: Receive, loop: asyncio.AbstractEventLoop
+        session: MessageSession,
+        receive: Receive,
+        loop: asyncio.AbstractEventLoop,
+        readable: asyncio.Event,
     ) -> None:
         while True:
             message = await receive()
             if message["type"] == "websocket.receive":
+                while session.input_paused:  # an async hook runs: this message waits
+                    readable.clear()
+                    await readable.wait()
                 text = message.get("text")
                 session.receive(text if text is not None else message["bytes"], loop.time())
             elif message["type"] == "websocket.disconnect":
@@ -163,12 +189,15 @@ class ASGIApp:
         await send({"type": f"{prefix}.body", "body": body})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        """Run :meth:`shutdown` at the lifespan shutdown; the fallback (a Starlette or
+        """Run :meth:`shutdown` at the lifespan shutdown, and serve again after a new
+        startup (a test suite runs one lifespan per test); the fallback (a Starlette or
         FastAPI app, say) still sees every lifespan event and answers them."""
 
         async def receive_and_shut_down() -> MutableMapping[str, Any]:
             message = await receive()
-            if message["type"] == "lifespan.shutdown":
+            if message["type"] == "lifespan.startup":
+                self._refusing = False
+            elif message["type"] == "lifespan.shutdown":
                 await self.shutdown()
             return message
 

@@ -13,20 +13,27 @@ feed, every timer and every wake-up (a send from another task or thread), the se
 writes what the core returns and closes the transports the core is done with. One
 ``loop.call_at`` timer follows the hub's earliest deadline. The transport's flow control
 reaches the core (``pause_writing`` / ``resume_writing``), so a slow reader's backlog
-stays in the core, where the channel's ``max_buffered_amount`` bounds it.
+stays in the core, where the channel's ``max_buffered_amount`` bounds it; and reading
+pauses while the core holds input for a connection's next turn (``input_paused``).
+
+The server accepts connections itself (one reader per listening socket): when the
+process runs out of file descriptors it stops accepting, logs one warning, and starts
+again as soon as one of its connections closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
+from ._listen import bind
 from .hub import Hub
 from .router import Router
 
@@ -37,7 +44,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Server", "serve"]
 
-logger = logging.getLogger("spoc_sockets")
+logger = logging.getLogger("spoc_sockets.server")
+
+_ACCEPT_BATCH = 64
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: Seconds before accepting again after running out of resources with no connection
+#: of this server's own to wait for.
+_ACCEPT_RETRY = 1.0
 
 
 class _Protocol(asyncio.Protocol):
@@ -48,6 +61,7 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.conn: ServerConnection | None = None
         self.paused = False
+        self.reading = True
         self.lost = False
         self._drain: asyncio.TimerHandle | None = None
 
@@ -58,7 +72,6 @@ class _Protocol(asyncio.Protocol):
         peer = (str(peername[0]), int(peername[1])) if isinstance(peername, tuple) else None
         server._protocols[self] = None
         self.conn = server.hub.open(server._loop.time(), peer=peer, transport=self)
-        logger.debug("connection from %s", peer)
         server._flush()  # the new handshake deadline may be the earliest: rearm
 
     def data_received(self, data: bytes) -> None:
@@ -79,8 +92,8 @@ class _Protocol(asyncio.Protocol):
         server = self.server
         if self.conn is not None:
             self.conn.receive_data(b"", server._loop.time())
-            logger.debug("connection from %s closed", self.conn.peer)
         server._protocols.pop(self, None)
+        server._resume_accepting()
         server._flush()
 
     def pause_writing(self) -> None:
@@ -92,6 +105,15 @@ class _Protocol(asyncio.Protocol):
         self.paused = False
         if self.conn is not None:
             self.conn.resume_writing()  # makes the connection pending: the hub wakes us
+
+    def follow_input(self, paused: bool) -> None:
+        """Pause reading while the core holds input for this connection's next turn."""
+        if paused == self.reading and self.transport is not None and not self.lost:
+            self.reading = not paused
+            if paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
         if not self.lost and self.transport is not None and not self.transport.is_closing():
@@ -128,7 +150,7 @@ class Server:
     ) -> None:
         self.router = router
         #: the core's side of this server
-        self.hub = Hub(router, self._wakeup)
+        self.hub = Hub(router, self._wakeup, self._spawn)
         #: seconds a graceful :meth:`close` may take before the remaining transports are
         #: dropped (``None``: no bound but the channels' ``close_timeout``)
         self.shutdown_timeout = shutdown_timeout
@@ -137,7 +159,10 @@ class Server:
         self._ssl = ssl
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
-        self._listener: asyncio.AbstractServer | None = None
+        self._listeners: list[socket.socket] = []
+        self._accepting = False
+        self._adopting: set[asyncio.Task[None]] = set()
+        self._hooks: set[asyncio.Task[None]] = set()  # async hooks running
         self._port: int | None = None
         self._protocols: dict[_Protocol, None] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -152,14 +177,57 @@ class Server:
             raise RuntimeError("this server has no listener (it was started with port=None)")
         return self._port
 
-    async def _listen(self, host: str | None, port: int, backlog: int) -> None:
-        self._listener = await self._loop.create_server(
-            self._protocol, host, port, backlog=backlog, ssl=self._ssl, **self._ssl_options()
-        )
-        names = [s.getsockname() for s in self._listener.sockets]
+    async def _listen(self, host: str | None, port: int, backlog: int, reuse_port: bool) -> None:
+        self._listeners = bind(host, port, backlog, reuse_port)
+        names = [s.getsockname() for s in self._listeners]
         self._port = int(names[0][1])
+        self._resume_accepting()
         scheme = "wss" if self._ssl is not None else "ws"
         logger.info("serving on %s", ", ".join(f"{scheme}://{n[0]}:{n[1]}" for n in names))
+
+    def _spawn(self, coroutine: Coroutine[object, None, None]) -> None:
+        """Run an async hook's coroutine for the core (it reports back when done)."""
+        task = self._loop.create_task(coroutine)
+        self._hooks.add(task)
+        task.add_done_callback(self._hooks.discard)
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    logger.warning("accept failed: %s", exc)
+                    return
+                logger.warning("accept failed (%s): not accepting until a connection closes", exc)
+                self._pause_accepting()
+                return
+            task = self._loop.create_task(self._adopt_accepted(sock))
+            self._adopting.add(task)
+            task.add_done_callback(self._adopting.discard)
+
+    async def _adopt_accepted(self, sock: socket.socket) -> None:
+        try:
+            await self.adopt(sock)
+        except Exception as exc:  # a failed TLS handshake, a reset...
+            logger.debug("could not set up a connection: %r", exc)
+            sock.close()
+
+    def _pause_accepting(self) -> None:
+        for listener in self._listeners:
+            self._loop.remove_reader(listener)
+        self._accepting = False
+        if not self._protocols:  # no connection of ours to wait for
+            self._loop.call_later(_ACCEPT_RETRY, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        if self._accepting or self._closing or not self._listeners:
+            return
+        self._accepting = True
+        for listener in self._listeners:
+            self._loop.add_reader(listener, self._accept, listener)
 
     def _ssl_options(self) -> dict[str, Any]:
         # the TLS handshake is part of the opening handshake: the same bound applies
@@ -203,8 +271,7 @@ class Server:
             return
         self._closing = True
         try:
-            if self._listener is not None:
-                self._listener.close()
+            self._stop_listening()
             logger.info("shutting down (%d connections)", len(self.hub.connections))
             self.hub.shutdown()
             self._flush()
@@ -223,14 +290,23 @@ class Server:
                         proto.transport.abort()
                 while self._protocols:  # connection_lost follows abort within a loop turn
                     await asyncio.sleep(0)
-                if self._listener is not None:
-                    await self._listener.wait_closed()
             finally:
                 if self._timer is not None:
                     self._timer.cancel()
                     self._timer = None
+                for task in list(self._hooks):  # on_close hooks may still be running
+                    task.cancel()
                 self._closed.set()
                 logger.info("server closed")
+
+    def _stop_listening(self) -> None:
+        for task in self._adopting:
+            task.cancel()
+        for listener in self._listeners:
+            if self._accepting:
+                self._loop.remove_reader(listener)
+            listener.close()
+        self._accepting = False
 
     async def wait_closed(self) -> None:
         """Wait until :meth:`close` has finished."""
@@ -263,6 +339,8 @@ class Server:
                 proto.write(data)
             if conn.should_close:
                 proto.finish()
+            else:
+                proto.follow_input(conn.input_paused)
         self._rearm()
         flushed, self._flushed = self._flushed, []
         for future in flushed:
@@ -298,6 +376,7 @@ async def serve(
     *,
     ssl: SSLContext | None = None,
     backlog: int = 100,
+    reuse_port: bool = False,
     shutdown_timeout: float | None = 30.0,
     drain_timeout: float = 5.0,
 ) -> AsyncIterator[Server]:
@@ -310,6 +389,8 @@ async def serve(
     :param ssl: an :class:`ssl.SSLContext` (server side) to serve ``wss://``; the TLS
         handshake is bounded by the router's ``handshake_timeout``.
     :param backlog: the listen queue length.
+    :param reuse_port: set ``SO_REUSEPORT``, so that several processes serve one port
+        (where the system has it; ``ValueError`` elsewhere).
     :param shutdown_timeout: seconds a graceful shutdown may take before the remaining
         transports are dropped; ``None`` for no bound but the channels' ``close_timeout``.
     :param drain_timeout: seconds a closing transport may take to write its last bytes
@@ -319,7 +400,7 @@ async def serve(
     """
     server = Server(router, ssl=ssl, shutdown_timeout=shutdown_timeout, drain_timeout=drain_timeout)
     if port is not None:
-        await server._listen(host, port, backlog)
+        await server._listen(host, port, backlog, reuse_port)
     try:
         yield server
     finally:

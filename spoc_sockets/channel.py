@@ -11,21 +11,53 @@ which is why it is safe from any task or thread.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import logging
-from collections.abc import Callable, Collection, Iterable, Sequence
+import re
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, ClassVar, Literal, Protocol
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    Protocol,
+    TypedDict,
+    TypeVar,
+    cast,
+)
 
 from .errors import CloseCode, Reject, UsageError
 from .frames import OP_BINARY, OP_TEXT, frame_header
+from .limits import check_number
 from .request import Request
 
-__all__ = ["ChannelServer", "Connection", "ConnectionState", "Deferred", "Outgoing"]
+if TYPE_CHECKING:
+    from typing_extensions import TypeVar as DefaultTypeVar
+    from typing_extensions import Unpack
 
-logger = logging.getLogger("spoc_sockets")
+    #: The principal's type: what ``authenticate`` returns, :attr:`Connection.user`.
+    U = DefaultTypeVar("U", default=object)
+else:
+    U = TypeVar("U")
+
+__all__ = [
+    "ChannelOptions",
+    "ChannelServer",
+    "Connection",
+    "ConnectionState",
+    "Deferred",
+    "Origins",
+    "Outgoing",
+    "Subprotocols",
+]
+
+#: Errors of application code: hooks and HTTP routes (with their traceback).
+logger = logging.getLogger("spoc_sockets.hooks")
 
 Message = str | bytes
 
@@ -110,8 +142,11 @@ def check_close(code: int, reason: str) -> None:
 _ids = itertools.count(1)
 
 
-class Connection:
+class Connection(Generic[U]):
     """One upgraded client of a channel, as the channel's hooks see it.
+
+    Generic in the principal's type: in a ``ChannelServer[User]``, hooks receive a
+    ``Connection[User]`` whose :attr:`user` is a ``User``.
 
     :meth:`send`, :meth:`send_json` and :meth:`close` may be called from any task or
     thread: they queue, and the adapter that owns the transport writes. A message sent
@@ -121,10 +156,16 @@ class Connection:
     __slots__ = (
         "__weakref__",
         "_link",
+        "bytes_in",
+        "bytes_out",
         "channel",
         "dropped",
         "id",
+        "messages_in",
+        "messages_out",
+        "opened_at",
         "request",
+        "route",
         "subprotocol",
         "user",
     )
@@ -132,12 +173,20 @@ class Connection:
     def __init__(
         self,
         link: Link,
-        channel: ChannelServer,
+        channel: ChannelServer[U],
         request: Request,
-        user: object,
+        user: U,
         subprotocol: str | None,
+        route: str = "",
+        opened_at: float = 0.0,
     ) -> None:
         self._link = link
+        #: the path the channel is registered at (``/stream/{stream_id}``)
+        self.route = route
+        #: when the handshake was accepted (the core's clock)
+        self.opened_at = opened_at
+        #: messages and payload bytes received from the client, and queued for it
+        self.messages_in = self.bytes_in = self.messages_out = self.bytes_out = 0
         #: the channel that accepted this connection
         self.channel = channel
         #: the upgrade request
@@ -225,10 +274,36 @@ class Deferred:
 
 
 Overflow = Literal["close", "drop"]
+#: The types ``origins`` takes: a collection, never a plain ``str``.
+Origins = tuple[str | None, ...] | list[str] | list[str | None] | set[str] | frozenset[str | None]
+#: The types ``subprotocols`` takes: a sequence, never a plain ``str``.
+Subprotocols = tuple[str, ...] | list[str]
 
 
-class ChannelServer:
+class ChannelOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`ChannelServer` (its options, documented there)."""
+
+    max_message_size: int | None
+    max_fragments: int | None
+    origins: Origins | None
+    subprotocols: Subprotocols
+    compression: bool
+    ping_interval: float | None
+    ping_timeout: float | None
+    close_timeout: float
+    idle_timeout: float | None
+    max_control_rate: float | None
+    max_connections: int | None
+    max_buffered_amount: int
+    overflow: Overflow
+
+
+class ChannelServer(Generic[U]):
     """Base class of a channel: override the hooks, set the options.
+
+    Generic in the principal's type (``ChannelServer[User]``: ``authenticate`` returns a
+    ``User`` and every hook's ``conn.user`` is one); a plain ``ChannelServer`` is
+    ``ChannelServer[object]``.
 
     Options are class attributes with documented defaults; the constructor takes the
     same names as keyword arguments::
@@ -246,12 +321,18 @@ class ChannelServer:
     #: Largest message accepted, in bytes (after decompression); larger closes with 1009.
     #: ``None`` means no limit.
     max_message_size: int | None = 2**20
-    #: Allowed ``Origin`` values; ``None`` allows any. Put ``None`` in the list to allow
-    #: clients that send no Origin (non-browser clients). Refused with HTTP 403.
-    origins: Sequence[str | None] | None = None
+    #: Most frames one message may arrive in (a message and its continuation frames);
+    #: more closes with 1009. ``None`` means no limit.
+    max_fragments: int | None = 1024
+    #: Allowed ``Origin`` values, compared exactly (ASCII case-insensitively), e.g.
+    #: ``("https://learn.example.com",)``; ``None`` allows any. Put ``None`` in the
+    #: collection to allow clients that send no Origin (non-browser clients). Refused
+    #: with HTTP 403. A plain string is refused with :class:`UsageError`: write a tuple.
+    origins: Origins | None = None
     #: Subprotocols this channel speaks, preferred first. When the client offers some
-    #: and none is here, the handshake is refused with HTTP 400.
-    subprotocols: Sequence[str] = ()
+    #: and none is here, the handshake is refused with HTTP 400. A plain string is
+    #: refused with :class:`UsageError`: write a tuple.
+    subprotocols: Subprotocols = ()
     #: Accept permessage-deflate (RFC 7692) when the client offers it.
     compression: bool = False
     #: Seconds between keepalive pings; ``None`` disables them.
@@ -260,6 +341,15 @@ class ChannelServer:
     ping_timeout: float | None = 20.0
     #: Seconds to wait for the peer's close frame after sending ours.
     close_timeout: float = 10.0
+    #: Seconds without a message from the client before the connection is closed with
+    #: 1001 ``"idle timeout"`` (pings and pongs do not count); ``None`` means never.
+    idle_timeout: float | None = None
+    #: Ping and pong frames a client may send per second, counted over 10-second
+    #: windows; more closes with 1008. ``None`` means no limit.
+    max_control_rate: float | None = 10.0
+    #: Most open connections this channel holds; more are refused with HTTP 503.
+    #: ``None`` means no limit.
+    max_connections: int | None = None
     #: Most bytes queued for one client before ``overflow`` applies.
     max_buffered_amount: int = 4 * 2**20
     #: What happens to a message that would exceed ``max_buffered_amount``:
@@ -269,65 +359,89 @@ class ChannelServer:
 
     OPTIONS: ClassVar[tuple[str, ...]] = (
         "max_message_size",
+        "max_fragments",
         "origins",
         "subprotocols",
         "compression",
         "ping_interval",
         "ping_timeout",
         "close_timeout",
+        "idle_timeout",
+        "max_control_rate",
+        "max_connections",
         "max_buffered_amount",
         "overflow",
     )
+    #: The hooks (``async def`` is allowed for the first four where the server awaits
+    #: them: see :func:`check_hooks`).
+    HOOKS: ClassVar[tuple[str, ...]] = (
+        "authenticate",
+        "on_connect",
+        "on_message",
+        "on_close",
+        "check_origin",
+        "select_subprotocol",
+    )
 
-    def __init__(self, **options: Any) -> None:
+    _allowed: frozenset[str | None] | None  # origins, as check_origin looks them up
+
+    def __init__(self, **options: Unpack[ChannelOptions]) -> None:
         for name, value in options.items():
             if name not in self.OPTIONS:
                 raise UsageError(f"{type(self).__name__} has no option {name!r}")
             setattr(self, name, value)
         self._check_options()
-        self._clients: dict[Connection, None] = {}
+        self._clients: dict[Connection[U], None] = {}
 
     def _check_options(self) -> None:
-        """Refuse option values that would misbehave (a zero interval would spin)."""
-        positive = {
-            "max_message_size": self.max_message_size,
-            "ping_interval": self.ping_interval,
-            "ping_timeout": self.ping_timeout,
-        }
-        for name, value in positive.items():
-            if value is not None and not value > 0:
-                raise UsageError(f"{name} is a positive number or None, not {value!r}")
-        if not self.close_timeout > 0 or not self.max_buffered_amount > 0:
-            raise UsageError("close_timeout and max_buffered_amount are positive numbers")
+        """Refuse option values that would misbehave, naming the option and the value."""
+        for name in ("max_message_size", "max_fragments", "max_connections"):
+            check_number(name, getattr(self, name), integer=True, optional=True)
+        for name in ("ping_interval", "ping_timeout", "idle_timeout", "max_control_rate"):
+            check_number(name, getattr(self, name), integer=False, optional=True)
+        check_number("close_timeout", self.close_timeout, integer=False, optional=False)
+        check_number("max_buffered_amount", self.max_buffered_amount, True, optional=False)
+        if not isinstance(self.compression, bool):
+            raise UsageError(f"compression is True or False, not {self.compression!r}")
         if self.overflow not in ("close", "drop"):
             raise UsageError(f"overflow is 'close' or 'drop', not {self.overflow!r}")
+        self._allowed = _check_origins(self.origins)
+        self.subprotocols = _check_subprotocols(self.subprotocols)
 
     # -- hooks ----------------------------------------------------------------------
 
-    def authenticate(self, request: Request) -> object:
+    def authenticate(self, request: Request) -> U | Deferred | Awaitable[U]:
         """Decide whether ``request`` may connect.
 
         Return the principal (available as :attr:`Connection.user`), raise
         :class:`~spoc_sockets.Reject` to refuse with an HTTP status, or return a
-        :class:`Deferred` and decide later. The default accepts everyone as ``None``.
+        :class:`Deferred` and decide later; ``async def`` is awaited where the server
+        runs coroutines. The default accepts everyone as ``None`` (a channel typed with
+        a principal, ``ChannelServer[User]``, overrides it).
         """
+        return cast("U", None)
+
+    def on_connect(self, conn: Connection[U]) -> Awaitable[None] | None:
+        """Called once the handshake succeeded; ``conn`` is now in :attr:`clients`."""
         return None
 
-    def on_connect(self, conn: Connection) -> None:
-        """Called once the handshake succeeded; ``conn`` is now in :attr:`clients`."""
-
-    def on_message(self, conn: Connection, message: str | bytes) -> None:
+    def on_message(self, conn: Connection[U], message: str | bytes) -> Awaitable[None] | None:
         """Called for every complete message: ``str`` for text, ``bytes`` for binary."""
+        return None
 
-    def on_close(self, conn: Connection, code: int, reason: str) -> None:
+    def on_close(self, conn: Connection[U], code: int, reason: str) -> Awaitable[None] | None:
         """Called once when the connection ends (1006 if the transport was lost)."""
+        return None
 
     # -- negotiation ----------------------------------------------------------------
 
     def check_origin(self, request: Request) -> None:
         """Raise :class:`Reject` (403) unless :attr:`origins` allows the request."""
-        if self.origins is not None and request.origin not in self.origins:
-            raise Reject(403, f"origin {request.origin or '(none)'} is not allowed")
+        if self._allowed is None:
+            return
+        origin = request.origin
+        if (origin.lower() if origin is not None else None) not in self._allowed:
+            raise Reject(403, "origin not allowed" if origin else "an Origin header is required")
 
     def select_subprotocol(self, request: Request) -> str | None:
         """Pick the subprotocol (this channel's preference wins), or raise Reject(400)."""
@@ -342,15 +456,15 @@ class ChannelServer:
     # -- fan-out --------------------------------------------------------------------
 
     @property
-    def clients(self) -> frozenset[Connection]:
+    def clients(self) -> frozenset[Connection[U]]:
         """The open connections of this channel (a snapshot)."""
         return frozenset(self._clients)
 
     def broadcast(
         self,
         message: str | bytes,
-        exclude: Connection | Collection[Connection] = (),
-        to: Iterable[Connection] | None = None,
+        exclude: Connection[U] | Collection[Connection[U]] = (),
+        to: Iterable[Connection[U]] | None = None,
     ) -> None:
         """Send ``message`` to every open client (or to those of ``to``) but ``exclude``.
 
@@ -367,37 +481,146 @@ class ChannelServer:
     def _handshake(self, request: Request) -> tuple[str | None, object]:
         """Origin, subprotocol, then authentication: ``(subprotocol, decision)``.
 
-        The decision is the user, or a :class:`Deferred`; a refusal raises
+        The decision is the user, a :class:`Deferred`, or an awaitable (an ``async def``
+        ``authenticate``) of what :func:`verdict` then judges; a refusal raises
         :class:`Reject`.
         """
         self.check_origin(request)
         subprotocol = self.select_subprotocol(request)
-        return subprotocol, self.authenticate(request)
+        decision = self.authenticate(request)
+        if isinstance(decision, Deferred) or inspect.isawaitable(decision):
+            return subprotocol, decision
+        return subprotocol, verdict(decision)[0]
 
-    def _opened(self, conn: Connection) -> bool:
-        """Register ``conn`` and run :meth:`on_connect`; False if the hook failed."""
+    def _opened(self, conn: Connection[U]) -> Outcome:
+        """Register ``conn`` and run :meth:`on_connect`."""
         self._clients[conn] = None
-        return _guard(self.on_connect, conn)
+        return _call(self.on_connect, conn)
 
-    def _received(self, conn: Connection, message: Message) -> bool:
-        """Run :meth:`on_message`; False if the hook failed (the core closes with 1011)."""
-        return _guard(self.on_message, conn, message)
+    def _received(self, conn: Connection[U], message: Message) -> Outcome:
+        """Run :meth:`on_message` (a failure closes the connection with 1011)."""
+        return _call(self.on_message, conn, message)
 
-    def _leaving(self, conn: Connection) -> None:
+    def _leaving(self, conn: Connection[U]) -> None:
         """``conn`` started closing: broadcasts skip it from now on."""
         self._clients.pop(conn, None)
 
-    def _closed(self, conn: Connection, code: int, reason: str) -> None:
+    def _closed(self, conn: Connection[U], code: int, reason: str) -> Outcome:
         """``conn`` is finished: run :meth:`on_close`."""
         self._clients.pop(conn, None)
-        _guard(self.on_close, conn, code, reason)
+        return _call(self.on_close, conn, code, reason)
 
 
-def _guard(hook: Callable[..., object], *args: object) -> bool:
+#: What running a hook gave: True (done), False (it raised: logged), or the awaitable an
+#: ``async def`` hook returned, for the adapter to run (see :func:`settle`).
+Outcome = bool | Awaitable[object]
+
+
+def _call(hook: Callable[..., object], *args: object) -> Outcome:
     """Run a hook; log what it raises (the peer never sees exception text)."""
     try:
-        hook(*args)
+        result = hook(*args)
     except Exception:
-        logger.exception("%s raised", getattr(hook, "__qualname__", hook))
+        logger.exception("%s raised", _name(hook))
         return False
+    if inspect.isawaitable(result):
+        return result
     return True
+
+
+def verdict(decision: object) -> tuple[object]:
+    """What ``authenticate`` returned, as the principal (in a 1-tuple); a returned
+    :class:`Reject` is raised, and ``False`` refuses with 403, as raising would."""
+    if isinstance(decision, Reject):
+        raise decision
+    if decision is False:
+        raise Reject(403, "forbidden")
+    if inspect.isawaitable(decision):
+        discard(decision)
+        raise UsageError("authenticate returned an awaitable from its awaitable")
+    return (decision,)
+
+
+async def settle(awaitable: Awaitable[object], done: Callable[[bool, object], None]) -> None:
+    """Await a hook's awaitable for an adapter that runs coroutines, then call
+    ``done(True, result)``, or ``done(False, exception)`` if it raised (logged unless it
+    is a :class:`Reject`). A cancellation (the server stopping) reports a failure too."""
+    try:
+        result = await awaitable
+    except Reject as reject:
+        done(False, reject)
+    except Exception as exc:
+        logger.exception("an async hook raised")
+        done(False, exc)
+    except BaseException as exc:  # cancelled: the connection must not wait for ever
+        done(False, exc)
+        raise
+    else:
+        done(True, result)
+
+
+#: How an adapter that runs coroutines takes one from the core (``None``: it cannot).
+Spawn = Callable[[Coroutine[object, None, None]], None]
+
+
+_ASYNC_HINT = (
+    "this server runs hooks as plain functions (def, not async def): serve the router "
+    "with the asyncio or trio adapter, ASGIApp or TestClient to await them, or start the "
+    "I/O from a plain hook and send from its callback, or defer a handshake with Deferred"
+)
+
+
+def _name(hook: Callable[..., object]) -> str:
+    return str(getattr(hook, "__qualname__", hook))
+
+
+def discard(awaitable: object) -> None:
+    """Close a coroutine that will never be awaited (no "never awaited" warning)."""
+    close = getattr(awaitable, "close", None)
+    if callable(close):
+        close()
+
+
+def check_hooks(channel: ChannelServer, *, awaited: bool) -> None:
+    """Raise :class:`UsageError` for an ``async def`` hook that would never run:
+    ``check_origin`` and ``select_subprotocol`` always, the others unless ``awaited``
+    (the server runs coroutines)."""
+    for name in ChannelServer.HOOKS:
+        hook = getattr(channel, name)
+        if not (inspect.iscoroutinefunction(hook) or inspect.isasyncgenfunction(hook)):
+            continue
+        if name in ("check_origin", "select_subprotocol"):
+            raise UsageError(f"{type(channel).__name__}.{name} is async def: it must be a def")
+        if not awaited or inspect.isasyncgenfunction(hook):
+            raise UsageError(f"{type(channel).__name__}.{name} is async def: {_ASYNC_HINT}")
+
+
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+", re.ASCII)
+
+
+def _check_origins(origins: object) -> frozenset[str | None] | None:
+    """``origins`` as the set :meth:`ChannelServer.check_origin` looks up (lower case)."""
+    if origins is None:
+        return None
+    if isinstance(origins, (str, bytes)) or not isinstance(origins, Collection):
+        raise UsageError(f"origins is a collection such as a tuple, not {origins!r}")
+    allowed: set[str | None] = set()
+    for origin in origins:
+        if origin is not None and not (
+            isinstance(origin, str) and _ORIGIN.fullmatch(origin.lower())
+        ):
+            raise UsageError(f"{origin!r} is not an origin like 'https://host:port' (no path)")
+        allowed.add(origin.lower() if origin is not None else None)
+    return frozenset(allowed)
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _check_subprotocols(subprotocols: object) -> tuple[str, ...]:
+    if isinstance(subprotocols, (str, bytes)) or not isinstance(subprotocols, Sequence):
+        raise UsageError(f"subprotocols is a sequence such as a tuple, not {subprotocols!r}")
+    for protocol in subprotocols:
+        if not isinstance(protocol, str) or not _TOKEN.fullmatch(protocol):
+            raise UsageError(f"{protocol!r} is not a subprotocol name (an HTTP token)")
+    return tuple(subprotocols)

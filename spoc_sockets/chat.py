@@ -5,26 +5,117 @@ membership) goes through a :class:`~spoc_sockets.brokers.Broker`, in-process by 
 so several processes or machines can share rooms by giving their chat channels the same
 shared broker.
 
+Everything a client can make the server hold is bounded by a named option: rooms per
+server and per user, history per room (messages and bytes), how long an empty room's
+history is kept, and the size of every field. Every event is encoded once, before it is
+stored or sent, so nothing a client sends can break what another client receives.
+
 Built-in channels are applications of the core: unlike the protocol core, they read a
-wall clock (for message timestamps and the rate limit), through the ``clock`` option a
-test can replace.
+wall clock (for message timestamps, the rate limit and room expiry), through the
+``clock`` option a test can replace.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
+import re
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from .brokers import Broker, Event
+from .brokers import Broker, HistoryPage, RoomsFull
 from .brokers.memory import MemoryBroker
 from .channel import ChannelServer, Connection
-from .errors import CloseCode
+from .errors import CloseCode, Reject, UsageError
 from .request import Request
 
-__all__ = ["ChatServer", "TokenBucket", "create_chat_server"]
+__all__ = [
+    "USER_NAME",
+    "ChatServer",
+    "TokenBucket",
+    "check_options",
+    "create_chat_server",
+    "dump_json",
+    "is_loopback",
+    "load_json",
+]
+
+Event = dict[str, Any]
+
+logger = logging.getLogger("spoc_sockets")
+
+#: the user names ``trust_user_param`` (and the demo) accept: 1 to 32 letters, digits,
+#: ``.``, ``_`` or ``-``; ``guest-...`` is the server's own name for guests
+USER_NAME = re.compile(r"(?!guest-)[\w.-]{1,32}")
+
+#: largest integer ``ref`` (and ``since``) accepted: the largest a browser keeps exactly
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+# -- JSON at the door -------------------------------------------------------------------
+
+
+def load_json(message: str, max_depth: int) -> Event:
+    """``message`` as one JSON object nested at most ``max_depth`` levels (the object
+    itself is level 1); ``ValueError`` for anything else, whatever went wrong (syntax,
+    nesting too deep for the parser, ``NaN``, numbers too long...)."""
+    try:
+        data = json.loads(message, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError, TypeError):
+        raise ValueError("a message is one JSON object") from None
+    if not isinstance(data, dict):
+        raise ValueError("a message is one JSON object")
+    pending: list[tuple[dict[str, Any] | list[Any], int]] = [(data, 1)]
+    while pending:
+        container, depth = pending.pop()
+        if depth > max_depth:
+            raise ValueError(f"a message is nested at most {max_depth} levels deep")
+        items = container.values() if isinstance(container, dict) else container
+        pending.extend((item, depth + 1) for item in items if isinstance(item, (dict, list)))
+    return data
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def dump_json(obj: object) -> str:
+    """``obj`` as compact JSON text that is valid UTF-8; ``ValueError`` if it cannot be
+    (a lone surrogate, ``NaN``, a value JSON has no name for, nesting too deep)."""
+    try:
+        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text.encode()
+    except (ValueError, RecursionError, TypeError):
+        raise ValueError("not encodable as JSON text") from None
+    return text
+
+
+def check_options(channel: object, limits: dict[str, tuple[float, bool]]) -> None:
+    """Raise :class:`UsageError` unless each option named in ``limits`` is a number
+    (an ``int`` when so marked) of at least its least value."""
+    for name, (minimum, integer) in limits.items():
+        value = getattr(channel, name)
+        kinds = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not value >= minimum:
+            kind = "an integer" if integer else "a number"
+            raise UsageError(f"{name} is {kind} >= {minimum}, not {value!r}")
+
+
+def is_loopback(request: Request) -> bool:
+    """Whether ``request`` comes straight from this machine: a loopback peer, and no
+    proxy header saying it was forwarded for someone else."""
+    if request.peer is None or "forwarded" in request.headers:
+        return False
+    if "x-forwarded-for" in request.headers:
+        return False
+    try:
+        return ipaddress.ip_address(request.peer[0]).is_loopback
+    except ValueError:
+        return False
 
 
 class TokenBucket:
@@ -44,10 +135,6 @@ class TokenBucket:
         return False
 
 
-def _encode(event: Event) -> str:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-
-
 class ProtocolMistake(Exception):
     """A client message the chat refuses: answered with an ``error`` event."""
 
@@ -56,8 +143,17 @@ class ProtocolMistake(Exception):
         self.code = code
 
 
+def _since(data: Event, required: bool) -> int | None:
+    since = data.get("since")
+    if since is None and not required:
+        return None
+    if not isinstance(since, int) or isinstance(since, bool) or not 0 <= since <= MAX_SAFE_INTEGER:
+        raise ProtocolMistake("bad_field", "since is the id of the last message seen")
+    return since
+
+
 class ChatServer(ChannelServer):
-    """Chat rooms over one WebSocket: ``join``, ``leave``, ``post``, ``who``.
+    """Chat rooms over one WebSocket: ``join``, ``leave``, ``post``, ``who``, ``history``.
 
     Override :meth:`authenticate` (by default everyone is a guest), :meth:`can_join` and
     :meth:`can_post` for the platform's policy.
@@ -67,32 +163,58 @@ class ChatServer(ChannelServer):
     #: messages replayed to a client that joins without ``since``
     history_size: int = 50
     #: messages kept per room, for ``since`` (resume after a reconnection)
-    retention: int = 1000
+    max_history_messages: int = 1000
+    #: bytes (UTF-8 of the stored events) kept per room; the oldest go first
+    max_history_bytes: int = 256 * 1024
+    #: most history bytes in one ``joined`` or ``history`` reply (the rest: ask again)
+    history_page_bytes: int = 256 * 1024
+    #: seconds a room (its history and ids) is kept after its last member left
+    empty_room_timeout: float = 600.0
+    #: rooms this server holds at once, with members or empty and not yet expired
+    max_rooms_per_server: int = 1000
+    #: rooms one user may be in at once, over all their connections
+    max_rooms_per_user: int = 50
     #: longest ``text`` of a post, in characters (longer: error ``too_long``)
     max_text_length: int = 4000
+    #: longest room name, in characters
+    max_room_length: int = 100
+    #: longest string ``ref``, in characters
+    max_ref_length: int = 64
+    #: deepest nesting of a client message (1: an object of plain values)
+    max_json_depth: int = 1
     #: client messages a second allowed per connection, and the burst allowed
     rate: float = 5.0
     burst: float = 20.0
     #: consecutive rate-limited messages after which the connection is closed (1008)
     max_strikes: int = 20
-    #: rooms one connection may be in at once (one more: error ``too_many_rooms``)
-    max_rooms: int = 50
-    #: take the user id from ``?user=`` (for demos and tests only: anyone can claim it)
+    #: take the user id from ``?user=``: for tests only, as anyone can claim any name;
+    #: refused (403) unless the client connects from loopback, without proxy headers
     trust_user_param: bool = False
     #: where rooms live (``None``: a new in-process MemoryBroker)
     broker: Broker | None = None
-    #: the wall clock (seconds since the epoch) for timestamps and the rate limit
+    #: the wall clock (seconds since the epoch) for timestamps, the rate limit and expiry
     clock: Callable[[], float] = staticmethod(time.time)
 
+    #: the numeric options: (least value, whether it is an integer)
+    LIMITS: ClassVar[dict[str, tuple[float, bool]]] = {
+        "history_size": (0, True),
+        "max_history_messages": (1, True),
+        "max_history_bytes": (1, True),
+        "history_page_bytes": (1, True),
+        "empty_room_timeout": (0, False),
+        "max_rooms_per_server": (1, True),
+        "max_rooms_per_user": (1, True),
+        "max_text_length": (1, True),
+        "max_room_length": (1, True),
+        "max_ref_length": (1, True),
+        "max_json_depth": (1, True),
+        "rate": (0, False),
+        "burst": (1, False),
+        "max_strikes": (1, True),
+    }
     OPTIONS: ClassVar[tuple[str, ...]] = (
         *ChannelServer.OPTIONS,
-        "history_size",
-        "retention",
-        "max_text_length",
-        "rate",
-        "burst",
-        "max_strikes",
-        "max_rooms",
+        *LIMITS,
         "trust_user_param",
         "broker",
         "clock",
@@ -112,7 +234,23 @@ class ChatServer(ChannelServer):
             "leave": self._leave,
             "post": self._post,
             "who": self._who,
+            "history": self._history,
         }
+
+    def _check_options(self) -> None:
+        super()._check_options()
+        check_options(self, self.LIMITS)
+        if self.history_page_bytes > self.max_buffered_amount // 2:
+            raise UsageError(
+                f"history_page_bytes ({self.history_page_bytes}) is at most half of "
+                f"max_buffered_amount ({self.max_buffered_amount})"
+            )
+        if not isinstance(self.trust_user_param, bool):
+            raise UsageError(f"trust_user_param is True or False, not {self.trust_user_param!r}")
+        if self.broker is not None and not isinstance(self.broker, Broker):
+            raise UsageError(f"broker is a Broker or None, not {self.broker!r}")
+        if not callable(self.clock):
+            raise UsageError(f"clock is a function returning seconds, not {self.clock!r}")
 
     # -- policy hooks -------------------------------------------------------------------
 
@@ -120,11 +258,19 @@ class ChatServer(ChannelServer):
         """The user id, or ``None`` for a guest. Override it with the platform's
         authentication: :meth:`notify` reaches whoever is authenticated as that user.
 
-        By default everyone is a guest, unless ``trust_user_param`` is set (demos and
-        tests), which takes the id from ``?user=``: any client could claim any name."""
-        if self.trust_user_param:
-            return request.query.get("user") or None
-        return None
+        By default everyone is a guest, unless ``trust_user_param`` is set (tests),
+        which takes the id from ``?user=`` (see :data:`USER_NAME`) for clients on this
+        machine only: any of them could claim any name."""
+        if not self.trust_user_param:
+            return None
+        if not is_loopback(request):
+            raise Reject(403, "?user= is trusted only from loopback clients\n")
+        name = request.query.get("user")
+        if not name:
+            return None
+        if not USER_NAME.fullmatch(name):
+            raise Reject(400, "user is 1 to 32 letters, digits, '.', '_' or '-'\n")
+        return name
 
     def can_join(self, conn: Connection, room: str) -> bool:
         """Whether ``conn`` may join ``room`` (default: yes)."""
@@ -142,9 +288,23 @@ class ChatServer(ChannelServer):
 
     def notify(self, user: str, payload: Any) -> None:
         """Send ``payload`` to every connection of ``user``, in every process sharing the
-        broker. Safe from any task or thread."""
+        broker. Safe from any task or thread. :class:`UsageError` if ``payload`` cannot
+        be encoded as JSON."""
         assert self.broker is not None
-        self.broker.publish(f"user:{user}", {"type": "notification", "payload": payload})
+        try:
+            event = dump_json({"type": "notification", "payload": payload})
+        except ValueError:
+            raise UsageError(f"the payload is not encodable as JSON: {payload!r:.80}") from None
+        self.broker.publish(f"user:{user}", event)
+
+    def expire(self) -> None:
+        """Free the rooms empty for ``empty_room_timeout`` seconds. Runs on every client
+        message, leave and close, and from a timer when a room is waiting to expire, so
+        memory comes back even if nobody ever connects again."""
+        assert self.broker is not None
+        due = self.broker.expire(self.clock(), self.empty_room_timeout)
+        if due is not None:
+            _EXPIRY.schedule(self, due - self.clock())
 
     # -- connection life ----------------------------------------------------------------
 
@@ -158,7 +318,7 @@ class ChatServer(ChannelServer):
             self._users.setdefault(user, set()).add(conn)
         if first:
             self.broker.subscribe(f"user:{user}")
-        conn.send_json({"type": "welcome", "user": user})
+        conn.send(dump_json({"type": "welcome", "user": user}))
 
     def on_close(self, conn: Connection, code: int, reason: str) -> None:
         assert self.broker is not None
@@ -175,30 +335,46 @@ class ChatServer(ChannelServer):
                 self._users.pop(user, None)
         if last:
             self.broker.unsubscribe(f"user:{user}")
+        self.expire()
 
     def on_message(self, conn: Connection, message: str | bytes) -> None:
         ref = None
         try:
             if not self._admit(conn):
                 return
+            self.expire()
             if not isinstance(message, str):
                 raise ProtocolMistake("bad_message", "the chat protocol uses text messages")
             try:
-                data = json.loads(message)
-            except ValueError:
-                raise ProtocolMistake("bad_json", "a message is one JSON object") from None
-            if not isinstance(data, dict):
-                raise ProtocolMistake("bad_json", "a message is one JSON object")
-            ref = data.get("ref")
-            handler = self._handlers.get(data.get("type"))  # type: ignore[arg-type]
+                data = load_json(message, self.max_json_depth)
+            except ValueError as exc:
+                raise ProtocolMistake("bad_json", str(exc)) from None
+            ref = self._ref(data)
+            kind = data.get("type")
+            handler = self._handlers.get(kind) if isinstance(kind, str) else None
             if handler is None:
-                raise ProtocolMistake("unknown_type", f"unknown type {data.get('type')!r}")
+                raise ProtocolMistake("unknown_type", f"unknown type {kind!r:.40}")
             room = data.get("room")
-            if not isinstance(room, str) or not 0 < len(room) <= 100:
-                raise ProtocolMistake("bad_field", "room is a string of 1 to 100 characters")
+            if not isinstance(room, str) or not 0 < len(room) <= self.max_room_length:
+                limit = self.max_room_length
+                raise ProtocolMistake("bad_field", f"room is a string of 1 to {limit} characters")
+            if not room.isprintable():
+                raise ProtocolMistake("bad_field", "room has only printable characters")
             handler(conn, room, data)
         except ProtocolMistake as mistake:
             self._error(conn, mistake.code, str(mistake), ref)
+
+    def _ref(self, data: Event) -> str | int | None:
+        """The message's ``ref``, checked: echoed in answers, so bounded like the rest."""
+        ref = data.get("ref")
+        if ref is None:
+            return None
+        if isinstance(ref, str) and len(ref) <= self.max_ref_length and ref.isprintable():
+            return ref
+        if isinstance(ref, int) and not isinstance(ref, bool) and abs(ref) <= MAX_SAFE_INTEGER:
+            return ref
+        limit = self.max_ref_length
+        raise ProtocolMistake("bad_field", f"ref is an integer or a string of {limit} characters")
 
     def _admit(self, conn: Connection) -> bool:
         """The rate limit: False (and an error, or a close) when over it."""
@@ -214,47 +390,59 @@ class ChatServer(ChannelServer):
         return False
 
     @staticmethod
-    def _error(conn: Connection, code: str, message: str, ref: Any) -> None:
+    def _error(conn: Connection, code: str, message: str, ref: str | int | None) -> None:
         error: Event = {"type": "error", "code": code, "message": message}
         if ref is not None:
             error["ref"] = ref
-        conn.send_json(error)
+        conn.send(dump_json(error))
 
     # -- the client's requests ----------------------------------------------------------
 
     def _join(self, conn: Connection, room: str, data: Event) -> None:
         assert self.broker is not None
-        since = data.get("since")
-        if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
-            raise ProtocolMistake("bad_field", "since is the id of the last message seen")
+        since = _since(data, required=False)
         if room in self._joined[conn]:
             raise ProtocolMistake("already_joined", f"already in {room}")
-        if len(self._joined[conn]) >= self.max_rooms:
-            raise ProtocolMistake("too_many_rooms", f"at most {self.max_rooms} rooms at once")
+        user = self.user_id(conn)
+        with self._lock:
+            rooms: set[str] = set()
+            rooms.update(*(self._joined.get(c, ()) for c in self._users.get(user, ())))
+        if room not in rooms and len(rooms) >= self.max_rooms_per_user:
+            limit = self.max_rooms_per_user
+            raise ProtocolMistake("too_many_rooms", f"at most {limit} rooms at once")
         if not self.can_join(conn, room):
             raise ProtocolMistake("not_allowed", f"not allowed to join {room}")
+        try:
+            first_of_user = self.broker.join(room, user, self.max_rooms_per_server)
+        except RoomsFull:
+            raise ProtocolMistake("rooms_full", "the server holds all the rooms it can") from None
         with self._lock:
             self._joined[conn].add(room)
             first_here = room not in self._rooms
             self._rooms.setdefault(room, set()).add(conn)
         if first_here:
             self.broker.subscribe(f"room:{room}")
-        if since is None:
-            history, complete = self.broker.recent(room, self.history_size), True
-        else:
-            history, complete = self.broker.since(room, since)
-        first_of_user = self.broker.join(room, self.user_id(conn))
-        reply = {"type": "joined", "room": room, "members": self.broker.members(room)}
-        conn.send_json({**reply, "history": history, "complete": complete})
+        count = self.history_size if since is None else self.max_history_messages
+        page = self.broker.history(room, since, count, self.history_page_bytes)
+        members = self.broker.members(room)
+        conn.send(_page({"type": "joined", "room": room, "members": members}, page))
         if first_of_user:
-            presence = {"type": "presence", "room": room, "user": self.user_id(conn)}
-            self.broker.publish(f"room:{room}", {**presence, "event": "joined"})
+            presence = {"type": "presence", "room": room, "user": user, "event": "joined"}
+            self.broker.publish(f"room:{room}", dump_json(presence))
+
+    def _history(self, conn: Connection, room: str, data: Event) -> None:
+        assert self.broker is not None
+        since = _since(data, required=True)
+        if room not in self._joined[conn]:
+            raise ProtocolMistake("not_joined", f"join {room} before asking for its history")
+        page = self.broker.history(room, since, self.max_history_messages, self.history_page_bytes)
+        conn.send(_page({"type": "history", "room": room}, page))
 
     def _leave(self, conn: Connection, room: str, data: Event) -> None:
         if room not in self._joined[conn]:
             raise ProtocolMistake("not_joined", f"not in {room}")
         self._part(conn, room)
-        conn.send_json({"type": "left", "room": room})
+        conn.send(dump_json({"type": "left", "room": room}))
 
     def _part(self, conn: Connection, room: str) -> None:
         assert self.broker is not None
@@ -265,11 +453,13 @@ class ChatServer(ChannelServer):
             empty = not members
             if empty:
                 self._rooms.pop(room, None)
-        if self.broker.leave(room, self.user_id(conn)):
-            presence = {"type": "presence", "room": room, "user": self.user_id(conn)}
-            self.broker.publish(f"room:{room}", {**presence, "event": "left"})
+        user = self.user_id(conn)
+        if self.broker.leave(room, user, self.clock()):
+            presence = {"type": "presence", "room": room, "user": user, "event": "left"}
+            self.broker.publish(f"room:{room}", dump_json(presence))
         if empty:
             self.broker.unsubscribe(f"room:{room}")
+        self.expire()
 
     def _post(self, conn: Connection, room: str, data: Event) -> None:
         assert self.broker is not None
@@ -285,22 +475,84 @@ class ChatServer(ChannelServer):
         message: Event = {"type": "message", "room": room, "user": self.user_id(conn)}
         message.update(text=text, ts=self.clock())
         if data.get("ref") is not None:
-            message["ref"] = data["ref"]
-        self.broker.publish(f"room:{room}", self.broker.append(room, message, self.retention))
+            message["ref"] = data["ref"]  # checked by _ref
+        try:
+            encoded = dump_json(message)  # once: stored, replayed and fanned out as is
+        except ValueError:
+            raise ProtocolMistake("bad_field", "text is not valid Unicode") from None
+        stored = self.broker.append(
+            room, encoded, self.max_history_messages, self.max_history_bytes
+        )
+        self.broker.publish(f"room:{room}", stored)
 
     def _who(self, conn: Connection, room: str, data: Event) -> None:
         assert self.broker is not None
-        conn.send_json({"type": "members", "room": room, "members": self.broker.members(room)})
+        if room not in self._joined[conn]:
+            raise ProtocolMistake("not_joined", f"join {room} to see who is there")
+        members = self.broker.members(room)
+        conn.send(dump_json({"type": "members", "room": room, "members": members}))
 
     # -- fan-out from the broker --------------------------------------------------------
 
-    def _deliver(self, topic: str, event: Event) -> None:
+    def _deliver(self, topic: str, event: str) -> None:
         kind, _, name = topic.partition(":")
         with self._lock:
             source = self._rooms if kind == "room" else self._users
             recipients = list(source.get(name, ()))
         if recipients:
-            self.broadcast(_encode(event), to=recipients)
+            self.broadcast(event, to=recipients)
+
+
+class _ExpiryTimer:
+    """One daemon thread for every chat of the process: runs ``chat.expire()`` when a
+    room is due, so an idle server frees its rooms too. It keeps no chat alive."""
+
+    def __init__(self) -> None:
+        self._wake = threading.Condition()
+        self._due: dict[weakref.ref[ChatServer], float] = {}  # chat -> monotonic time
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, chat: ChatServer, delay: float) -> None:
+        """Run ``chat.expire()`` in ``delay`` seconds (or sooner, if already asked)."""
+        when = time.monotonic() + max(delay, 0.0)
+        with self._wake:
+            chat_ref = weakref.ref(chat)
+            if self._due.get(chat_ref, when + 1) <= when:
+                return
+            self._due[chat_ref] = when
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="spoc-chat-expiry")
+                self._thread.daemon = True
+                self._thread.start()
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                now = time.monotonic()
+                ready = [chat for chat, when in self._due.items() if when <= now]
+                for chat in ready:
+                    del self._due[chat]
+                if not ready:
+                    self._wake.wait(min(self._due.values()) - now if self._due else None)
+                    continue
+            for chat in ready:
+                server = chat()
+                try:
+                    if server is not None:
+                        server.expire()
+                except Exception:  # a broker's fault: the timer lives on for the others
+                    logger.exception("expiring the rooms of %r failed", server)
+
+
+_EXPIRY = _ExpiryTimer()
+
+
+def _page(head: Event, page: HistoryPage) -> str:
+    """A reply carrying a page of history: the stored texts are spliced in, not
+    decoded and encoded again."""
+    head = {**head, "complete": page.complete, "more": page.more}
+    return f'{dump_json(head)[:-1]},"history":[{",".join(page.messages)}]}}'
 
 
 def create_chat_server(**options: Any) -> ChatServer:

@@ -27,9 +27,8 @@ States (:class:`~spoc_sockets.ConnectionState`) and what moves them:
 
 from __future__ import annotations
 
-import logging
 import struct
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import replace
 from http import HTTPStatus
 from typing import TYPE_CHECKING, cast
@@ -52,7 +51,8 @@ from .channel import Message, Outgoing
 from .deflate import BoundedDeflate, negotiate
 from .endpoint import CLOSED, OPEN, Endpoint
 from .errors import CloseCode, ProtocolError
-from .handshake import accept_headers, check_upgrade, is_upgrade
+from .handshake import accept_headers, check_head, check_upgrade, is_upgrade
+from .limits import RateWindow
 from .request import Request
 from .router import Response, Router
 
@@ -61,9 +61,12 @@ if TYPE_CHECKING:
 
 __all__ = ["ServerConnection", "http_response"]
 
-logger = logging.getLogger("spoc_sockets")
 
 _PING = struct.Struct("!I")
+
+#: Frames (and other protocol events) one connection may have handled per turn of the
+#: adapter's loop; the rest wait, with reading paused, for its next turn.
+EVENTS_PER_TURN = 64
 
 
 def http_response(
@@ -122,6 +125,7 @@ class ServerConnection(Endpoint):
             h11.SERVER, max_incomplete_event_size=router.max_request_size
         )
         self._received = 0  # bytes of the request head (and what came with it)
+        self._head: bytearray | None = bytearray()  # those bytes, until the head is read
         self._key = ""
         self._extension: tuple[BoundedDeflate, str] | None = None
         self._ws: WSConnection | None = None
@@ -129,12 +133,17 @@ class ServerConnection(Endpoint):
         self._out: list[bytes] = []  # framed pieces for the transport
         self._kept = 0  # how many of them discarding must keep (the 101 response)
         self._paused = False
-        self._parts: list[Message] = []  # the message being received
+        self._events: Iterator[Event] | None = None  # events left over from the last turn
+        self._first: Message | None = None  # the first fragment of the message being received
+        self._rest: bytearray | None = None  # and the others' bytes (UTF-8 for text)
         self._size = 0
-        self._ping_payload: bytes | None = None
+        self._fragments = 0
+        self._control = RateWindow(now)
+        self._ping_payload: bytes | None = None  # the ping awaiting its pong
         self._ping_sent = 0.0
+        self._ping_base = 0.0  # when the keepalive interval last started
         self._pings = 0
-        super().__init__(router, now)
+        super().__init__(router, now, hub.spawn if hub is not None else None)
 
     # -- what the adapter calls -------------------------------------------------------
 
@@ -143,10 +152,18 @@ class ServerConnection(Endpoint):
         """True once the adapter should close the transport (after writing the output)."""
         return self.state is CLOSED
 
+    @property
+    def input_paused(self) -> bool:
+        """True while input read earlier waits for this connection's next turn (see
+        :data:`EVENTS_PER_TURN`) or for an async hook: the adapter stops reading from
+        the transport until the connection is pending again and this is false."""
+        return self._events is not None or self._busy
+
     def receive_data(self, data: bytes, now: float) -> None:
         """Feed bytes read from the transport; ``b""`` means the peer closed its side."""
         if self.state is CLOSED:
             return
+        self._clock = now
         with self._guard():
             if self._ws is None:
                 self._receive_handshake(data, now)
@@ -156,8 +173,11 @@ class ServerConnection(Endpoint):
     def data_to_send(self, now: float) -> bytes:
         """Everything to write now, coalesced; ``b""`` when nothing (or while paused)."""
         self._scheduled = False
+        self._clock = now
         with self._guard():
             self._take_decision(now)
+            if self._events is not None and not self._busy:
+                self._handle_events(now)
             if self._mailbox:
                 self._intake(now)
         if self._paused or not self._out:
@@ -214,6 +234,9 @@ class ServerConnection(Endpoint):
         self._buffered = sum(map(len, self._out))
 
     def _ended(self) -> None:
+        # free what the connection holds now, whatever keeps the connection object alive
+        self._h11 = self._ws = self._extension = self._events = self._head = None
+        self._first = self._rest = None
         if self.transport is not None:
             self.router.release(self.transport)
         if self._hub is not None:
@@ -227,6 +250,8 @@ class ServerConnection(Endpoint):
             self._finish(CloseCode.ABNORMAL_CLOSURE, "")
             return
         self._received += len(data)
+        if self._head is not None and len(self._head) <= self.router.max_request_size:
+            self._head += data  # the raw head, for check_head (h11 keeps no raw bytes)
         self._h11.receive_data(data)
         if self._deferred is not None:  # early frames wait in h11's buffer, bounded
             if len(self._h11.trailing_data[0]) > self.router.max_request_size:
@@ -239,6 +264,9 @@ class ServerConnection(Endpoint):
                 head = self._received - len(self._h11.trailing_data[0])
                 if head > self.router.max_request_size:
                     raise h11.RemoteProtocolError("request head too large", 431)
+                assert self._head is not None
+                raw, self._head = bytes(self._head[:head]), None
+                check_head(raw)
                 self._handle_request(event, now)
         except h11.RemoteProtocolError as exc:
             status = 431 if exc.error_status_hint == 431 else 400  # the table's answers only
@@ -251,6 +279,8 @@ class ServerConnection(Endpoint):
     def _handle_request(self, event: h11.Request, now: float) -> None:
         """Route and validate the request (raising ProtocolError), then decide."""
         assert self._h11 is not None
+        if len(event.headers) > self.router.max_headers:
+            raise ProtocolError(f"more than {self.router.max_headers} header lines", status=431)
         request = Request.parse(
             event.method.decode("latin-1"),
             event.target.decode("latin-1"),
@@ -264,13 +294,13 @@ class ServerConnection(Endpoint):
             if response is not None:
                 self._respond(response)
                 return
-        found = self.router.resolve(request.target.partition("?")[0])
-        if found is None:
+        route = self.router.resolve(request.target.partition("?")[0])
+        if route is None:
             raise ProtocolError(f"no channel at {request.path}", status=404)
-        channel, params = found
+        self._route, channel = route.path, route.channel
         self._key = check_upgrade(request, event.http_version.decode())
         self._h11.next_event()  # the EndOfMessage of a bodiless GET
-        request = replace(request, path_params=params)
+        request = replace(request, path_params=route.params)
         if channel.compression:
             self._extension = negotiate(request, channel.max_message_size)
         self._decide(channel, request, now)
@@ -304,23 +334,41 @@ class ServerConnection(Endpoint):
             self._finish(self._close_code, self._close_reason)
             return
         ws.receive_data(data)
-        for event in ws.events():
+        if self._events is None:
+            self._events = ws.events()
+        self._handle_events(now)
+
+    def _handle_events(self, now: float) -> None:
+        """Handle up to :data:`EVENTS_PER_TURN` events; keep the rest for the next turn."""
+        events = self._events
+        assert events is not None
+        for budget in range(EVENTS_PER_TURN, 0, -1):
+            if self._busy:  # an async hook runs: the rest waits until it is done
+                return
+            event = next(events, None)
+            if event is None:
+                self._events = None
+                return
             self._handle_event(event, now)
             if self.state is CLOSED:
                 return
             if self._mailbox:  # replies leave before a later frame can fail or close
                 self._intake(now)
+            if budget == 1:
+                self._schedule()  # more next turn: the adapter pauses reading meanwhile
 
     def _handle_event(self, event: Event, now: float) -> None:
         kind = type(event)
         if kind is TextMessage or kind is BytesMessage:
             if self.state is OPEN:
                 self._on_data(event, now)  # type: ignore[arg-type]
-        elif kind is Ping:
-            if self._ws is not None and self._ws.state is WSState.OPEN:
+        elif kind is Ping or kind is Pong:
+            if not self._allow_control(now):
+                return
+            if kind is Pong:
+                self._on_pong(event, now)  # type: ignore[arg-type]
+            elif self._ws is not None and self._ws.state is WSState.OPEN:
                 self._pong(event, now)  # type: ignore[arg-type]
-        elif kind is Pong:
-            self._on_pong(event, now)  # type: ignore[arg-type]
         elif kind is CloseConnection:
             self._on_close_frame(event, now)  # type: ignore[arg-type]
 
@@ -332,6 +380,17 @@ class ServerConnection(Endpoint):
             return
         self._emit(pong)
 
+    def _allow_control(self, now: float) -> bool:
+        """Count a ping or pong against ``max_control_rate``; past it, close with 1008."""
+        assert self._channel is not None
+        rate = self._channel.max_control_rate
+        if rate is None or self._control.allow(now, rate) or self.state is not OPEN:
+            return True
+        reason = f"more than {rate:g} control frames per second"
+        self.error = ProtocolError(reason, code=CloseCode.POLICY_VIOLATION)
+        self._close(CloseCode.POLICY_VIOLATION, reason, now)
+        return False
+
     def _on_data(self, event: TextMessage | BytesMessage, now: float) -> None:
         assert self._channel is not None and self.connection is not None
         data: Message = event.data if isinstance(event.data, str) else bytes(event.data)
@@ -339,27 +398,49 @@ class ServerConnection(Endpoint):
             self._size += len(data) if data.isascii() else len(data.encode())
         else:
             self._size += len(data)
-        limit = self._channel.max_message_size
+        if event.frame_finished:
+            self._fragments += 1
+        fault = self._over_limits()
+        if fault is not None:
+            self._first = self._rest = None
+            self.error = ProtocolError(fault, code=CloseCode.MESSAGE_TOO_BIG)
+            self._close(CloseCode.MESSAGE_TOO_BIG, fault, now)
+        elif event.message_finished:
+            message, size = self._reassemble(data), self._size
+            self._size = self._fragments = 0
+            self._deliver(message, size, now)
+        else:
+            self._accumulate(data)
+
+    def _over_limits(self) -> str | None:
+        """Why the message being received breaks a limit, or None."""
+        assert self._channel is not None
+        limit, most = self._channel.max_message_size, self._channel.max_fragments
         if limit is not None and self._size > limit:
-            self._parts = []
-            self.error = ProtocolError(
-                f"message over {limit} bytes", code=CloseCode.MESSAGE_TOO_BIG
-            )
-            self._close(CloseCode.MESSAGE_TOO_BIG, f"message over {limit} bytes", now)
+            return f"message over {limit} bytes"
+        if most is not None and self._fragments > most:
+            return f"message in over {most} fragments"
+        return None
+
+    def _accumulate(self, data: Message) -> None:
+        """Keep a fragment: the fragments after the first cost their bytes (text as
+        UTF-8), not a Python object each."""
+        if self._first is None:
+            self._first = data
             return
-        if not event.message_finished:
-            self._parts.append(data)
-            return
-        message = data
-        if self._parts:
-            self._parts.append(data)
-            if isinstance(data, str):
-                message = "".join(cast("list[str]", self._parts))
-            else:
-                message = b"".join(cast("list[bytes]", self._parts))
-            self._parts = []
-        self._size = 0
-        self._deliver(message, now)
+        if self._rest is None:
+            self._rest = bytearray()
+        self._rest += data.encode() if isinstance(data, str) else data
+
+    def _reassemble(self, last: Message) -> Message:
+        """The whole message, from what was accumulated and its ``last`` fragment."""
+        first, rest = self._first, self._rest or b""
+        self._first = self._rest = None
+        if first is None:
+            return last
+        if isinstance(first, str):
+            return first + rest.decode() + cast("str", last)
+        return b"".join((first, rest, cast("bytes", last)))
 
     def _on_close_frame(self, event: CloseConnection, now: float) -> None:
         ws = self._ws
@@ -404,36 +485,40 @@ class ServerConnection(Endpoint):
     # -- keepalive ------------------------------------------------------------------------
 
     def _opened(self, now: float) -> None:
-        self._keepalive_from(now)
+        self._ping_base = now  # the next ping is due ping_interval after this
 
-    def _keepalive_from(self, now: float) -> None:
+    def _keepalive_due(self) -> float | None:
         assert self._channel is not None
-        interval = self._channel.ping_interval
-        self._set_deadline(None if interval is None else now + interval)
+        timeout, interval = self._channel.ping_timeout, self._channel.ping_interval
+        if self._ping_payload is not None and timeout is not None:
+            return self._ping_sent + timeout  # waiting for the pong
+        return None if interval is None else self._ping_base + interval
 
     def _keepalive(self, now: float) -> None:
-        assert self._channel is not None and self._ws is not None
+        channel, ws = self._channel, self._ws
+        assert channel is not None and ws is not None
         if self._ping_payload is not None:
-            self.error = ProtocolError("no pong within ping_timeout", code=CloseCode.INTERNAL_ERROR)
-            self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            if channel.ping_timeout is not None and now >= self._ping_sent + channel.ping_timeout:
+                self.error = ProtocolError(
+                    "no pong within ping_timeout", code=CloseCode.INTERNAL_ERROR
+                )
+                self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            return
+        if channel.ping_interval is None or now < self._ping_base + channel.ping_interval:
             return
         self._pings += 1
         payload = _PING.pack(self._pings & 0xFFFFFFFF)
-        self._emit(self._ws.send(Ping(payload=payload)))
-        self._ping_sent = now
-        if self._channel.ping_timeout is None:
-            self._keepalive_from(now)
-        else:
+        self._emit(ws.send(Ping(payload=payload)))
+        self._ping_sent = self._ping_base = now
+        if channel.ping_timeout is not None:
             self._ping_payload = payload
-            self._set_deadline(now + self._channel.ping_timeout)
 
     def _on_pong(self, event: Pong, now: float) -> None:
         if self._ping_payload is None or bytes(event.payload) != self._ping_payload:
             return  # unsolicited (allowed by RFC 6455 section 5.5.3), or stale
-        assert self._channel is not None and self._channel.ping_interval is not None
         self._ping_payload = None
         if self.state is OPEN:
-            self._set_deadline(max(now, self._ping_sent + self._channel.ping_interval))
+            self._arm_open()  # the next ping is due ping_interval after the last one
 
     def __repr__(self) -> str:
         return f"<ServerConnection {self.peer} {self.state.value}>"

@@ -5,19 +5,41 @@
 (:func:`~spoc_sockets.seed.setup_websocket_handlers`), and serves the demo page (``/``)
 and its assets from the package's ``static`` directory as plain HTTP routes. The page
 needs no build step and loads nothing from elsewhere, so it works offline.
+
+Identity works as on a real platform, in miniature: the page asks ``/token`` for a user
+and gets a user id the server chose (the name asked for, plus a random suffix) signed
+with HMAC-SHA256 under a secret made for this process; the chat trusts only that token.
+Both channels accept browsers only from the page's own origin.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Callable
 from importlib import resources
 
-from .chat import create_chat_server
+from .chat import USER_NAME, ChatServer
+from .errors import Reject
 from .request import Request
 from .router import HTTPHandler, Response, Router
 from .seed import setup_websocket_handlers
-from .stream import create_stream_server
+from .stream import StreamServer
 
-__all__ = ["STATIC_FILES", "demo_router", "static_handler"]
+__all__ = [
+    "STATIC_FILES",
+    "TOKEN_LIFETIME",
+    "DemoChat",
+    "DemoStream",
+    "TokenIssuer",
+    "check_same_origin",
+    "demo_router",
+    "static_handler",
+]
 
 #: URL path → (file in ``spoc_sockets/static``, content type)
 STATIC_FILES: dict[str, tuple[str, str]] = {
@@ -26,7 +48,11 @@ STATIC_FILES: dict[str, tuple[str, str]] = {
     "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 
+#: seconds a demo token stays valid
+TOKEN_LIFETIME = 12 * 3600.0
+
 _HEADERS = (("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"))
+_NO_STORE = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
 
 
 def static_handler(name: str, content_type: str) -> HTTPHandler:
@@ -44,11 +70,112 @@ def static_handler(name: str, content_type: str) -> HTTPHandler:
     return handler
 
 
+def check_same_origin(request: Request) -> None:
+    """Refuse (403) a browser whose page came from another origin than this server
+    (``Origin`` must be ``http(s)://`` + the request's ``Host``): no other site can open
+    a socket with a visitor's credentials. Clients that send no ``Origin`` are not
+    browsers, and pass."""
+    origin = request.origin
+    if origin is None:
+        return
+    host = request.headers.get("host")
+    if host is None or origin not in (f"http://{host}", f"https://{host}"):
+        raise Reject(403, f"origin {origin:.100} is not this server's\n")
+
+
+class TokenIssuer:
+    """Signs and checks user tokens: ``<user>.<expiry>.<HMAC-SHA256>``, base64url.
+
+    The secret is random and lives in this process only: a restart logs everyone out.
+    """
+
+    def __init__(
+        self, lifetime: float = TOKEN_LIFETIME, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._secret = secrets.token_bytes(32)
+        self.lifetime = lifetime
+        self.clock = clock
+
+    def issue(self, name: str) -> tuple[str, str]:
+        """A new user id for someone who asked for ``name``, and its token."""
+        user = f"{name[:25]}-{secrets.token_hex(3)}"
+        body = f"{user}\n{int(self.clock() + self.lifetime)}".encode()
+        return user, f"{_b64(body)}.{_b64(self._mac(body))}"
+
+    def verify(self, token: str) -> str | None:
+        """The user id of a valid, unexpired token, else ``None``."""
+        body_b64, _, mac_b64 = token.partition(".")
+        try:
+            body, mac = _unb64(body_b64), _unb64(mac_b64)
+            user, _, expires = body.decode().partition("\n")
+            valid = hmac.compare_digest(mac, self._mac(body)) and self.clock() < int(expires)
+        except ValueError:
+            return None
+        return user if valid else None
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._secret, body, hashlib.sha256).digest()
+
+    def handler(self, request: Request) -> Response:
+        """``GET /token?name=<name>``: ``{"user": ..., "token": ...}``, or 400."""
+        if request.method != "GET":
+            return Response(405, "method not allowed\n", headers=(("Allow", "GET"),))
+        name = request.query.get("name", "")
+        if not USER_NAME.fullmatch(name):
+            return Response(400, "name is 1 to 32 letters, digits, '.', '_' or '-'\n")
+        user, token = self.issue(name)
+        body = json.dumps({"user": user, "token": token})
+        return Response(200, body, "application/json", _NO_STORE)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    if len(text) > 200:
+        raise ValueError("token too long")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class DemoChat(ChatServer):
+    """The chat, for clients of the demo page: its origin only, users by token."""
+
+    def __init__(self, tokens: TokenIssuer, **options: object) -> None:
+        super().__init__(**options)
+        self.tokens = tokens
+
+    def check_origin(self, request: Request) -> None:
+        check_same_origin(request)
+
+    def authenticate(self, request: Request) -> object:
+        """The token's user; no token: a guest; a bad or expired token: 401."""
+        token = request.query.get("token")
+        if token is None:
+            return None
+        user = self.tokens.verify(token)
+        if user is None:
+            raise Reject(401, "invalid or expired token: ask /token for a new one\n")
+        return user
+
+
+class DemoStream(StreamServer):
+    """The stream, for clients of the demo page: its origin only; anyone may publish
+    (a demo; a platform decides through ``can_publish``)."""
+
+    def check_origin(self, request: Request) -> None:
+        check_same_origin(request)
+
+    def can_publish(self, request: Request, stream_id: str, user: object) -> bool:
+        return True
+
+
 def demo_router() -> Router:
-    """The demo's router: the real chat and stream channels, plus the page at ``/``."""
-    router = setup_websocket_handlers(
-        create_chat_server(trust_user_param=True), create_stream_server()
-    )
+    """The demo's router: the real chat and stream channels, the page at ``/``, and the
+    token route at ``/token``."""
+    tokens = TokenIssuer()
+    router = setup_websocket_handlers(DemoChat(tokens), DemoStream())
     for path, (name, content_type) in STATIC_FILES.items():
         router.add_http(path, static_handler(name, content_type))
+    router.add_http("/token", tokens.handler)
     return router

@@ -19,10 +19,11 @@ A subclass says how things are sent (:meth:`_send_accept`, :meth:`_send_refusal`
 
 from __future__ import annotations
 
+import inspect
 import logging
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 
 from .channel import (
@@ -32,7 +33,12 @@ from .channel import (
     ConnectionState,
     Deferred,
     Message,
+    Outcome,
     Outgoing,
+    Spawn,
+    discard,
+    settle,
+    verdict,
 )
 from .errors import CloseCode, Reject
 from .request import Request
@@ -40,8 +46,12 @@ from .router import Router
 
 __all__ = ["CLOSED", "CLOSING", "CONNECTING", "OPEN", "Endpoint"]
 
-logger = logging.getLogger("spoc_sockets")
+#: Errors of application code: hooks and HTTP routes (with their traceback).
+logger = logging.getLogger("spoc_sockets.hooks")
 core_logger = logging.getLogger("spoc_sockets.core")
+#: One INFO line per connection opened, closed or refused (never a query string,
+#: a cookie or a header value).
+connections_logger = logging.getLogger("spoc_sockets.connections")
 
 CONNECTING = ConnectionState.CONNECTING
 OPEN = ConnectionState.OPEN
@@ -52,8 +62,16 @@ CLOSED = ConnectionState.CLOSED
 class Endpoint(ABC):
     """One connection's decision, handle, output limit and end (see the module)."""
 
-    def __init__(self, router: Router, now: float) -> None:
+    #: the client's address, if known
+    peer: tuple[str, int] | None
+
+    def __init__(self, router: Router, now: float, spawn: Spawn | None = None) -> None:
         self.router = router
+        self._clock = now  # the latest time the owner told us (for durations in logs)
+        self._last_input = now  # when the last message came (for idle_timeout)
+        self._route: str | None = None  # the path the request was routed by
+        self._spawn = spawn  # runs the coroutine of an async hook (None: cannot)
+        self._busy = False  # an async on_connect / on_message is running: input waits
         #: where this connection is in its life
         self.state = CONNECTING
         #: the application's handle, once accepted
@@ -91,11 +109,12 @@ class Endpoint(ABC):
         """Act on a deadline that has passed (a call before it does nothing)."""
         if self._deadline is None or now < self._deadline:
             return
+        self._clock = now
         with self._guard():
             if self.state is CONNECTING:
                 self._handshake_expired()
             elif self.state is OPEN:
-                self._keepalive(now)
+                self._open_deadline_passed(now)
             elif self.state is CLOSING:
                 self._finish(self._close_code, self._close_reason)
 
@@ -157,14 +176,41 @@ class Endpoint(ABC):
     def _set_deadline(self, deadline: float | None) -> None:
         self._deadline = deadline
 
+    # -- OPEN: the idle timeout, and the keepalive where the subclass runs one --------------
+
+    def _arm_open(self) -> None:
+        """The next deadline of an OPEN connection: its keepalive's, or when it would
+        have been idle for ``idle_timeout`` (the earlier)."""
+        assert self._channel is not None
+        due = self._keepalive_due()
+        idle = self._channel.idle_timeout
+        if idle is not None:
+            due = min(self._last_input + idle, due if due is not None else float("inf"))
+        self._set_deadline(due)
+
+    def _open_deadline_passed(self, now: float) -> None:
+        assert self._channel is not None
+        idle = self._channel.idle_timeout
+        if idle is not None and now >= self._last_input + idle:
+            self._close(CloseCode.GOING_AWAY, "idle timeout", now)
+            return
+        self._keepalive(now)
+        if self.state is OPEN:
+            self._arm_open()
+
+    def _keepalive_due(self) -> float | None:
+        """When the keepalive next needs :meth:`handle_timeout` (None: never)."""
+        return None
+
     def _keepalive(self, now: float) -> None:  # noqa: B027 - an optional hook
-        """A deadline passed while OPEN (keepalive, where the subclass runs one)."""
+        """An OPEN deadline passed: ping, or fail a missing pong, when due."""
 
     # -- the decision -------------------------------------------------------------------
 
     def _decide(self, channel: ChannelServer, request: Request, now: float) -> None:
         """Run the channel's checks and ``authenticate``: accept, refuse, or wait."""
         try:
+            self.router.admit(channel, request, now)
             subprotocol, decision = channel._handshake(request)
         except Reject as reject:
             self._refuse(reject.status, reject.headers, reject.body)
@@ -174,11 +220,45 @@ class Endpoint(ABC):
             self._refuse(500, (), b"internal server error\n")
             return
         self._channel, self._request, self._subprotocol = channel, request, subprotocol
+        if inspect.isawaitable(decision):  # an async authenticate: decided when it is done
+            decision = self._defer(decision)
+            if decision is None:
+                self._refuse(500, (), b"internal server error\n")
+                return
         if isinstance(decision, Deferred):
             self._deferred = decision
             decision.attach(self._schedule)
         else:
             self._accept(decision, now)
+
+    def _defer(self, awaitable: Awaitable[object]) -> Deferred | None:
+        """A :class:`Deferred` that the awaited ``authenticate`` decides (None if this
+        server cannot await it: the handshake fails)."""
+        if self._spawn is None:
+            discard(awaitable)
+            logger.error("authenticate is async and this server cannot await it")
+            return None
+        deferred = Deferred()
+
+        def decide(ok: bool, result: object) -> None:
+            if deferred.done:
+                return
+            if not ok:
+                if isinstance(result, Reject):
+                    deferred.reject(result.status, result.body, result.headers)
+                else:
+                    deferred.reject(500, "internal server error\n")
+                return
+            try:
+                deferred.accept(verdict(result)[0])
+            except Reject as reject:
+                deferred.reject(reject.status, reject.body, reject.headers)
+            except Exception:
+                logger.exception("authenticate gave no usable decision")
+                deferred.reject(500, "internal server error\n")
+
+        self._spawn(settle(awaitable, decide))
+        return deferred
 
     def _take_decision(self, now: float) -> None:
         """Apply a :class:`Deferred` decision that arrived (called when flushing)."""
@@ -196,14 +276,22 @@ class Endpoint(ABC):
         self._deferred = None
         self._send_accept(now)
         self.state = OPEN
-        self.connection = conn = Connection(self, channel, request, user, self._subprotocol)
+        self.connection = conn = Connection(
+            self, channel, request, user, self._subprotocol, self._route or "", now
+        )
         self.router.enter(conn)
-        self._set_deadline(None)
+        connections_logger.info(
+            "open %s peer=%s user=%s conn=%d", request.path, _peer(self.peer), _who(user), conn.id
+        )
+        self._last_input = now
         self._opened(now)
-        if not channel._opened(conn):
-            self._close(CloseCode.INTERNAL_ERROR, "internal error", now)
+        self._arm_open()
+        self._after_hook(channel._opened(conn), now)
 
     def _refuse(self, status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> None:
+        self.router.refused(self._route, status)
+        path = self._request.path if self._request is not None else self._route or "-"
+        connections_logger.info("refused %s peer=%s status=%d", path, _peer(self.peer), status)
         self._send_refusal(status, headers, body)
         self._finish(CloseCode.ABNORMAL_CLOSURE, "")
 
@@ -219,11 +307,43 @@ class Endpoint(ABC):
 
     # -- messages -------------------------------------------------------------------------
 
-    def _deliver(self, message: Message, now: float) -> None:
-        """A complete message from the peer: ``on_message``, or 1011 if it raises."""
-        assert self._channel is not None and self.connection is not None
-        if not self._channel._received(self.connection, message):
-            self._close(CloseCode.INTERNAL_ERROR, "internal error", now)
+    def _deliver(self, message: Message, size: int, now: float) -> None:
+        """A complete message of ``size`` bytes from the peer: ``on_message``, or 1011
+        if it raises."""
+        conn = self.connection
+        assert self._channel is not None and conn is not None
+        self._last_input = now  # the idle deadline follows lazily (_open_deadline_passed)
+        conn.messages_in += 1
+        conn.bytes_in += size
+        self._after_hook(self._channel._received(conn, message), now)
+
+    def _after_hook(self, outcome: Outcome, now: float) -> None:
+        """Act on what ``on_connect`` or ``on_message`` gave: nothing, 1011 for a
+        failure, or (async) run it while the connection's input waits."""
+        if outcome is True:
+            return
+        if outcome is not False and self._spawn is not None:
+            self._busy = True
+            self._spawn(settle(outcome, self._hook_done))
+            return
+        if outcome is not False:
+            discard(outcome)
+            logger.error("a hook is async and this server cannot await it")
+        self._close(CloseCode.INTERNAL_ERROR, "internal error", now)
+
+    def _hook_done(self, ok: bool, result: object) -> None:
+        """An async hook finished (on the owner's thread): input may flow again."""
+        self._busy = False
+        if ok:
+            self._schedule()
+        else:
+            self.post(CloseRequest(CloseCode.INTERNAL_ERROR, "internal error"))
+
+    @property
+    def input_paused(self) -> bool:
+        """True while input must wait (an async hook is running): the adapter stops
+        reading until the connection is pending again and this is false."""
+        return self._busy
 
     def _intake(self, now: float) -> None:
         """Take what other threads posted, in order, on the owner's thread."""
@@ -234,6 +354,10 @@ class Endpoint(ABC):
                 self._taken += item.size
                 if self.state is OPEN:
                     self._queue(item, now)
+                    conn = self.connection
+                    assert conn is not None
+                    conn.messages_out += 1
+                    conn.bytes_out += len(item.payload)
             elif isinstance(item, CloseRequest) and self.state is OPEN:
                 if item.discard:
                     self._discard_output()
@@ -279,8 +403,28 @@ class Endpoint(ABC):
         conn = self.connection
         if conn is not None:
             assert self._channel is not None
-            self.router.leave(conn)
-            self._channel._closed(conn, code, reason)
+            self.router.leave(conn, code)
+            connections_logger.info(
+                "closed %s peer=%s user=%s conn=%d code=%d duration=%.3fs in=%d/%dB out=%d/%dB",
+                conn.request.path,
+                _peer(self.peer),
+                _who(conn.user),
+                conn.id,
+                code,
+                self._clock - conn.opened_at,
+                conn.messages_in,
+                conn.bytes_in,
+                conn.messages_out,
+                conn.bytes_out,
+            )
+            outcome = self._channel._closed(conn, code, reason)
+            if outcome is not True and outcome is not False:
+                if self._spawn is not None:
+                    self._spawn(settle(outcome, _ignore))
+                else:
+                    discard(outcome)
+                    logger.error("on_close is async and this server cannot await it")
+        self.connection = None  # no cycle with the handle: both are freed without the collector
         self._ended()
         self._schedule()
 
@@ -308,3 +452,30 @@ class Endpoint(ABC):
     @abstractmethod
     def _discard_output(self) -> None:
         """Drop the queued messages (not the handshake answer): the connection closes."""
+
+
+def _ignore(ok: bool, result: object) -> None:
+    """Nothing waits for ``on_close`` (its failure is logged by :func:`settle`)."""
+
+
+def _peer(peer: tuple[str, int] | None) -> str:
+    return "-" if peer is None else f"{peer[0]}:{peer[1]}"
+
+
+def _who(user: object) -> str:
+    """A principal for a log line: a string or number as it is, else its ``id`` or
+    ``name`` attribute, else its type (never its ``repr``: it may hold secrets)."""
+    if user is None:
+        return "-"
+    if isinstance(user, (str, int)) and not isinstance(user, bool):
+        return str(user)[:64]
+    for attribute in ("id", "name"):
+        value = getattr(user, attribute, None)
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return str(value)[:64]
+    if isinstance(user, dict):
+        for key in ("id", "name"):
+            value = user.get(key)
+            if isinstance(value, (str, int)) and not isinstance(value, bool):
+                return str(value)[:64]
+    return type(user).__name__

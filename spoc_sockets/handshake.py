@@ -1,8 +1,8 @@
 """The server side of the RFC 6455 opening handshake (section 4.2).
 
 :func:`check_upgrade` validates what the request itself must carry, in the order of
-the answers table (431 for too many header fields, 414 for too many query parameters,
-405, 426, 400, 426 for the version); :func:`check_head` refuses the raw request-head
+the answers table (414 for too many query parameters, 405, 426, 400, 426 for the
+version); :func:`check_head` refuses the raw request-head
 shapes h11 tolerates; :func:`accept_headers` builds the headers of the ``101 Switching
 Protocols`` response.
 """
@@ -18,18 +18,12 @@ from .errors import ProtocolError
 from .request import Request
 
 __all__ = [
-    "MAX_HEADERS",
     "MAX_QUERY_FIELDS",
     "accept_headers",
     "check_head",
     "check_upgrade",
     "is_upgrade",
 ]
-
-#: The most header fields an upgrade request may carry (answered 431 beyond). Browsers
-#: send about 20; a head of ``max_request_size`` bytes could otherwise hold thousands of
-#: tiny fields, each kept in memory for the connection's lifetime.
-MAX_HEADERS = 100
 
 #: The most query parameters (``&``-separated fields) an upgrade request's target may
 #: carry (answered 414 beyond), so that reading ``request.query`` stays cheap.
@@ -64,9 +58,6 @@ def check_upgrade(request: Request, http_version: str = "1.1") -> str:
 
     Raises :class:`ProtocolError` carrying the HTTP status that answers the fault.
     """
-    count = len(request.headers.raw_items())
-    if count > MAX_HEADERS:
-        raise ProtocolError(f"too many header fields: {count}; at most {MAX_HEADERS}", status=431)
     fields = request.target.partition("?")[2].count("&") + 1
     if fields > MAX_QUERY_FIELDS:
         raise ProtocolError(

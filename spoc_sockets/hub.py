@@ -6,8 +6,15 @@ keeps what every adapter would otherwise repeat:
 * which connections have output to flush (:meth:`take_pending`), and one wake-up call
   to the adapter when the first appears, from whatever task or thread produced it;
 * the earliest deadline of all its connections (:meth:`next_deadline`,
-  :meth:`handle_timeouts`), so an adapter needs a single timer;
+  :meth:`handle_timeouts`), so an adapter needs a single timer; when a connection sets
+  a deadline earlier than the one :meth:`next_deadline` last reported, the hub wakes the
+  adapter, so a deadline is honoured even if nothing else happens on the server;
 * graceful shutdown (:meth:`shutdown`): refuse new handshakes with 503, close 1001.
+
+An adapter that runs coroutines (asyncio, trio) passes ``spawn``: the core hands it the
+coroutine of each ``async def`` hook to run, and the connection's input waits meanwhile.
+Without ``spawn`` (threads), ``async def`` hooks are refused with
+:class:`~spoc_sockets.UsageError` when the hub is made.
 
 The adapter's contract, on its own loop or thread: after :meth:`ServerConnection.receive_data`,
 after :meth:`handle_timeouts`, and whenever ``wakeup`` fired, write
@@ -26,6 +33,7 @@ from typing import TYPE_CHECKING
 from .connection import ServerConnection
 
 if TYPE_CHECKING:
+    from .channel import Spawn
     from .router import Router
 
 __all__ = ["Hub"]
@@ -34,12 +42,22 @@ __all__ = ["Hub"]
 class Hub:
     """One adapter server's connections, their pending output and their timers."""
 
-    def __init__(self, router: Router, wakeup: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        wakeup: Callable[[], None] | None = None,
+        spawn: Spawn | None = None,
+    ) -> None:
+        if spawn is None:
+            router.refuse_async_hooks()
         self.router = router
+        #: runs the coroutine of an ``async def`` hook (``None``: hooks must be plain)
+        self.spawn = spawn
         #: True after :meth:`shutdown`: new handshakes are answered with 503
         self.refusing = False
         self._wakeup = wakeup
         self._woken = False
+        self._reported: float | None = None  # what next_deadline last told the adapter
         self._pending: deque[ServerConnection] = deque()
         self._timers: list[tuple[float, int, ServerConnection]] = []
         self._order = itertools.count()
@@ -72,7 +90,8 @@ class Hub:
         timers = self._timers
         while timers and timers[0][2].next_deadline() != timers[0][0]:
             heapq.heappop(timers)  # superseded by a later rearm
-        return timers[0][0] if timers else None
+        self._reported = timers[0][0] if timers else None
+        return self._reported
 
     def handle_timeouts(self, now: float) -> None:
         """Run every deadline that has passed; those connections become pending."""
@@ -98,13 +117,21 @@ class Hub:
     def schedule(self, conn: ServerConnection) -> None:
         """``conn`` has output: queue it, and wake the adapter if it is not awake yet."""
         self._pending.append(conn)
+        self._wake()
+
+    def rearm(self, conn: ServerConnection, deadline: float) -> None:
+        """``conn`` needs :meth:`handle_timeouts` at ``deadline``; wake the adapter if
+        that is earlier than what its timer follows."""
+        heapq.heappush(self._timers, (deadline, next(self._order), conn))
+        if self._reported is None or deadline < self._reported:
+            self._reported = deadline
+            self._wake()
+
+    def _wake(self) -> None:
         if not self._woken:
             self._woken = True
             if self._wakeup is not None:
                 self._wakeup()
-
-    def rearm(self, conn: ServerConnection, deadline: float) -> None:
-        heapq.heappush(self._timers, (deadline, next(self._order), conn))
 
     def forget(self, conn: ServerConnection) -> None:
         self._connections.pop(conn, None)

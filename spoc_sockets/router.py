@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import unquote
 
-from .channel import ChannelServer, Connection
-from .errors import ProtocolError, UsageError
+from .channel import ChannelServer, Connection, check_hooks
+from .errors import ProtocolError, Reject, UsageError
 from .handshake import check_upgrade
+from .limits import WINDOW, RateWindow, check_number
 from .request import Request
+from .stats import RouteCounters, RouterStats
 
-logger = logging.getLogger("spoc_sockets")
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
-__all__ = ["Response", "Router"]
+    from .channel import ChannelOptions
 
-C = TypeVar("C", bound=ChannelServer)
+#: Errors of application code: hooks and HTTP routes (with their traceback).
+logger = logging.getLogger("spoc_sockets.hooks")
+
+__all__ = ["Response", "Route", "Router"]
+
+#: Any channel, whatever its principal type.
+AnyChannel = ChannelServer[Any]
+C = TypeVar("C", bound=AnyChannel)
 
 
 @dataclass(frozen=True)
@@ -33,12 +44,20 @@ class Response:
 HTTPHandler = Callable[[Request], Response]
 
 
+class Route(NamedTuple):
+    """Where a request path leads: the path as registered, its channel, its params."""
+
+    path: str
+    channel: AnyChannel
+    params: dict[str, str]
+
+
 @dataclass(frozen=True)
 class _Template:
     path: str
     segments: tuple[str | None, ...]  # a literal, or None for a {name} segment
     names: tuple[str, ...]
-    server: ChannelServer
+    server: AnyChannel
 
     def overlaps(self, other: _Template) -> bool:
         """Whether some path would match both templates."""
@@ -59,7 +78,7 @@ class _Template:
         return dict(zip(self.names, values, strict=True))
 
 
-def _compile(path: str, server: ChannelServer) -> _Template:
+def _compile(path: str, server: AnyChannel) -> _Template:
     if not path.startswith("/"):
         raise UsageError(f"a path starts with '/': {path!r}")
     segments: list[str | None] = []
@@ -86,18 +105,50 @@ class Router:
     that also matches it; two templates that could match the same path are refused at
     registration.
 
-    ``max_request_size`` bounds the request head (answered with 431), and
-    ``handshake_timeout`` the time from connection to decision (408, or 503 when
-    :meth:`~ChannelServer.authenticate` deferred and did not decide in time).
+    Its options bound what one client can make the server hold before it is upgraded:
+
+    * ``max_request_size`` (bytes, default 16 KiB): the request head (431);
+    * ``max_headers`` (default 100): header lines in the request head (431);
+    * ``handshake_timeout`` (seconds, default 10): from connection to decision (408, or
+      503 when :meth:`~ChannelServer.authenticate` deferred and did not decide in time);
+    * ``max_connections_per_address`` (default ``None``: no limit): open connections
+      from one client IP address, over every channel (429);
+    * ``max_handshake_rate`` (handshakes per second, default ``None``: no limit): per
+      client IP address, counted over 10-second windows (429 with ``Retry-After``).
+
+    The two per-address limits are off by default: behind a reverse proxy or a NAT, one
+    address is many users. Set them when clients connect directly.
     """
 
-    def __init__(self, *, max_request_size: int = 16 * 1024, handshake_timeout: float = 10.0):
+    def __init__(
+        self,
+        *,
+        max_request_size: int = 16 * 1024,
+        max_headers: int = 100,
+        handshake_timeout: float = 10.0,
+        max_connections_per_address: int | None = None,
+        max_handshake_rate: float | None = None,
+    ) -> None:
+        check_number("max_request_size", max_request_size, integer=True, optional=False)
+        check_number("max_headers", max_headers, integer=True, optional=False)
+        check_number("handshake_timeout", handshake_timeout, integer=False, optional=False)
+        check_number("max_connections_per_address", max_connections_per_address, True, True)
+        check_number("max_handshake_rate", max_handshake_rate, integer=False, optional=True)
         self.max_request_size = max_request_size
+        self.max_headers = max_headers
         self.handshake_timeout = handshake_timeout
-        self._static: dict[str, ChannelServer] = {}
+        self.max_connections_per_address = max_connections_per_address
+        self.max_handshake_rate = max_handshake_rate
+        self._per_address: dict[str, int] = {}  # open connections per client address
+        self._handshakes: dict[str, RateWindow] = {}  # per client address
+        self._kept = 0  # entries kept by the last pruning of _handshakes
+        self._awaits = True  # False once served by a server that cannot await hooks
+        self._static: dict[str, AnyChannel] = {}
         self._templates: dict[int, list[_Template]] = {}
         self._http: dict[str, HTTPHandler] = {}
         self._upgraded: dict[Connection, None] = {}
+        self._counters: dict[str, RouteCounters] = {}  # per registered path
+        self._unrouted: Counter[int] = Counter()  # refusals before a channel was found
         self._transports: dict[Hashable, object] = {}
 
     # -- registration ---------------------------------------------------------------
@@ -106,20 +157,23 @@ class Router:
         """Serve ``server`` at ``path`` (``{name}`` segments become path params)."""
         if not isinstance(server, ChannelServer):
             raise UsageError(f"router.add takes a ChannelServer instance, not {server!r}")
+        check_hooks(server, awaited=self._awaits)
         template = _compile(path, server)
         if not template.names:
             if path in self._static:
                 raise UsageError(f"a channel is already registered at {path!r}")
             self._static[path] = server
+            self._counters[path] = RouteCounters()
             return server
         same_length = self._templates.setdefault(len(template.segments), [])
         for other in same_length:
             if template.overlaps(other):
                 raise UsageError(f"{path!r} conflicts with the channel at {other.path!r}")
         same_length.append(template)
+        self._counters[path] = RouteCounters()
         return server
 
-    def channel(self, path: str, **options: Any) -> Callable[[type[C]], type[C]]:
+    def channel(self, path: str, **options: Unpack[ChannelOptions]) -> Callable[[type[C]], type[C]]:
         """Class decorator: register ``cls(**options)`` at ``path``; returns the class."""
 
         def register(cls: type[C]) -> type[C]:
@@ -134,8 +188,26 @@ class Router:
             raise UsageError(f"an HTTP route is already registered at {path!r}")
         self._http[path] = handler
 
+    def get(self, cls: type[C], path: str | None = None) -> C:
+        """The instance of ``cls`` registered here (by :meth:`channel`, say), typed as
+        ``cls``; ``path`` picks one when several are. :class:`UsageError` when there is
+        none, or several and no ``path``."""
+        found = [
+            server
+            for where, server in self.channels.items()
+            if type(server) is cls and (path is None or where == path)
+        ]
+        unique = list({id(server): server for server in found}.values())
+        if len(unique) != 1:
+            where = f" at {path!r}" if path is not None else ""
+            many = "several are: give the path" if unique else "none is"
+            raise UsageError(f"one {cls.__name__}{where} is asked for, and {many} registered")
+        server = unique[0]
+        assert isinstance(server, cls)
+        return server
+
     @property
-    def channels(self) -> dict[str, ChannelServer]:
+    def channels(self) -> dict[str, AnyChannel]:
         """Every registered path (static and template) and its channel."""
         paths = dict(self._static)
         for templates in self._templates.values():
@@ -144,8 +216,8 @@ class Router:
 
     # -- lookup ---------------------------------------------------------------------
 
-    def resolve(self, raw_path: str) -> tuple[ChannelServer, dict[str, str]] | None:
-        """The channel for a raw (percent-encoded) path and its path params, or None.
+    def resolve(self, raw_path: str) -> Route | None:
+        """The route of a raw (percent-encoded) path: its channel and params, or None.
 
         Segments are percent-decoded one by one, so ``%2F`` never splits a segment.
         """
@@ -154,14 +226,23 @@ class Router:
         segments = raw_path.split("/")[1:]
         decoded = [unquote(segment) for segment in segments]
         if not any("/" in segment for segment in decoded):  # %2F stays inside a segment
-            server = self._static.get("/" + "/".join(decoded))
+            path = "/" + "/".join(decoded)
+            server = self._static.get(path)
             if server is not None:
-                return server, {}
+                return Route(path, server, {})
         for template in self._templates.get(len(segments), ()):
             params = template.match(decoded)
             if params is not None:
-                return template.server, params
+                return Route(template.path, template.server, params)
         return None
+
+    def refuse_async_hooks(self) -> None:
+        """Called by a server that runs hooks as plain functions (the threads adapter):
+        raise :class:`UsageError` now for any ``async def`` hook, and at registration
+        for channels added later."""
+        for server in self.channels.values():
+            check_hooks(server, awaited=False)
+        self._awaits = False
 
     def http_handler(self, path: str) -> HTTPHandler | None:
         return self._http.get(path)
@@ -206,8 +287,76 @@ class Router:
     def release(self, transport: Hashable) -> None:
         self._transports.pop(transport, None)
 
+    def stats(self) -> RouterStats:
+        """A snapshot of every route's counters (see :class:`~spoc_sockets.stats.ChannelStats`).
+
+        Exact while one server (or several on the same thread) runs this router; with
+        servers on several threads, the counts may miss an increment now and then.
+        """
+        live: dict[str, list[Connection]] = {path: [] for path in self._counters}
+        for conn in tuple(self._upgraded):
+            live.setdefault(conn.route, []).append(conn)
+        return RouterStats(
+            {path: counters.snapshot(live[path]) for path, counters in self._counters.items()},
+            dict(self._unrouted),
+        )
+
+    def refused(self, route: str | None, status: int) -> None:
+        """Count a refused handshake (``route`` None: it reached no channel)."""
+        counters = self._counters.get(route) if route is not None else None
+        (counters.refused if counters is not None else self._unrouted)[status] += 1
+
     def enter(self, conn: Connection) -> None:
         self._upgraded[conn] = None
+        counters = self._counters.get(conn.route)
+        if counters is not None:
+            counters.accepted += 1
+        address = _address(conn.request)
+        if address is not None:
+            self._per_address[address] = self._per_address.get(address, 0) + 1
 
-    def leave(self, conn: Connection) -> None:
-        self._upgraded.pop(conn, None)
+    def leave(self, conn: Connection, code: int) -> None:
+        if conn not in self._upgraded:
+            return
+        del self._upgraded[conn]
+        counters = self._counters.get(conn.route)
+        if counters is not None:
+            counters.add(conn, code)
+        address = _address(conn.request)
+        if address is not None:
+            left = self._per_address.pop(address) - 1
+            if left:
+                self._per_address[address] = left
+
+    # -- admission ------------------------------------------------------------------
+
+    def admit(self, channel: AnyChannel, request: Request, now: float) -> None:
+        """Raise :class:`Reject` if the limits refuse one more handshake (429, 503)."""
+        most = channel.max_connections
+        if most is not None and len(channel._clients) >= most:
+            raise Reject(503, "this channel is full", [("Retry-After", "10")])
+        address = _address(request)
+        if address is None:
+            return
+        limit = self.max_connections_per_address
+        if limit is not None and self._per_address.get(address, 0) >= limit:
+            raise Reject(429, "too many connections from this address")
+        if self.max_handshake_rate is not None:
+            self._count_handshake(address, now, self.max_handshake_rate)
+
+    def _count_handshake(self, address: str, now: float, rate: float) -> None:
+        window = self._handshakes.get(address)
+        if window is None:
+            window = self._handshakes[address] = RateWindow(now)
+            if len(self._handshakes) > max(1024, 2 * self._kept):  # forget ended windows
+                self._handshakes = {
+                    a: w for a, w in self._handshakes.items() if now - w.start < WINDOW
+                }
+                self._kept = len(self._handshakes)
+        if not window.allow(now, rate):
+            retry = str(window.retry_after(now))
+            raise Reject(429, "too many handshakes", [("Retry-After", retry)])
+
+
+def _address(request: Request) -> str | None:
+    return request.peer[0] if request.peer is not None else None

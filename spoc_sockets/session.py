@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from .channel import CloseRequest, Message, Outgoing
+from .channel import CloseRequest, Message, Outgoing, Spawn
 from .endpoint import CLOSED, CLOSING, OPEN, Endpoint
 from .errors import CloseCode
 from .request import Request
@@ -60,19 +60,21 @@ class MessageSession(Endpoint):
         wakeup: Callable[[], None],
         *,
         refusing: bool = False,
+        spawn: Spawn | None = None,
     ) -> None:
         self._wakeup = wakeup
         self._actions: list[Action] = []
-        super().__init__(router, now)
+        self.peer = request.peer
+        super().__init__(router, now, spawn)
         if refusing:
             self._refuse(503, (), b"the server is shutting down\n")
             return
-        found = router.resolve(request.target.partition("?")[0])
-        if found is None:
+        route = router.resolve(request.target.partition("?")[0])
+        if route is None:
             self._refuse(404, (), f"no channel at {request.path}\n".encode())
         else:
-            channel, params = found
-            self._decide(channel, replace(request, path_params=params), now)
+            self._route = route.path
+            self._decide(route.channel, replace(request, path_params=route.params), now)
 
     @property
     def done(self) -> bool:
@@ -86,13 +88,14 @@ class MessageSession(Endpoint):
         if self.state is not OPEN:
             return
         assert self._channel is not None
+        self._clock = now
         size = len(message.encode()) if isinstance(message, str) else len(message)
         limit = self._channel.max_message_size
         with self._guard():
             if limit is not None and size > limit:
                 self._close(CloseCode.MESSAGE_TOO_BIG, f"message over {limit} bytes", now)
             else:
-                self._deliver(message, now)
+                self._deliver(message, size, now)
 
     def disconnected(self, code: int, reason: str = "") -> None:
         """The server reports the connection gone (with the peer's or its own code)."""
@@ -103,6 +106,7 @@ class MessageSession(Endpoint):
     def actions(self, now: float) -> list[Action]:
         """What the adapter must send now, in order."""
         self._scheduled = False
+        self._clock = now
         with self._guard():
             self._take_decision(now)
             if self._mailbox:

@@ -15,27 +15,36 @@ next key frame; drops are counted and the viewer gets ``{"type": "dropped", ...}
 ``{"type": "resumed"}``. Text messages are JSON signalling (WebRTC offers, answers,
 candidates) between the publisher and one viewer; see ``docs/stream-protocol.rst``.
 
-The publisher is ``?role=publish`` (authorised by :meth:`StreamServer.can_publish`; a
-second one is refused with 409). When it leaves, each viewer gets ``{"type": "ended"}``
-and close code 4000 (:data:`STREAM_ENDED`); a new publisher can then take over.
+The publisher is ``?role=publish`` (authorised by :meth:`StreamServer.can_publish`,
+which by default refuses guests; a second one is refused with 409). When it leaves, each
+viewer gets ``{"type": "ended"}`` and close code 4000 (:data:`STREAM_ENDED`); a new
+publisher can then take over.
+
+What a client can make the server hold is bounded: streams per server and per user, the
+init segment kept for late viewers, signalling messages (size and nesting).
 """
 
 from __future__ import annotations
 
-import json
+import re
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .channel import ChannelServer, Connection
-from .errors import Reject
+from .chat import check_options, dump_json, load_json
+from .errors import CloseCode, Reject, UsageError
 from .request import Request
 
-__all__ = ["DELTA", "INIT", "KEY", "STREAM_ENDED", "StreamServer", "StreamStats"]
+__all__ = ["DELTA", "INIT", "KEY", "STREAM_ENDED", "STREAM_ID", "StreamServer", "StreamStats"]
 
 INIT, KEY, DELTA = 0, 1, 2
 #: close code sent to viewers when the publisher leaves
 STREAM_ENDED = 4000
+#: the stream ids accepted: 1 to 64 letters, digits, ``.``, ``_`` or ``-`` (and the empty
+#: id of a channel mounted without ``{stream_id}``)
+STREAM_ID = re.compile(r"[\w.-]{0,64}")
 
 
 @dataclass
@@ -75,36 +84,76 @@ class StreamServer(ChannelServer):
 
     #: longest text (signalling) message relayed, in characters (longer: ``too_long``)
     max_signal_size: int = 64 * 1024
+    #: deepest nesting of a signalling message (the object itself is level 1)
+    max_json_depth: int = 8
+    #: largest init segment kept for late viewers, in bytes (larger: ``init_too_large``);
+    #: at most half of ``max_buffered_amount``, so a late viewer's queue always takes it
+    max_init_size: int = 1 * 2**20
+    #: streams (ids with a publisher or viewers) this server holds at once (more: 503)
+    max_streams: int = 1000
+    #: streams one user publishes at once; guests count per address (more: 429)
+    max_streams_per_user: int = 4
 
-    OPTIONS: ClassVar[tuple[str, ...]] = (
-        *ChannelServer.OPTIONS,
-        "viewer_buffer",
-        "max_signal_size",
-    )
+    #: the numeric options: (least value, whether it is an integer)
+    LIMITS: ClassVar[dict[str, tuple[float, bool]]] = {
+        "viewer_buffer": (1, True),
+        "max_signal_size": (1, True),
+        "max_json_depth": (1, True),
+        "max_init_size": (1, True),
+        "max_streams": (1, True),
+        "max_streams_per_user": (1, True),
+    }
+    OPTIONS: ClassVar[tuple[str, ...]] = (*ChannelServer.OPTIONS, *LIMITS)
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._lock = threading.Lock()
         self._streams: dict[str, _Stream] = {}
+        self._publishing: Counter[object] = Counter()  # publisher key -> streams
+
+    def _check_options(self) -> None:
+        super()._check_options()
+        check_options(self, self.LIMITS)
+        if self.max_init_size > self.max_buffered_amount // 2:
+            raise UsageError(
+                f"max_init_size ({self.max_init_size}) is at most half of max_buffered_amount"
+                f" ({self.max_buffered_amount}), or a late viewer could miss the init segment"
+            )
 
     # -- policy ---------------------------------------------------------------------------
 
-    def can_publish(self, request: Request, stream_id: str) -> bool:
-        """Whether this request may publish ``stream_id`` (default: yes)."""
-        return True
+    def identify(self, request: Request) -> object:
+        """The user making ``request``, or ``None`` for a guest (the default: everyone).
+        Override it with the platform's authentication."""
+        return None
+
+    def can_publish(self, request: Request, stream_id: str, user: object) -> bool:
+        """Whether ``user`` (from :meth:`identify`) may publish ``stream_id``.
+        The default refuses guests: anyone may publish only where a platform says so."""
+        return user is not None
 
     def authenticate(self, request: Request) -> object:
+        """Checks the role, the stream id and the bounds, then :meth:`identify` and
+        :meth:`can_publish`: override those two rather than this method."""
         role = request.query.get("role", "view")
         if role not in ("publish", "view"):
             raise Reject(400, "role is publish or view")
         stream_id = self._stream_id(request)
-        if role == "publish":
-            if not self.can_publish(request, stream_id):
-                raise Reject(403, "not allowed to publish this stream")
+        if not STREAM_ID.fullmatch(stream_id):
+            raise Reject(400, "a stream id is 1 to 64 letters, digits, '.', '_' or '-'")
+        user = self.identify(request)
+        with self._lock:
             stream = self._streams.get(stream_id)
+            if stream is None and len(self._streams) >= self.max_streams:
+                raise Reject(503, "this server carries all the streams it can")
+        if role == "publish":
+            if not self.can_publish(request, stream_id, user):
+                raise Reject(403, "not allowed to publish this stream")
             if stream is not None and stream.publisher is not None:
                 raise Reject(409, "this stream already has a publisher")
-        return request.query.get("user")
+            if self._publishing[self._publisher_key(request, user)] >= self.max_streams_per_user:
+                raise Reject(429, "this user already publishes all the streams it may")
+        return user
 
     # -- server-side API ----------------------------------------------------------------
 
@@ -121,11 +170,25 @@ class StreamServer(ChannelServer):
     def on_connect(self, conn: Connection) -> None:
         stream_id = self._stream_id(conn.request)
         with self._lock:
-            stream = self._streams.setdefault(stream_id, _Stream())
-            if self._is_publisher(conn):
-                if stream.publisher is not None:  # lost a race with another publisher
-                    conn.close(1008, "this stream already has a publisher")
+            stream = self._streams.get(stream_id)
+            if stream is None:
+                if len(self._streams) >= self.max_streams:  # lost a race for the last one
+                    conn.close(CloseCode.TRY_AGAIN_LATER, "too many streams")
                     return
+                stream = self._streams[stream_id] = _Stream()
+            if self._is_publisher(conn):
+                key = self._publisher_key(conn.request, conn.user)
+                refusal = None  # lost a race with another publisher, or for the quota
+                if stream.publisher is not None:
+                    refusal = "this stream already has a publisher"
+                elif self._publishing[key] >= self.max_streams_per_user:
+                    refusal = "this user already publishes all the streams it may"
+                if refusal is not None:
+                    conn.close(CloseCode.POLICY_VIOLATION, refusal)
+                    if stream.publisher is None and not stream.viewers:
+                        del self._streams[stream_id]
+                    return
+                self._publishing[key] += 1
                 stream.publisher = conn
                 stream.init = None
             else:
@@ -152,9 +215,8 @@ class StreamServer(ChannelServer):
             conn.send_json({"type": "error", "code": "too_long"})
             return
         try:
-            data = json.loads(message)
-            assert isinstance(data, dict)
-        except (ValueError, AssertionError):
+            data = load_json(message, self.max_json_depth)
+        except ValueError:
             conn.send_json({"type": "error", "code": "bad_json"})
             return
         if data.get("type") == "signal":
@@ -174,6 +236,10 @@ class StreamServer(ChannelServer):
             if conn is stream.publisher:
                 stream.publisher, stream.init = None, None
                 viewers = list(stream.viewers)
+                key = self._publisher_key(conn.request, conn.user)
+                self._publishing[key] -= 1
+                if self._publishing[key] <= 0:
+                    del self._publishing[key]
             elif stream.viewers.pop(conn, None) is not None:
                 viewers = None
             else:
@@ -183,7 +249,7 @@ class StreamServer(ChannelServer):
         if viewers is None:
             self._to_publisher(stream, {"type": "viewer", "event": "left", "id": conn.id})
             return
-        ended = json.dumps({"type": "ended", "stream": stream_id}, separators=(",", ":"))
+        ended = dump_json({"type": "ended", "stream": stream_id})
         self.broadcast(ended, to=viewers)
         for viewer in viewers:
             viewer.close(STREAM_ENDED, "stream ended")
@@ -192,6 +258,12 @@ class StreamServer(ChannelServer):
 
     def _relay(self, stream: _Stream, media: bytes) -> None:
         kind = media[0]
+        if kind == INIT and len(media) > self.max_init_size:
+            stream.init = None  # the recording it started is not decodable either
+            if stream.publisher is not None:
+                error = {"type": "error", "code": "init_too_large", "max": self.max_init_size}
+                stream.publisher.send_json(error)
+            return
         stream.stats.bytes_in += len(media)
         if kind == INIT:
             stream.init = media
@@ -222,27 +294,38 @@ class StreamServer(ChannelServer):
             viewer.send_json({"type": "dropped", "dropped": state.dropped})
 
     def _signal(self, stream: _Stream, conn: Connection, data: dict[str, Any]) -> None:
+        sender: int | str = "publisher" if conn is stream.publisher else conn.id
+        try:  # encoded here, once: what cannot be is the sender's mistake
+            event = dump_json({"type": "signal", "from": sender, "data": data.get("data")})
+        except ValueError:
+            conn.send_json({"type": "error", "code": "bad_json"})
+            return
         if conn is stream.publisher:
             target = next((v for v in stream.viewers if v.id == data.get("to")), None)
             if target is None:
                 conn.send_json({"type": "error", "code": "no_such_viewer"})
             else:
-                target.send_json({"type": "signal", "from": "publisher", "data": data.get("data")})
-        elif not self._to_publisher(
-            stream, {"type": "signal", "from": conn.id, "data": data.get("data")}
-        ):
+                target.send(event)
+        elif not self._to_publisher(stream, event):
             conn.send_json({"type": "error", "code": "no_publisher"})
 
     @staticmethod
-    def _to_publisher(stream: _Stream, event: dict[str, Any]) -> bool:
+    def _to_publisher(stream: _Stream, event: dict[str, Any] | str) -> bool:
         if stream.publisher is None:
             return False
-        stream.publisher.send_json(event)
+        stream.publisher.send(event if isinstance(event, str) else dump_json(event))
         return True
 
     @staticmethod
     def _stream_id(request: Request) -> str:
         return request.path_params.get("stream_id", "")
+
+    @staticmethod
+    def _publisher_key(request: Request, user: object) -> object:
+        """Whose quota a publisher counts against: its user, or a guest's address."""
+        if user is not None:
+            return ("user", user)
+        return ("guest", request.peer[0] if request.peer else None)
 
     @staticmethod
     def _is_publisher(conn: Connection) -> bool:

@@ -11,13 +11,18 @@ other; bytes pass between them in memory, and time is a number the test moves::
 Every call runs both sides until neither has anything left to do, so a reply caused by
 a message is there by the time :meth:`WebSocket.receive` is called; a receive with
 nothing to receive fails at once (:class:`NothingReceived`) instead of waiting.
+
+``async def`` hooks run to completion within the same call, on an asyncio event loop of
+the client's own (their ``asyncio.sleep`` takes real time; the protocol's clock stays the
+virtual one). A hook still running after :data:`HOOK_TIMEOUT` seconds fails the call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -40,6 +45,9 @@ from .hub import Hub
 from .router import Router
 
 __all__ = ["ConnectionClosed", "HandshakeRejected", "NothingReceived", "TestClient", "WebSocket"]
+
+#: Seconds (real time) an ``async def`` hook may run within one call of the client.
+HOOK_TIMEOUT = 10.0
 
 
 class HandshakeRejected(Exception):
@@ -226,8 +234,10 @@ class TestClient:
         self.router = router
         #: the current time of this client's clock, in seconds
         self.now = now
-        self.hub = Hub(router)
+        self.hub = Hub(router, spawn=self._spawn)
         self._sockets: dict[ServerConnection, WebSocket] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def connect(
         self,
@@ -261,16 +271,22 @@ class TestClient:
         return socket
 
     def advance(self, seconds: float) -> None:
-        """Move the clock forward and run every deadline that passed."""
-        self.now += seconds
-        self.hub.handle_timeouts(self.now)
+        """Move the clock forward, running every deadline in the span in order, each at
+        its own time, as real time would (a ping sent at 20 s times out at 40 s)."""
+        end = self.now + seconds
+        while (deadline := self.hub.next_deadline()) is not None and deadline <= end:
+            self.now = max(self.now, deadline)
+            self.hub.handle_timeouts(self.now)
+            self.pump()
+        self.now = end
         self.pump()
 
     def pump(self) -> None:
-        """Flush every connection's output to its client until nothing is left."""
+        """Flush every connection's output to its client, and run the async hooks,
+        until nothing is left."""
         while True:
             pending = self.hub.take_pending()
-            if not pending:
+            if not pending and not self._run_hooks():
                 return
             for server in pending:
                 socket = self._sockets.get(server)
@@ -281,6 +297,25 @@ class TestClient:
                     socket._pipe.closed = True
                     self._sockets.pop(server)
                 socket._feed(data, server.should_close)
+
+    def _spawn(self, coroutine: Coroutine[object, None, None]) -> None:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        self._tasks.append(self._loop.create_task(coroutine))
+
+    def _run_hooks(self) -> bool:
+        """Run the async hooks started so far to completion; False if there were none."""
+        tasks, self._tasks = self._tasks, []
+        if not tasks:
+            return False
+        assert self._loop is not None
+        _, late = self._loop.run_until_complete(asyncio.wait(tasks, timeout=HOOK_TIMEOUT))
+        if late:
+            for task in late:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.wait(late))
+            raise RuntimeError(f"an async hook was still running after {HOOK_TIMEOUT} s")
+        return True
 
     def __enter__(self) -> TestClient:
         return self
@@ -293,3 +328,7 @@ class TestClient:
     ) -> None:
         for socket in list(self._sockets.values()):
             socket.abort()
+        if self._loop is not None:
+            self._run_hooks()  # on_close hooks of the connections just aborted
+            self._loop.close()
+            self._loop = None

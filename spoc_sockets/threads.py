@@ -46,7 +46,7 @@ from .router import Router
 
 __all__ = ["Server", "serve"]
 
-logger = logging.getLogger("spoc_sockets")
+logger = logging.getLogger("spoc_sockets.server")
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -100,19 +100,21 @@ class Server:
         *,
         ssl: _ssl.SSLContext | None = None,
         backlog: int = 128,
+        reuse_port: bool = False,
         shutdown_timeout: float | None = 30.0,
         drain_timeout: float = 5.0,
     ) -> None:
+        #: the hub of this server (its live connections: ``hub.connections``); hooks
+        #: run as plain functions here, so ``async def`` hooks are refused now
+        self.hub = Hub(router, self._wake)
+        self.router = router
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener: socket.socket | None = socket.create_server(
-            (host, port), family=family, backlog=backlog
+            (host, port), family=family, backlog=backlog, reuse_port=reuse_port
         )
         self._listener.setblocking(False)
         #: the port listened on (useful with port 0)
         self.port: int = self._listener.getsockname()[1]
-        self.router = router
-        #: the hub of this server (its live connections: ``hub.connections``)
-        self.hub = Hub(router, self._wake)
         self._ssl = ssl
         self._drain_timeout = drain_timeout
         self._shutdown_timeout = shutdown_timeout
@@ -423,6 +425,8 @@ class Server:
             else:
                 self._lingering[transport] = None
                 self._update(transport)
+        else:
+            self._update(transport)  # reading pauses while the core holds input
 
     def _update(self, transport: _Transport) -> None:
         """Register the events this transport waits for now."""
@@ -431,7 +435,8 @@ class Server:
         if transport.handshaking:
             mask = transport.want
         else:
-            mask = 0 if transport.closing else _READ
+            reading = not transport.closing and not transport.conn.input_paused
+            mask = _READ if reading else 0
             if transport.out or transport.read_wants_write:
                 mask |= _WRITE
         if mask == transport.mask:
@@ -471,6 +476,7 @@ def serve(
     *,
     ssl: _ssl.SSLContext | None = None,
     backlog: int = 128,
+    reuse_port: bool = False,
     shutdown_timeout: float | None = 30.0,
     drain_timeout: float = 5.0,
 ) -> Server:
@@ -484,6 +490,8 @@ def serve(
 
     :param ssl: serve TLS (``wss://``) with this context; ``None`` (default) serves plain TCP.
     :param backlog: the listen backlog (default 128).
+    :param reuse_port: set ``SO_REUSEPORT``, so that several processes serve one port
+        (where the system has it; ``ValueError`` elsewhere).
     :param shutdown_timeout: seconds a graceful shutdown may take before the remaining
         clients are dropped (``None``: only each channel's ``close_timeout`` bounds it)
     :param drain_timeout: seconds a closing connection's unsent output gets to leave
@@ -495,6 +503,7 @@ def serve(
         port,
         ssl=ssl,
         backlog=backlog,
+        reuse_port=reuse_port,
         shutdown_timeout=shutdown_timeout,
         drain_timeout=drain_timeout,
     )

@@ -11,8 +11,9 @@ Two entry points::
     await trio.serve_listeners(functools.partial(handle_stream, router), listeners)
 
 The adapter only moves bytes and time: per stream, a reader task feeds
-``receive_data`` and a writer task writes what the core returns (one ``send_all`` at a
-time; the core holds and bounds further output meanwhile). One timer task per hub
+``receive_data`` (and waits while the core holds input for the connection's next turn)
+and a writer task writes what the core returns (one ``send_all`` at a time; the core
+holds and bounds further output meanwhile). One timer task per hub
 honours ``next_deadline``. ``Connection.send`` from any thread wakes the hub through
 the trio token (``run_sync_soon``).
 
@@ -24,12 +25,15 @@ then let the cancellation through. ``shutdown_timeout`` is a hard bound on top.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import math
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 
 import trio
 
+from ._listen import bind
 from .connection import ServerConnection
 from .hub import Hub
 from .router import Router
@@ -39,11 +43,28 @@ __all__ = ["Server", "handle_stream", "serve"]
 #: Bytes asked of the transport per read.
 READ_SIZE = 65536
 
+logger = logging.getLogger("spoc_sockets.server")
+
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: Seconds before accepting again after running out of resources with no connection
+#: of this server's own to wait for.
+_ACCEPT_RETRY = 1.0
+
 
 class _Link:
     """The adapter's side of one stream: output in flight and the writer's wake-up."""
 
-    __slots__ = ("closing", "conn", "drop_at", "event", "out", "paused", "sending", "stream")
+    __slots__ = (
+        "closing",
+        "conn",
+        "drop_at",
+        "event",
+        "out",
+        "paused",
+        "readable",
+        "sending",
+        "stream",
+    )
 
     def __init__(self, stream: trio.abc.Stream, conn: ServerConnection) -> None:
         self.stream = stream
@@ -52,6 +73,7 @@ class _Link:
         self.paused = False  # a write is in flight: the core keeps (and bounds) the rest
         self.closing = False  # the core said close and gave its last bytes
         self.event = trio.Event()
+        self.readable = trio.Event()  # set when the core wants input again
         self.sending: trio.CancelScope | None = None  # the write in flight
         self.drop_at = math.inf  # when to give up on it
 
@@ -81,16 +103,18 @@ class Server:
         self.shutdown_timeout = shutdown_timeout
         self.drain_timeout = drain_timeout
         #: the core's side of this server
-        self.hub = Hub(router, self._wakeup)
+        self.hub = Hub(router, self._wakeup, self._spawn)
         #: the listeners (empty for :func:`handle_stream`)
         self.listeners: list[trio.SocketListener] = []
         self._token = trio.lowlevel.current_trio_token()
         self._links: dict[ServerConnection, _Link] = {}
         self._timer_scope: trio.CancelScope | None = None
+        self._hooks: trio.Nursery | None = None  # where async hooks run
         self._accepting = trio.CancelScope()
         self._shield = trio.CancelScope(shield=True)
         self._stopping = False
         self._idle = trio.Event()  # set once stopping and no stream is left
+        self._freed = trio.Event()  # set when a stream closes (to accept again)
         self._done = trio.Event()
 
     @property
@@ -110,6 +134,11 @@ class Server:
         with contextlib.suppress(trio.RunFinishedError):  # gone: nothing left to flush
             self._token.run_sync_soon(self._flush)
 
+    def _spawn(self, coroutine: Coroutine[object, None, None]) -> None:
+        """Run an async hook's coroutine for the core (it reports back when done)."""
+        assert self._hooks is not None, "a connection exists only while the server runs"
+        self._hooks.start_soon(_await, coroutine)
+
     def _flush(self) -> None:  # the trio thread
         now = trio.current_time()
         for conn in self.hub.take_pending():
@@ -119,6 +148,8 @@ class Server:
                 continue
             was_paused = link.paused
             data = conn.data_to_send(now)  # b"" while a write is in flight
+            if not conn.input_paused:
+                link.readable.set()
             if data:
                 link.out.append(data)
                 link.paused = True
@@ -163,6 +194,7 @@ class Server:
             del self._links[conn]
             with trio.move_on_after(self.drain_timeout):
                 await stream.aclose()  # forceful when cancelled
+            self._freed.set()
             if self._stopping and not self._links:
                 self._idle.set()
 
@@ -177,6 +209,9 @@ class Server:
             self._flush()
             if not data:
                 return
+            while conn.input_paused and not conn.should_close:  # until its next turn
+                link.readable = trio.Event()
+                await link.readable.wait()
 
     async def _write(self, link: _Link) -> None:
         conn = link.conn
@@ -200,6 +235,26 @@ class Server:
             link.event = trio.Event()
             await link.event.wait()
 
+    async def _accept(
+        self,
+        listener: trio.SocketListener,
+        handler: Callable[[trio.SocketStream], Awaitable[None]],
+        nursery: trio.Nursery,
+    ) -> None:
+        """Accept streams for ``handler``; out of descriptors, wait for one to close."""
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise
+                logger.warning("accept failed (%s): not accepting until a connection closes", exc)
+                self._freed = trio.Event()
+                with trio.move_on_after(math.inf if self._links else _ACCEPT_RETRY):
+                    await self._freed.wait()
+                continue
+            nursery.start_soon(handler, stream)
+
     # -- shutdown -------------------------------------------------------------------------
 
     def _begin_shutdown(self) -> None:
@@ -221,6 +276,7 @@ class Server:
                 watch.start_soon(self._watch_cancellation)
                 with self._shield:
                     async with trio.open_nursery() as nursery:
+                        self._hooks = nursery
                         nursery.start_soon(self._timer)
                         await body(nursery)
                         self._begin_shutdown()
@@ -235,6 +291,10 @@ class Server:
             await trio.sleep_forever()
         finally:
             self._begin_shutdown()
+
+
+async def _await(coroutine: Coroutine[object, None, None]) -> None:
+    await coroutine
 
 
 def _peer(stream: trio.abc.Stream) -> tuple[str, int] | None:
@@ -258,6 +318,7 @@ async def serve(
     *,
     ssl_context: ssl.SSLContext | None = None,
     backlog: int | None = None,
+    reuse_port: bool = False,
     shutdown_timeout: float | None = 30.0,
     drain_timeout: float = 5.0,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
@@ -267,15 +328,19 @@ async def serve(
     Use it with ``server = await nursery.start(serve, router, host, port)``: the
     :class:`Server` it reports has ``port`` (the one chosen for ``port=0``), ``hub`` and
     ``listeners``. ``host=None`` listens on every interface. ``ssl_context`` serves
-    ``wss://`` (each stream wrapped in a :class:`trio.SSLStream`); ``backlog`` goes to
-    :func:`trio.open_tcp_listeners` (``None``: trio's default).
+    ``wss://`` (each stream wrapped in a :class:`trio.SSLStream`); ``backlog`` is the
+    listen queue length (``None``: 128). ``reuse_port`` sets
+    ``SO_REUSEPORT``, so that several processes serve one port (where the system has it).
 
     Cancelling it shuts down gracefully (see :class:`Server` for the two timeouts),
     then the cancellation propagates; ``await server.aclose()`` does the same shutdown
     and ``serve`` returns normally.
     """
     server = Server(router, shutdown_timeout=shutdown_timeout, drain_timeout=drain_timeout)
-    server.listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+    server.listeners = [
+        trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        for sock in bind(host, port, backlog or 128, reuse_port)
+    ]
 
     async def handler(stream: trio.SocketStream) -> None:
         if ssl_context is None:
@@ -287,7 +352,9 @@ async def serve(
     async def accept(nursery: trio.Nursery) -> None:
         with server._accepting:
             task_status.started(server)
-            await trio.serve_listeners(handler, server.listeners, handler_nursery=nursery)
+            async with trio.open_nursery() as accepting:
+                for listener in server.listeners:
+                    accepting.start_soon(server._accept, listener, handler, nursery)
 
     try:
         await server._run(accept)

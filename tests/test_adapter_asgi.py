@@ -202,3 +202,41 @@ def test_unknown_websocket_path_is_404_through_the_denial_response() -> None:
     scope = ws_scope("/nowhere", extensions={"websocket.http.response": {}})
     sent = asyncio.run(call(ASGIApp(make_router()), scope, [{"type": "websocket.connect"}]))
     assert sent[0]["status"] == 404
+
+
+def test_a_new_lifespan_startup_serves_again_after_a_shutdown() -> None:
+    """One lifespan per test (as FastAPI's TestClient does): the second still serves."""
+    app = ASGIApp(make_router())
+    session = [{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1000}]
+
+    async def one_lifespan() -> Message:
+        events: asyncio.Queue[Message] = asyncio.Queue()
+        sent: asyncio.Queue[Message] = asyncio.Queue()
+        lifespan = asyncio.ensure_future(app({"type": "lifespan"}, events.get, sent.put))
+        await events.put({"type": "lifespan.startup"})
+        assert await asyncio.wait_for(sent.get(), 5) == {"type": "lifespan.startup.complete"}
+        accepted = (await call(app, ws_scope("/echo"), session, wait_sends=1))[0]
+        await events.put({"type": "lifespan.shutdown"})
+        assert await asyncio.wait_for(sent.get(), 5) == {"type": "lifespan.shutdown.complete"}
+        await asyncio.wait_for(lifespan, 5)
+        return accepted
+
+    for _ in range(2):
+        assert asyncio.run(one_lifespan()) == {"type": "websocket.accept", "subprotocol": None}
+
+
+@pytest.mark.parametrize("path", ["/ws/echo", "/echo"])
+def test_a_mount_prefix_is_not_part_of_the_channel_path(path: str) -> None:
+    """Under a mount (``root_path="/ws"``) the channel at /echo serves /ws/echo; a server
+    that already cut the prefix off ``path`` and ``raw_path`` is served the same."""
+    scope = ws_scope(path) | {"root_path": "/ws"}
+    incoming = [{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1000}]
+    sent = asyncio.run(call(ASGIApp(make_router()), scope, incoming, wait_sends=1))
+    assert sent[0] == {"type": "websocket.accept", "subprotocol": None}
+
+
+def test_the_node_module_names_are_importable_from_the_package() -> None:
+    from spoc_sockets import create_chat_server, create_stream_server, setup_websocket_handlers
+
+    router = setup_websocket_handlers(create_chat_server(), create_stream_server())
+    assert sorted(router.channels) == ["/chat", "/stream", "/stream/{stream_id}"]

@@ -380,9 +380,10 @@ def test_adopt_a_socket_from_our_own_listener(caplog: pytest.LogCaptureFixture) 
                 await wait_until(lambda: not router.upgraded)
         listener.close()
 
-    with caplog.at_level(logging.DEBUG, logger="spoc_sockets"):
+    with caplog.at_level(logging.INFO, logger="spoc_sockets"):
         run(main())
-    assert any(r.message.startswith("connection from ('127.0.0.1'") for r in caplog.records)
+    opened = [r.message for r in caplog.records if r.name == "spoc_sockets.connections"]
+    assert sum(m.startswith("open /echo peer=127.0.0.1:") for m in opened) == 3
 
 
 def test_listening_is_logged(caplog: pytest.LogCaptureFixture) -> None:

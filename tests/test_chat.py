@@ -114,7 +114,7 @@ def test_resume_after_disconnect_loses_nothing() -> None:
 
 
 def test_resume_past_retention_says_incomplete() -> None:
-    router, _, _ = setup(retention=5, burst=100)
+    router, _, _ = setup(max_history_messages=5, burst=100)
     with TestClient(router) as client:
         ada = connect(client, "ada")
         join(ada, "r")
@@ -202,9 +202,10 @@ def test_rate_limit_answers_then_closes_abuse() -> None:
     router, _, clock = setup(rate=1.0, burst=3, max_strikes=5)
     with TestClient(router) as client:
         ada = connect(client, "ada")
-        for _ in range(3):
+        join(ada, "r")
+        for _ in range(2):
             ada.send_json({"type": "who", "room": "r"})
-        assert [m["type"] for m in map(_json, ada.receive_all())] == ["members"] * 3
+        assert [m["type"] for m in map(_json, ada.receive_all())] == ["members"] * 2
         ada.send_json({"type": "who", "room": "r"})
         assert ada.receive_json()["code"] == "rate_limited"
         clock.now += 1.0  # one token back
@@ -246,8 +247,8 @@ def test_everyone_is_a_guest_unless_authenticated() -> None:
         assert impostor.receive_all() == []
 
 
-def test_rooms_per_connection_are_capped_and_reads_leave_no_state() -> None:
-    router, chat, _ = setup(max_rooms=2, burst=1000)
+def test_rooms_per_user_are_capped_and_reads_leave_no_state() -> None:
+    router, chat, _ = setup(max_rooms_per_user=2, burst=1000)
     with TestClient(router) as client:
         ada = connect(client, "ada")
         join(ada, "a")
@@ -260,4 +261,4 @@ def test_rooms_per_connection_are_capped_and_reads_leave_no_state() -> None:
         ada.close()
         broker = chat.broker
         assert isinstance(broker, MemoryBroker)
-        assert broker._members == {}
+        assert broker.room_count() == 0

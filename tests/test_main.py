@@ -126,8 +126,10 @@ def test_serves_page_and_channels_then_stops_with_1001(demo: Demo) -> None:
         connect(demo.ws + "/nowhere", open_timeout=10)
     assert refused.value.response.status_code == 404
 
-    with connect(demo.ws + "/chat?user=alice", open_timeout=10) as chat:
-        assert json.loads(chat.recv(timeout=10)) == {"type": "welcome", "user": "alice"}
+    with urllib.request.urlopen(demo.http + "/token?name=alice", timeout=10) as response:
+        issued = json.loads(response.read())
+    with connect(demo.ws + "/chat?token=" + issued["token"], open_timeout=10) as chat:
+        assert json.loads(chat.recv(timeout=10)) == {"type": "welcome", "user": issued["user"]}
         chat.send(json.dumps({"type": "join", "room": "lobby"}))
         assert json.loads(chat.recv(timeout=10))["type"] == "joined"
         assert demo.stop(signal.SIGTERM) == 0

@@ -7,13 +7,20 @@ import json
 import pytest
 
 from spoc_sockets import Router
-from spoc_sockets.seed import create_chat_server, create_stream_server, setup_websocket_handlers
+from spoc_sockets.seed import create_chat_server, setup_websocket_handlers
 from spoc_sockets.stream import DELTA, INIT, KEY, STREAM_ENDED, StreamServer
 from spoc_sockets.testing import HandshakeRejected, TestClient, WebSocket
 
 
+class Open(StreamServer):
+    """Every client is the user "tester", who may publish."""
+
+    def identify(self, request: object) -> object:
+        return "tester"
+
+
 def setup(**options: object) -> tuple[Router, StreamServer]:
-    stream = create_stream_server(**options)
+    stream = Open(**options)
     return setup_websocket_handlers(create_chat_server(), stream), stream
 
 
@@ -132,7 +139,7 @@ def test_second_publisher_refused_and_takeover_after_leave() -> None:
 
 def test_bad_role_and_refused_publisher() -> None:
     class Guarded(StreamServer):
-        def can_publish(self, request: object, stream_id: str) -> bool:
+        def can_publish(self, request: object, stream_id: str, user: object) -> bool:
             return stream_id == "open"
 
     router = Router()

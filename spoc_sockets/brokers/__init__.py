@@ -4,20 +4,42 @@
 storage. :class:`~spoc_sockets.brokers.memory.MemoryBroker` (the default) keeps everything
 in this process; a broker on Redis shares rooms across processes and machines without any
 change to the channel.
+
+Events travel as JSON text, encoded once by the channel before they are stored or
+published: history replays and fan-out reuse that text, and a broker never encodes.
+Every bound the channel applies is an argument, so a broker keeps the same bounds
+whatever its storage.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
-__all__ = ["Broker", "Deliver", "Event"]
+__all__ = ["Broker", "Deliver", "HistoryPage", "RoomsFull"]
 
-Event = dict[str, Any]
-#: ``deliver(topic, event)``: called for every event published on a subscribed topic,
-#: in every process, from whatever thread the broker delivers on.
-Deliver = Callable[[str, Event], None]
+#: ``deliver(topic, event)``: called with the JSON text of every event published on a
+#: subscribed topic, in every process, from whatever thread the broker delivers on.
+Deliver = Callable[[str, str], None]
+
+
+class RoomsFull(Exception):
+    """A ``join`` would create a room while the broker holds ``max_rooms`` already."""
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """Stored messages (JSON text, oldest first), as :meth:`Broker.history` returns them.
+
+    ``complete`` is False when messages the client asked for were lost (older than what
+    is retained, or the room was freed since); ``more`` is True when messages after this
+    page remain (ask again with ``since`` = the last id of this page).
+    """
+
+    messages: list[str]
+    complete: bool = True
+    more: bool = False
 
 
 class Broker(ABC):
@@ -25,6 +47,9 @@ class Broker(ABC):
 
     Topics are strings: ``"room:<name>"`` for a room's events and ``"user:<id>"`` for
     direct notifications. Every method may be called from any thread.
+
+    A room exists from its first ``join``; once it has no members it is *empty*, and
+    :meth:`expire` frees it (history, ids and all) when it stayed empty long enough.
     """
 
     @abstractmethod
@@ -40,31 +65,47 @@ class Broker(ABC):
         """Stop delivering ``topic``'s events to this process."""
 
     @abstractmethod
-    def publish(self, topic: str, event: Event) -> None:
-        """Deliver ``event`` to every process subscribed to ``topic``."""
+    def publish(self, topic: str, event: str) -> None:
+        """Deliver ``event`` (JSON text) to every process subscribed to ``topic``."""
 
     @abstractmethod
-    def append(self, room: str, message: Event, retention: int) -> Event:
-        """Store a room message: give it the room's next ``id``, keep the last
-        ``retention`` messages, and return it as stored."""
+    def append(self, room: str, message: str, max_messages: int, max_bytes: int) -> str:
+        """Store a room message (the JSON text of an object without ``id``): give it the
+        room's next ``id``, keep at most the last ``max_messages`` messages and
+        ``max_bytes`` bytes of UTF-8, and return the stored text (with its ``id``)."""
 
     @abstractmethod
-    def recent(self, room: str, count: int) -> list[Event]:
-        """The last ``count`` messages of ``room``, oldest first."""
+    def history(
+        self, room: str, since: int | None, max_messages: int, max_bytes: int
+    ) -> HistoryPage:
+        """One page of ``room``'s history, at most ``max_bytes`` bytes of UTF-8 (but at
+        least one message, so paging always moves on).
+
+        ``since=None``: the last ``max_messages`` messages that fit. Otherwise the
+        messages after ``since``, oldest first, up to ``max_messages``."""
 
     @abstractmethod
-    def since(self, room: str, last_id: int) -> tuple[list[Event], bool]:
-        """Messages after ``last_id``, oldest first, and whether none is missing
-        (False when ``last_id`` is older than what is retained)."""
+    def join(self, room: str, user: str, max_rooms: int) -> bool:
+        """Count one more connection of ``user`` in ``room``; True if it is the first.
+
+        Raises :class:`RoomsFull` when ``room`` does not exist and ``max_rooms`` rooms do."""
 
     @abstractmethod
-    def join(self, room: str, user: str) -> bool:
-        """Count one more connection of ``user`` in ``room``; True if it is the first."""
-
-    @abstractmethod
-    def leave(self, room: str, user: str) -> bool:
-        """Count one connection less; True if it was the user's last in the room."""
+    def leave(self, room: str, user: str, now: float) -> bool:
+        """Count one connection less; True if it was the user's last in the room.
+        A room left empty at ``now`` is freed by :meth:`expire` later (at once if it
+        holds no history)."""
 
     @abstractmethod
     def members(self, room: str) -> list[str]:
         """The users present in ``room``, sorted."""
+
+    @abstractmethod
+    def expire(self, now: float, after: float) -> float | None:
+        """Free every room that has been empty for ``after`` seconds or more at ``now``;
+        return when the next empty room will be due, or ``None`` if none is waiting (or
+        the storage expires rooms by itself)."""
+
+    @abstractmethod
+    def room_count(self) -> int:
+        """How many rooms exist (with members, or empty and not yet expired)."""

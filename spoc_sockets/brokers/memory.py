@@ -3,27 +3,37 @@
 from __future__ import annotations
 
 import threading
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
-from . import Broker, Deliver, Event
+from . import Broker, Deliver, HistoryPage, RoomsFull
 
 __all__ = ["MemoryBroker"]
+
+
+@dataclass
+class _Room:
+    members: Counter[str] = field(default_factory=Counter)
+    history: deque[tuple[int, str, int]] = field(default_factory=deque)  # id, text, bytes
+    size: int = 0  # bytes of history
+    last_id: int = 0
 
 
 class MemoryBroker(Broker):
     """Rooms, history and fan-out in memory; events are delivered synchronously.
 
-    Membership is kept only for rooms with members; the history of a room (its last
-    ``retention`` messages, for resume) is kept for the life of the process.
+    A room lives while it has members, then until :meth:`expire` finds it empty for long
+    enough: the rooms that became empty are kept in the order they did, so an expiry
+    pass only looks at the rooms it frees (and one more).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._deliver: list[Deliver] = []
         self._topics: set[str] = set()
-        self._history: dict[str, deque[Event]] = {}
-        self._last_id: dict[str, int] = defaultdict(int)
-        self._members: dict[str, Counter[str]] = defaultdict(Counter)
+        self._rooms: dict[str, _Room] = {}
+        self._empty: dict[str, float] = {}  # room -> when it became empty, oldest first
 
     def attach(self, deliver: Deliver) -> None:
         self._deliver.append(deliver)
@@ -34,52 +44,100 @@ class MemoryBroker(Broker):
     def unsubscribe(self, topic: str) -> None:
         self._topics.discard(topic)
 
-    def publish(self, topic: str, event: Event) -> None:
+    def publish(self, topic: str, event: str) -> None:
         if topic in self._topics:
             for deliver in self._deliver:
                 deliver(topic, event)
 
-    def append(self, room: str, message: Event, retention: int) -> Event:
+    def append(self, room: str, message: str, max_messages: int, max_bytes: int) -> str:
         with self._lock:
-            self._last_id[room] += 1
-            stored = {**message, "id": self._last_id[room]}
-            history = self._history.get(room)
-            if history is None or history.maxlen != retention:
-                history = self._history[room] = deque(history or (), maxlen=retention)
-            history.append(stored)
+            state = self._rooms.get(room)
+            if state is None:  # only members post: a room that expired meanwhile
+                state = self._rooms[room] = _Room()
+            state.last_id += 1
+            stored = f'{message[:-1]},"id":{state.last_id}}}'
+            size = len(stored.encode())
+            state.history.append((state.last_id, stored, size))
+            state.size += size
+            while len(state.history) > max_messages or (
+                state.size > max_bytes and len(state.history) > 1
+            ):
+                state.size -= state.history.popleft()[2]
             return stored
 
-    def recent(self, room: str, count: int) -> list[Event]:
+    def history(
+        self, room: str, since: int | None, max_messages: int, max_bytes: int
+    ) -> HistoryPage:
         with self._lock:
-            history = self._history.get(room, ())
-            return list(history)[-count:] if count > 0 else []
+            state = self._rooms.get(room)
+            history = list(state.history) if state is not None else []
+            last_id = state.last_id if state is not None else 0
+        if since is None:
+            return HistoryPage(_fit(reversed(history[-max_messages:]), max_bytes)[::-1])
+        if since > last_id:  # an id of a room freed since: all we have, and say so
+            since, complete = 0, False
+        else:
+            oldest = history[0][0] if history else last_id + 1
+            complete = since >= oldest - 1
+        after = [entry for entry in history if entry[0] > since]
+        page = _fit(after[:max_messages], max_bytes)
+        return HistoryPage(page, complete, more=len(page) < len(after))
 
-    def since(self, room: str, last_id: int) -> tuple[list[Event], bool]:
+    def join(self, room: str, user: str, max_rooms: int) -> bool:
         with self._lock:
-            history = list(self._history.get(room, ()))
-            last = self._last_id.get(room, 0)
-        missed = [m for m in history if m["id"] > last_id]
-        oldest = history[0]["id"] if history else last + 1
-        return missed, last_id >= oldest - 1
+            state = self._rooms.get(room)
+            if state is None:
+                if len(self._rooms) >= max_rooms:
+                    raise RoomsFull(room)
+                state = self._rooms[room] = _Room()
+            self._empty.pop(room, None)
+            state.members[user] += 1
+            return state.members[user] == 1
 
-    def join(self, room: str, user: str) -> bool:
+    def leave(self, room: str, user: str, now: float) -> bool:
         with self._lock:
-            self._members[room][user] += 1
-            return self._members[room][user] == 1
-
-    def leave(self, room: str, user: str) -> bool:
-        with self._lock:
-            members = self._members.get(room)
-            if members is None or members[user] <= 0:
+            state = self._rooms.get(room)
+            if state is None or state.members[user] <= 0:
                 return False
-            members[user] -= 1
-            if members[user] > 0:
+            state.members[user] -= 1
+            if state.members[user] > 0:
                 return False
-            del members[user]
-            if not members:
-                del self._members[room]
+            del state.members[user]
+            if not state.members:
+                if state.history:
+                    self._empty[room] = now
+                else:
+                    del self._rooms[room]
             return True
 
     def members(self, room: str) -> list[str]:
         with self._lock:
-            return sorted(self._members.get(room, ()))
+            state = self._rooms.get(room)
+            return sorted(state.members) if state is not None else []
+
+    def expire(self, now: float, after: float) -> float | None:
+        with self._lock:
+            while self._empty:
+                room, since = next(iter(self._empty.items()))
+                if now - since < after:
+                    return since + after
+                del self._empty[room]
+                del self._rooms[room]
+            return None
+
+    def room_count(self) -> int:
+        with self._lock:
+            return len(self._rooms)
+
+
+def _fit(entries: Iterable[tuple[int, str, int]], max_bytes: int) -> list[str]:
+    """The texts of ``entries`` (id, text, bytes), in order, while they fit in
+    ``max_bytes`` (the first always does)."""
+    page: list[str] = []
+    total = 0
+    for _, text, size in entries:
+        if page and total + size > max_bytes:
+            break
+        page.append(text)
+        total += size
+    return page

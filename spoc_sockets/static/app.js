@@ -23,7 +23,7 @@ function kib(bytes) {
 // message, left, members, error).
 
 const ROOM = "lobby";
-const chat = { ws: null, user: null, joined: false, members: new Set() };
+const chat = { ws: null, pending: false, user: null, joined: false, members: new Set(), seen: new Set() };
 
 function chatUi() {
   const connected = chat.ws !== null;
@@ -72,6 +72,18 @@ function renderMembers() {
   }
 }
 
+// History comes in pages (joined, then history replies while "more" is true): the page
+// asks for the next one after the last id it got, and skips ids it already shows.
+function addHistory(ev) {
+  const page = ev.history || [];
+  for (const msg of page) {
+    if (!chat.seen.has(msg.id)) addMessage(msg);
+    chat.seen.add(msg.id);
+  }
+  if (!ev.complete) addEvent("some older messages are no longer kept");
+  if (ev.more && page.length) chatSend({ type: "history", room: ev.room, since: page[page.length - 1].id });
+}
+
 function chatSend(obj) {
   if (chat.ws && chat.ws.readyState === WebSocket.OPEN) chat.ws.send(JSON.stringify(obj));
 }
@@ -85,7 +97,8 @@ function onChatEvent(ev) {
     case "joined":
       chat.joined = true;
       $("messages").replaceChildren();
-      for (const msg of ev.history || []) addMessage(msg);
+      chat.seen = new Set();
+      addHistory(ev);
       chat.members = new Set(ev.members || []);
       renderMembers();
       addEvent(`you joined ${ev.room} as ${chat.user}`);
@@ -99,8 +112,12 @@ function onChatEvent(ev) {
       renderMembers();
       if (ev.user !== chat.user) addEvent(`${ev.user} ${ev.event === "joined" ? "joined" : "left"}`);
       break;
+    case "history":
+      addHistory(ev);
+      break;
     case "message":
-      addMessage(ev);
+      if (!chat.seen.has(ev.id)) addMessage(ev);
+      chat.seen.add(ev.id);
       break;
     case "members":
       chat.members = new Set(ev.members || []);
@@ -119,11 +136,25 @@ function onChatEvent(ev) {
   }
 }
 
-function joinChat(name) {
-  if (chat.ws) return;
-  const ws = new WebSocket(wsUrl("/chat?user=" + encodeURIComponent(name)));
-  chat.ws = ws;
+// The server names the user: /token answers the name asked for plus a random suffix,
+// signed, and the chat trusts only that token (never a name the page would claim).
+async function joinChat(name) {
+  if (chat.ws || chat.pending) return;
+  chat.pending = true;
   setStatus($("chat-status"), "connecting…");
+  let issued;
+  try {
+    const response = await fetch("/token?name=" + encodeURIComponent(name), { cache: "no-store" });
+    if (!response.ok) throw new Error((await response.text()).trim());
+    issued = await response.json();
+  } catch (err) {
+    setStatus($("chat-status"), `refused: ${err.message}`, "bad");
+    return;
+  } finally {
+    chat.pending = false;
+  }
+  const ws = new WebSocket(wsUrl("/chat?token=" + encodeURIComponent(issued.token)));
+  chat.ws = ws;
   chatUi();
   ws.onmessage = (e) => {
     if (typeof e.data === "string") onChatEvent(JSON.parse(e.data));
@@ -140,7 +171,7 @@ function joinChat(name) {
   };
 }
 
-$("name").value = "guest-" + Math.floor(1000 + Math.random() * 9000);
+$("name").value = "visitor" + Math.floor(1000 + Math.random() * 9000);
 
 $("join-form").addEventListener("submit", (e) => {
   e.preventDefault();

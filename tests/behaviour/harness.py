@@ -132,6 +132,7 @@ class MemoryServed:
     def __init__(self, router: Router, client: TestClient) -> None:
         self.router = router
         self.client = client
+        self.raws: list[MemoryRaw] = []
 
     def connect(
         self, path: str, headers: Sequence[tuple[str, str]] = (), subprotocols: Sequence[str] = ()
@@ -144,12 +145,16 @@ class MemoryServed:
             raise Rejected(exc.status, exc.body) from None
 
     def raw(self) -> Raw:
-        return MemoryRaw(self.client)
+        raw = MemoryRaw(self.client)
+        self.raws.append(raw)
+        return raw
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         waited = 0.0
         while True:
             self.client.pump()
+            for raw in self.raws:  # their owner is the test: give them their turn
+                raw._collect()
             if predicate():
                 return
             if waited >= timeout:

@@ -308,15 +308,14 @@ def test_churn_leaves_no_upgraded_connection(serve: Harness, abrupt: bool) -> No
         served.wait_for(lambda: open_fds() <= before)
 
 
-def test_the_design_example_router(serve: Harness) -> None:
-    """The router of DESIGN.md's example, as written, behind every harness."""
+def test_the_getting_started_router(serve: Harness) -> None:
+    """The router of the getting-started example, as written, behind every harness."""
     from ..test_invariants import example_blocks
 
     code = next(block for block in example_blocks() if "Router()" in block)
-    prelude = "from spoc_sockets.stream import StreamServer\n"
-    prelude += "def verify(token):\n    return {'t': 'ada'}.get(token)\n"
+    prelude = "def verify(token):\n    return {'t': 'ada'}.get(token)\n"
     namespace: dict[str, object] = {}
-    exec(compile(prelude + code, "DESIGN.md", "exec"), namespace)
+    exec(compile(prelude + code, "getting-started.rst", "exec"), namespace)
     router = namespace["router"]
     assert isinstance(router, Router)
     with serve(router) as served:

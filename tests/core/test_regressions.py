@@ -118,7 +118,11 @@ def test_sends_from_a_thread_stay_bounded_before_any_flush(overflow: str) -> Non
 def test_stream_viewer_bound_sees_what_one_read_queued() -> None:
     from spoc_sockets.stream import DELTA, KEY, StreamServer
 
-    stream = StreamServer(viewer_buffer=100_000)
+    class Open(StreamServer):
+        def can_publish(self, request: Request, stream_id: str, user: object) -> bool:
+            return True  # guests may publish here (the default refuses them)
+
+    stream = Open(viewer_buffer=100_000)
     router = Router()
     router.add("/s/{stream_id}", stream)
     viewer, publisher = Peer(router), Peer(router)

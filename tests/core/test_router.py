@@ -60,14 +60,14 @@ def test_static_lookup_and_templates() -> None:
     router.add("/echo", echo)
     router.add("/stream/{stream_id}", stream)
     router.add("/u/{a}/x/{b}", user)
-    assert router.resolve("/echo") == (echo, {})
-    assert router.resolve("/stream/42") == (stream, {"stream_id": "42"})
-    assert router.resolve("/u/1/x/2") == (user, {"a": "1", "b": "2"})
+    assert router.resolve("/echo") == ("/echo", echo, {})
+    assert router.resolve("/stream/42") == ("/stream/{stream_id}", stream, {"stream_id": "42"})
+    assert router.resolve("/u/1/x/2") == ("/u/{a}/x/{b}", user, {"a": "1", "b": "2"})
     assert router.resolve("/u/1/y/2") is None
     assert router.resolve("/stream/") is None  # an empty segment is not a value
     assert router.resolve("/stream/1/2") is None
     assert router.resolve("/nowhere") is None
-    assert router.resolve("/stream/a%20b") == (stream, {"stream_id": "a b"})
+    assert router.resolve("/stream/a%20b") == ("/stream/{stream_id}", stream, {"stream_id": "a b"})
 
 
 def test_static_wins_over_a_template_in_either_order() -> None:
@@ -80,8 +80,8 @@ def test_static_wins_over_a_template_in_either_order() -> None:
         else:
             router.add("/stream/{id}", template)
             router.add("/stream/live", static)
-        assert router.resolve("/stream/live") == (static, {})
-        assert router.resolve("/stream/other") == (template, {"id": "other"})
+        assert router.resolve("/stream/live") == ("/stream/live", static, {})
+        assert router.resolve("/stream/other")[1:] == (template, {"id": "other"})  # type: ignore[index]
 
 
 @pytest.mark.parametrize(

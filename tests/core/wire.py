@@ -104,7 +104,10 @@ class Peer:
         self.flush()
 
     def flush(self) -> None:
+        """Take the output, giving the connection as many turns as its input needs."""
         self.out += self.server.data_to_send(self.now)
+        while self.server.input_paused:
+            self.out += self.server.data_to_send(self.now)
 
     def advance(self, seconds: float) -> None:
         self.now += seconds

@@ -1,0 +1,37 @@
+"""Listening sockets for the adapters (not part of the sans-IO core)."""
+
+from __future__ import annotations
+
+import socket
+
+__all__ = ["bind"]
+
+
+def bind(host: str | None, port: int, backlog: int, reuse_port: bool) -> list[socket.socket]:
+    """Listening sockets for ``host`` (every address it names; ``None``: every
+    interface) on ``port`` (0: one free port, the same for every address)."""
+    if host is None and socket.has_dualstack_ipv6():
+        addresses = [(socket.AF_INET6, "::")]
+    else:
+        infos = socket.getaddrinfo(
+            host or "0.0.0.0", port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        addresses = list(dict.fromkeys((info[0], str(info[4][0])) for info in infos))
+    listeners: list[socket.socket] = []
+    try:
+        for family, address in addresses:
+            sock = socket.create_server(
+                (address, port),
+                family=family,
+                backlog=backlog,
+                reuse_port=reuse_port,
+                dualstack_ipv6=host is None and family == socket.AF_INET6,
+            )
+            listeners.append(sock)
+            sock.setblocking(False)
+            port = port or sock.getsockname()[1]
+    except BaseException:
+        for sock in listeners:
+            sock.close()
+        raise
+    return listeners
