@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -36,6 +37,7 @@ class Echo(ChannelServer):
     """Send every message back to its sender, text as text and binary as binary."""
 
     max_message_size = 64 * 2**20
+    max_fragments = None  # cases 9.3 and 9.4 send 4 MiB in up to 65,536 fragments
     max_buffered_amount = 128 * 2**20
     compression = True
     ping_interval = None
@@ -54,6 +56,9 @@ def echo_router() -> Router:
 def run_asgi(router: Router, port: int, ws: str, on_listen: Callable[[int], None]) -> None:
     """Serve ``router`` as an ASGIApp in uvicorn (``ws``: its WebSocket implementation)
     until SIGINT or SIGTERM (uvicorn's own handlers)."""
+    # websockets caps a message at 4096 fragments; cases 9.3.x and 9.4.x send 4 MiB in
+    # fragments of 64 bytes and up: raise the cap as max_size is raised (read at import)
+    os.environ.setdefault("WEBSOCKETS_MAX_FRAGMENTS", str(2**20))
     import uvicorn
 
     from spoc_sockets.asgi import ASGIApp

@@ -19,8 +19,9 @@ from spoc_sockets import ServerConnection
 
 FUZZ = Path(__file__).parent.parent / "fuzz"
 HARNESSES = {"handshake": "fuzz_handshake.py", "frames": "fuzz_frames.py"}
-SECONDS = 4  # of fuzzing per harness
-BOUND = 120  # seconds the subprocess may take, start-up included
+MUTATIONS = 300  # inputs run per harness beyond the seeds (a few seconds)
+CAP = 90  # seconds of fuzzing at most, on a loaded machine
+BOUND = 150  # seconds the subprocess may take, start-up included
 
 
 @pytest.fixture
@@ -90,7 +91,8 @@ def test_a_short_coverage_guided_run_finds_nothing(name: str, tmp_path: Path) ->
         str(FUZZ / HARNESSES[name]),
         str(found),
         str(FUZZ / "corpus" / name),
-        f"-max_total_time={SECONDS}",
+        f"-runs={len(seeds(name)) + MUTATIONS}",
+        f"-max_total_time={CAP}",
         "-max_len=8192",
         "-timeout=10",
         "-rss_limit_mb=1024",

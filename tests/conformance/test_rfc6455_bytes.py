@@ -90,6 +90,17 @@ REFUSALS = {
         400,
     ),
     "a body on the GET": (upgrade_request("/echo", extra="Content-Length: 5\r\n") + b"hello", 400),
+    "bare LF line ends": (REQUEST.replace("\r\n", "\n"), 400),
+    "one bare LF": (REQUEST.replace(HOST_LINE, "Host: 127.0.0.1\n"), 400),
+    "obs-fold": (upgrade_request("/echo", extra="X-Folded: 1\r\n 2\r\n"), 400),
+    "obs-fold of the key": (
+        upgrade_request("/echo", key=None, extra=f"Sec-WebSocket-Key:\r\n {KEY}\r\n"),
+        400,
+    ),
+    "two equal Content-Lengths": (
+        upgrade_request("/echo", extra="Content-Length: 0\r\nContent-Length: 0\r\n"),
+        400,
+    ),
     "not HTTP": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
 }
 
