@@ -35,9 +35,9 @@
 #include <unistd.h>
 
 #define READ_CHUNK 65536
-#define SYNC_RESEND_NS 300000000LL   /* fan-out: resend the sync message this often */
-#define SYNC_LIMIT_NS 60000000000LL  /* fan-out: give up synchronising after this */
-#define DRAIN_LIMIT_NS 10000000000LL /* fan-out: wait this long for the window's messages */
+#define SYNC_RESEND_NS 300000000LL   /* fan-out: resend the sync message after this, then */
+#define SYNC_RESEND_MAX_NS 4000000000LL /* twice as long each time, up to this */
+#define DRAIN_LIMIT_NS 30000000000LL /* fan-out: wait this long for the window's messages */
 #define CLOSE_LIMIT_NS 2000000000LL  /* at exit: wait this long for the servers' closes */
 #define SETUP_LIMIT_NS 120000000000LL /* connecting and warming up may take this long */
 #define TAG "~~"                     /* a fan-out message carries TAG + 10 digits (its seq) */
@@ -62,7 +62,7 @@ typedef struct conn {
     int index;        /* position in conns[] (-1: a draining handshake connection) */
     int receiver;     /* fan-out: counts towards deliveries */
     int reading;      /* 0: never reads once open (a stalled viewer) */
-    int synced;       /* fan-out: got a tagged message */
+    uint32_t last_seq; /* fan-out: the last tagged message received (+1; 0: none) */
     int waiting_out;  /* EPOLLOUT registered */
     int awaiting;     /* echo: a message is in flight */
     int64_t started;  /* connect() time (handshake latency), send time (echo) */
@@ -112,7 +112,7 @@ static uint32_t *reach_us;
 static size_t capseq;
 static uint32_t next_seq, first_seq, end_seq, inflight, nreach, readers;
 
-static int64_t last_sync, next_send;
+static int64_t last_sync, sync_interval = SYNC_RESEND_NS, next_send;
 
 static void die(const char *fmt, ...) {
     va_list ap;
@@ -351,7 +351,7 @@ static void fanout_message(conn_t *c, const uint8_t *p, size_t n, int64_t now) {
     }
     if (seq >= next_seq) die("received message %u, never sent", seq);
     if (!c->receiver) return;
-    c->synced = 1;
+    c->last_seq = seq + 1;
     if (seq < first_seq || seq >= end_seq) return; /* sync messages, or after the window */
     count++;
     bytes += n;
@@ -734,12 +734,15 @@ static void tick(int64_t now) {
                 SETUP_LIMIT_NS / 1000000000LL, opened, nconns);
         if (opened < nconns) return;
         if (mode == M_FANOUT) {
+            /* synchronised once every receiver has the last sync message: every one is
+               registered with the server, and no backlog of sync messages is left */
             int all = 1;
             for (int i = 0; i < nconns && all; i++)
-                if (conns[i] && conns[i]->receiver && !conns[i]->synced) all = 0;
+                if (conns[i] && conns[i]->receiver && conns[i]->last_seq != next_seq) all = 0;
             if (all && next_seq) { ready(); return; }
-            if (now - last_sync > SYNC_RESEND_NS) {
-                if (now - t_setup > SYNC_LIMIT_NS) die("not every receiver got a message");
+            if (now - last_sync > sync_interval) {
+                if (next_seq) sync_interval = 2 * sync_interval < SYNC_RESEND_MAX_NS
+                                                  ? 2 * sync_interval : SYNC_RESEND_MAX_NS;
                 send_tagged(1);
                 last_sync = now;
             }

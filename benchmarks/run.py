@@ -380,6 +380,7 @@ def run_group(plan: Plan, variant: str, group: list[Scenario], round_: int) -> N
             log(f"  {variant}: the warm-up failed: {exc}")
         for s in group:
             sample: dict[str, Any] | None = None
+            began = time.perf_counter()
             try:
                 if not server.alive():
                     raise LoadError("the server is gone")
@@ -399,7 +400,8 @@ def run_group(plan: Plan, variant: str, group: list[Scenario], round_: int) -> N
                 log(
                     f"  {s.name:<15} {variant:<19} {fmt(result['value']):>10} {s.unit:<17}"
                     f"server {100 * result['server_busy']:3.0f} %  "
-                    f"load generator {100 * result['loadgen_busy']:3.0f} %{flag}"
+                    f"load generator {100 * result['loadgen_busy']:3.0f} %"
+                    f" ({time.perf_counter() - began:.0f} s){flag}"
                 )
             except (LoadError, OSError, subprocess.TimeoutExpired) as exc:
                 log(f"  {s.name:<15} {variant:<19} failed: {exc}")
@@ -409,7 +411,8 @@ def run_group(plan: Plan, variant: str, group: list[Scenario], round_: int) -> N
         server.stop()
 
 
-def run(plan: Plan) -> None:
+def run(plan: Plan, after_round: Callable[[int], None]) -> None:
+    """Every round; ``after_round(rounds done)`` after each."""
     plan.samples = {s.name: {v: [] for v in plan.servers} for s in plan.scenarios}
     for r in range(plan.rounds):
         log(f"round {r + 1}/{plan.rounds}")
@@ -421,6 +424,7 @@ def run(plan: Plan) -> None:
             for group in groups:
                 if group:
                     run_group(plan, variant, group, r)
+        after_round(r + 1)
 
 
 # -- medians and tables -------------------------------------------------------------------
@@ -602,7 +606,14 @@ def plots(plan: Plan, medians: dict[str, Any], out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     written = []
-    styles = {v: ("-" if v.startswith("spoc") else "--") for v in plan.servers}
+    colours = [*(f"C{i}" for i in range(10)), "black"]
+    styles = {
+        v: ("-" if v.startswith("spoc") else "--", colours[i % len(colours)])
+        for i, v in enumerate(plan.servers)
+    }
+
+    def style(v: str) -> dict[str, str]:
+        return {"linestyle": styles[v][0], "color": styles[v][1], "label": v}
 
     def median_sample(name: str, v: str) -> dict[str, Any] | None:
         samples = [x for x in plan.samples.get(name, {}).get(v, []) if x is not None]
@@ -618,7 +629,7 @@ def plots(plan: Plan, medians: dict[str, Any], out: Path) -> list[str]:
             if sample is None or "latency_us" not in sample:
                 continue
             cdf = sample["latency_us"]["cdf"]
-            ax.plot([x / 1000 for _, x in cdf], [100 * q for q, _ in cdf], styles[v], label=v)
+            ax.plot([x / 1000 for _, x in cdf], [100 * q for q, _ in cdf], **style(v))
         ax.set_xscale("log")
         ax.set_xlabel("round-trip time (ms, log)")
         ax.set_ylabel("percentile")
@@ -639,7 +650,7 @@ def plots(plan: Plan, medians: dict[str, Any], out: Path) -> list[str]:
                 if v in medians[s.name] and medians[s.name][v][key] is not None
             ]
             if points:
-                ax.plot(*zip(*points, strict=True), styles[v], marker="o", label=v)
+                ax.plot(*zip(*points, strict=True), marker="o", **style(v))
     axes[0].set_ylabel("deliveries/s")
     axes[1].set_ylabel("p99 time for a message to reach every client (ms)")
     for ax in axes:
@@ -663,7 +674,7 @@ def plots(plan: Plan, medians: dict[str, Any], out: Path) -> list[str]:
             if v in medians[s.name] and medians[s.name][v]["value"] is not None
         ]
         if points:
-            ax.plot(*zip(*points, strict=True), styles[v], marker="o", label=v)
+            ax.plot(*zip(*points, strict=True), marker="o", **style(v))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("message size (bytes, log)")
@@ -924,21 +935,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         with exclusive(lock), open(server_log, "w") as plan.server_log:
             started = time.time()
             about = machine()
-            run(plan)
-            about["load_average_end"] = os.getloadavg()
-            about["runtime_seconds"] = round(time.time() - started)
+            about["load_averages"] = []
+
+            def after_round(done: int) -> None:
+                about["load_average_end"] = os.getloadavg()
+                about["load_averages"].append(about["load_average_end"])
+                about["runtime_seconds"] = round(time.time() - started)
+                if done < plan.rounds:  # what is done so far, should the run be cut short
+                    report(plan, args, argv, about, done, final=False)
+
+            run(plan, after_round)
         if args.smoke and any(
             x is None for by in plan.samples.values() for xs in by.values() for x in xs
         ):
             log(server_log.read_text()[-4000:])  # what the servers said
-    report(plan, args, argv, about)
+    report(plan, args, argv, about, plan.rounds, final=True)
     failed = any(x is None for by in plan.samples.values() for xs in by.values() for x in xs)
     return 1 if failed else 0
 
 
 def report(
-    plan: Plan, args: argparse.Namespace, argv: Sequence[str], about: dict[str, Any]
+    plan: Plan,
+    args: argparse.Namespace,
+    argv: Sequence[str],
+    about: dict[str, Any],
+    rounds: int,
+    final: bool,
 ) -> None:
+    """Write the results (and print the tables, if ``final``)."""
     medians = summary(plan)
     pairs = [(v, REFERENCE) for v in plan.servers if v != REFERENCE]
     pairs += [p for p in PAIRS if p[1] != REFERENCE]
@@ -948,14 +972,15 @@ def report(
         "details": detail_rows(plan, medians),
     }
     command = "python benchmarks/run.py" + "".join(f" {a}" for a in argv)
-    print(f"{command}\n", flush=True)
-    for name, (header, rows) in tables.items():
-        print(f"{name}:\n\n{markdown(header, rows)}\n")
+    if final:
+        print(f"{command}\n", flush=True)
+        for name, (header, rows) in tables.items():
+            print(f"{name}:\n\n{markdown(header, rows)}\n")
     document = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "machine": about,
-        "rounds": plan.rounds,
+        "rounds": rounds,
         "seconds": args.seconds,
         "pinned": plan.server_cpu is not None,
         "scenarios": {
@@ -971,12 +996,13 @@ def report(
         targets.append(args.out / "results.json")
         inc = [
             f".. Written by ``{command}`` on {document['date']}; do not edit.\n",
-            f"Command: ``{command}`` ({plan.rounds} rounds of {args.seconds:g} s windows, "
+            f"Command: ``{command}`` ({rounds} rounds of {args.seconds:g} s windows, "
             f"{about['runtime_seconds']} s in all), {document['date']}.\n",
             f"Machine: {about['cpus']} CPUs ({about['cpu_model']}), {about['platform']}, "
             f"Python {about['python']}; load average "
             f"{about['load_average'][0]:.1f} at the start, "
-            f"{about['load_average_end'][0]:.1f} at the end. Versions: "
+            + ", ".join(f"{x[0]:.1f}" for x in about["load_averages"])
+            + " after each round. Versions: "
             + ", ".join(f"{k} {v}" for k, v in about["versions"].items() if v)
             + ".\n",
         ]
