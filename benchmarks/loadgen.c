@@ -736,11 +736,16 @@ static void tick(int64_t now) {
         if (mode == M_FANOUT) {
             /* synchronised once every receiver has the last sync message: every one is
                registered with the server, and no backlog of sync messages is left */
-            int all = 1;
-            for (int i = 0; i < nconns && all; i++)
-                if (conns[i] && conns[i]->receiver && conns[i]->last_seq != next_seq) all = 0;
+            int all = 1, missing = 0; /* missing: receivers that got nothing yet */
+            for (int i = 0; i < nconns; i++) {
+                conn_t *c = conns[i];
+                if (!c || !c->receiver) continue;
+                if (c->last_seq != next_seq) all = 0;
+                if (!c->last_seq) missing++;
+            }
             if (all && next_seq) { ready(); return; }
-            if (now - last_sync > sync_interval) {
+            /* resend only for the receivers not yet registered; the others catch up */
+            if ((missing || !next_seq) && now - last_sync > sync_interval) {
                 if (next_seq) sync_interval = 2 * sync_interval < SYNC_RESEND_MAX_NS
                                                   ? 2 * sync_interval : SYNC_RESEND_MAX_NS;
                 send_tagged(1);

@@ -130,9 +130,12 @@ def scenarios(seconds: float, smoke: bool) -> list[Scenario]:
     if not smoke:
         out.append(Scenario("handshake-50", "handshakes, 50 in parallel", "handshakes/s",
                             ("--mode", "handshake", *d, "--conns", small), "rate"))  # fmt: skip
+    # messages in flight (not yet delivered to all): a backlog of 800 to 10,000 deliveries
+    window = {10: 8, 100: 8, 1000: 2, 10_000: 1}
     for n in (10,) if smoke else (100, 1000, 10_000):
         out.append(Scenario(f"broadcast-{n}", f"broadcast to {n:,} clients", "deliveries/s",
-                            fanout(n, "/broadcast", "--size", "32"), "deliveries",
+                            fanout(n, "/broadcast", "--size", "32", "--window", str(window[n])),
+                            "deliveries",
                             # a server of its own: its memory per connection is measured too
                             fresh=n >= 10_000, memory_over=n if n >= 10_000 else 0))  # fmt: skip
     stream = fanout(viewers, "/stream/bench", "--sender-path", "/stream/bench?role=publish",
@@ -361,6 +364,7 @@ class Plan:
     settle: float  # seconds for a server to settle (memory readings, between scenarios)
     server_log: Any  # the servers' stderr goes here
     samples: Samples = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # failures, unclean closes
 
 
 def run_group(plan: Plan, variant: str, group: list[Scenario], round_: int) -> None:
@@ -369,6 +373,7 @@ def run_group(plan: Plan, variant: str, group: list[Scenario], round_: int) -> N
         server = Server(variant, plan.server_cpu, plan.node_modules, plan.server_log)
     except (OSError, RuntimeError) as exc:
         log(f"  {variant}: {exc}")
+        plan.notes.append(f"{variant}, round {round_ + 1}: did not start: {exc}")
         for s in group:
             plan.samples[s.name][variant].append(None)
         return
@@ -396,7 +401,12 @@ def run_group(plan: Plan, variant: str, group: list[Scenario], round_: int) -> N
                 sample = result
                 flag = " (load generator busy!)" if result["loadgen_busy"] >= LOADGEN_LIMIT else ""
                 if result.get("unclean_closes"):
-                    flag += f" ({result['unclean_closes']} closed without a close frame)"
+                    unclean = f"{result['unclean_closes']} of {result['count']} closed"
+                    flag += f" ({unclean} without a close frame)"
+                    plan.notes.append(
+                        f"{s.name}, {variant}, round {round_ + 1}: {unclean} by the server"
+                        " without answering the client's close frame (counted all the same)"
+                    )
                 log(
                     f"  {s.name:<15} {variant:<19} {fmt(result['value']):>10} {s.unit:<17}"
                     f"server {100 * result['server_busy']:3.0f} %  "
@@ -405,6 +415,8 @@ def run_group(plan: Plan, variant: str, group: list[Scenario], round_: int) -> N
                 )
             except (LoadError, OSError, subprocess.TimeoutExpired) as exc:
                 log(f"  {s.name:<15} {variant:<19} failed: {exc}")
+                reason = " ".join(str(exc).split())[:300]
+                plan.notes.append(f"{s.name}, {variant}, round {round_ + 1}: failed: {reason}")
             plan.samples[s.name][variant].append(sample)
             time.sleep(plan.settle / 2)
     finally:
@@ -578,6 +590,13 @@ def detail_rows(plan: Plan, medians: dict[str, Any]) -> tuple[list[str], list[li
 
 def pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f} %"
+
+
+def rst_text(text: str) -> str:
+    """``text`` as plain reStructuredText (no markup from what a peer printed)."""
+    for c in "\\*`|_[]<>":
+        text = text.replace(c, "\\" + c)
+    return text
 
 
 def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -988,6 +1007,7 @@ def report(
             for s in plan.scenarios
         },
         "medians": medians,
+        "notes": plan.notes,
         "samples": plan.samples,
     }
     targets = [args.json] if args.json else []
@@ -1013,7 +1033,12 @@ def report(
             "details": "Every figure: latencies, CPU of the server and of the load generator",
         }
         for name, (header, rows) in tables.items():
-            inc.append(f"{titles[name]}:\n\n{rst_table(header, rows)}")
+            if rows:
+                inc.append(f"{titles[name]}:\n\n{rst_table(header, rows)}")
+        if plan.notes:
+            inc.append("Failures and oddities in this run:\n")
+            inc += [f"* {rst_text(note)}" for note in plan.notes]
+            inc.append("")
         (args.out / "results.inc").write_text("\n".join(inc))
         for png in plots(plan, medians, args.out):
             log(f"wrote {args.out / png}")
