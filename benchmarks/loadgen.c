@@ -87,6 +87,7 @@ static double rate;             /* fan-out: messages/s instead of a window */
 static double idle_fraction;    /* fan-out: receivers that never read */
 static int key_every;           /* fan-out, stream protocol: every Nth message a KEY */
 static int concurrency = 50;    /* handshakes in flight while connecting */
+static uint64_t min_count = 1;  /* echo, handshakes: round trips / handshakes per window */
 
 /* -- state --------------------------------------------------------------------------- */
 static int ep;
@@ -286,6 +287,9 @@ static const char *conn_path(conn_t *c) {
     return (mode == M_FANOUT && sender_path && c->index == 0) ? sender_path : path;
 }
 
+/* echo and handshakes: the window lasts --duration, and until --min-count are done */
+static int window_over(int64_t now) { return now >= t_end && count >= min_count; }
+
 /* -- fan-out ------------------------------------------------------------------------- */
 
 static void grow_seq(uint32_t seq) {
@@ -374,13 +378,13 @@ static void on_message(conn_t *c, int op, const uint8_t *p, size_t n) {
             die("connection %d: the echo (%zu bytes, opcode %d) differs from the %zu bytes sent",
                 c->index, n, op, size);
         c->awaiting = 0;
-        if (phase == P_WINDOW && now <= t_end) { /* completed in the window */
+        if (phase == P_WINDOW) { /* completed in the window */
             uint32_t d = us_since(c->started, now);
             record(&d);
             count++;
             bytes += n;
         }
-        if (phase == P_WINDOW && now >= t_end) return;
+        if (phase == P_WINDOW && window_over(now)) return;
         if (phase >= P_DONE) return;
         c->awaiting = 1;
         c->started = now;
@@ -522,7 +526,7 @@ static void on_open(conn_t *c) {
 
 static void handshake_done(conn_t *c) {
     int64_t now = now_ns();
-    if (phase == P_WINDOW && now <= t_end) { /* completed in the window */
+    if (phase == P_WINDOW) { /* completed in the window */
         uint32_t d = us_since(c->started, now);
         record(&d);
         count++;
@@ -531,7 +535,7 @@ static void handshake_done(conn_t *c) {
     c->st = S_DRAINING; /* wait for the server to close TCP (it closes first) */
     c->index = -1;
     conns[index] = NULL;
-    if (phase == P_SETUP || phase == P_READY || (phase == P_WINDOW && now < t_end))
+    if (phase == P_SETUP || phase == P_READY || (phase == P_WINDOW && !window_over(now)))
         start_conn(index);
 }
 
@@ -771,7 +775,7 @@ static void tick(int64_t now) {
             report(last);
             return;
         }
-        if (now >= t_end) { phase = P_DONE; report(t_end); }
+        if (window_over(now)) { phase = P_DONE; report(now); }
     }
 }
 
@@ -780,7 +784,7 @@ static void usage(void) {
             "usage: loadgen --port P [--mode echo|handshake|idle|fanout] [--conns N] [--size B]\n"
             "  [--text] [--duration S] [--warmup S] [--path P] [--sender-path P] [--on-open MSG]\n"
             "  [--before S] [--after S] [--window N] [--rate R] [--idle-fraction F]\n"
-            "  [--key-every N] [--concurrency N]\n");
+            "  [--key-every N] [--concurrency N] [--min-count N]\n");
     exit(2);
 }
 
@@ -809,6 +813,7 @@ int main(int argc, char **argv) {
         else if (OPT("--idle-fraction")) idle_fraction = atof(v);
         else if (OPT("--key-every")) key_every = atoi(v);
         else if (OPT("--concurrency")) concurrency = atoi(v);
+        else if (OPT("--min-count")) min_count = strtoull(v, NULL, 10);
         else usage();
 #undef OPT
     }

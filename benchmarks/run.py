@@ -101,6 +101,8 @@ class Scenario:
 def scenarios(seconds: float, smoke: bool) -> list[Scenario]:
     """Every scenario; ``smoke`` keeps each tiny (a contract check, not a measure)."""
     d = ("--duration", str(seconds))
+    if smoke:  # however loaded the machine, some work is checked
+        d = (*d, "--min-count", "10")
     idle = 50 if smoke else 1000
     small = "5" if smoke else "50"  # the "50 connections" of echo and handshakes
     spoc = ("spoc-asyncio",) if smoke else SPOC
