@@ -499,12 +499,20 @@ def summary(plan: Plan) -> dict[str, dict[str, dict[str, Any]]]:
                 "reach_p99_ms": median(samples, p99("reach_all_us")),
                 "memory": median(samples, lambda x: x.get("memory")),
                 "server_busy": median(samples, lambda x: x["server_busy"]),
+                # the work done per second of the server's CPU, whatever share of its core
+                # it got: the figure that a busy machine disturbs least
+                "per_cpu": None if s.figure == "memory" else median(samples, per_cpu),
                 "rss_end_mib": median(samples, lambda x: x["rss_end_kib"] / 1024),
                 "loadgen_busy_max": loadgen_max(samples),
                 "loadgen_busy_median": median(samples, lambda x: x["loadgen_busy"]),
                 "rounds": sum(1 for x in samples if x is not None),
             }
     return out
+
+
+def per_cpu(sample: dict[str, Any]) -> float | None:
+    """The figure per second of the server's CPU time (None if it used none)."""
+    return sample["value"] / sample["server_busy"] if sample["server_busy"] > 0 else None
 
 
 def ratio(mine: float | None, theirs: float | None) -> str:
@@ -530,10 +538,11 @@ def short_title(s: Scenario) -> str:
 
 
 def ratio_rows(
-    plan: Plan, medians: dict[str, Any], pairs: Sequence[tuple[str, str]]
+    plan: Plan, medians: dict[str, Any], pairs: Sequence[tuple[str, str]], key: str = "value"
 ) -> tuple[list[str], list[list[str]]]:
-    cols = [s for s in plan.scenarios if not s.only]
-    extra = [s for s in cols if s.memory_over and s.figure != "memory"]
+    """The ratios of ``key`` (the figure, or the work per CPU-second) for each pair."""
+    cols = [s for s in plan.scenarios if not s.only and (key == "value" or s.figure != "memory")]
+    extra = [s for s in cols if s.memory_over and s.figure != "memory" and key == "value"]
     header = ["server / peer", *(s.name for s in cols), *(f"memory-{s.memory_over}" for s in extra)]
     rows = []
     for mine, theirs in pairs:
@@ -542,7 +551,7 @@ def ratio_rows(
         cells = []
         for s in cols:
             a, b = medians[s.name].get(mine), medians[s.name].get(theirs)
-            cells.append(ratio(a and a["value"], b and b["value"]))
+            cells.append(ratio(a and a[key], b and b[key]))
         for s in extra:
             a, b = medians[s.name].get(mine), medians[s.name].get(theirs)
             cells.append(ratio(a and a["memory"], b and b["memory"]))
@@ -560,6 +569,7 @@ def detail_rows(plan: Plan, medians: dict[str, Any]) -> tuple[list[str], list[li
         "p99 ms",
         "p99 to all ms",
         "server CPU",
+        "figure per server CPU-s",
         "load gen. CPU (max)",
         "rounds",
     ]
@@ -583,6 +593,7 @@ def detail_rows(plan: Plan, medians: dict[str, Any]) -> tuple[list[str], list[li
                     fmt(m["p99_ms"]) if m["p99_ms"] is not None else "",
                     fmt(m["reach_p99_ms"]) if m["reach_p99_ms"] is not None else "",
                     pct(m["server_busy"]),
+                    fmt(m["per_cpu"]) if m["per_cpu"] is not None else "",
                     pct(m["loadgen_busy_max"]),
                     str(m["rounds"]),
                 ]
@@ -903,6 +914,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="run in this interpreter (the peers must be importable)",
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin to separate CPUs")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="measure nothing: write the tables and plots of this results.json again",
+    )
     args = parser.parse_args(argv)
     if args.rounds is None:
         args.rounds = 1 if args.smoke else 3
@@ -920,6 +937,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.from_json is not None:
+        return render(args)
     if not (args.smoke or args.no_venv or in_bench_venv()):
         enter_bench_venv(argv)  # does not return
     raise_fd_limit()
@@ -975,6 +994,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def render(args: argparse.Namespace) -> int:
+    """The tables and plots of an earlier run, from its results.json."""
+    document = json.loads(args.from_json.read_text())
+    samples = document["samples"]
+    known = {s.name: s for s in scenarios(document["seconds"], smoke=False)}
+    plan = Plan(
+        servers=list(next(iter(samples.values()))),
+        scenarios=[known[name] for name in samples if name in known],
+        rounds=document["rounds"],
+        warmup=0,
+        loadgen=Path(),
+        loadgen_cpu=None,
+        server_cpu=None,
+        node_modules=None,
+        settle=0,
+        server_log=None,
+        samples=samples,
+        notes=document.get("notes", []),
+    )
+    args.seconds = document["seconds"]
+    argv = document["command"].split()[2:]
+    report(plan, args, argv, document["machine"], document["rounds"], final=True)
+    return 0
+
+
 def report(
     plan: Plan,
     args: argparse.Namespace,
@@ -990,6 +1034,7 @@ def report(
     tables = {
         "figures": main_rows(plan, medians),
         "ratios": ratio_rows(plan, medians, pairs),
+        "efficiency": ratio_rows(plan, medians, pairs, "per_cpu"),
         "details": detail_rows(plan, medians),
     }
     command = "python benchmarks/run.py" + "".join(f" {a}" for a in argv)
@@ -1023,7 +1068,7 @@ def report(
             f"Machine: {about['cpus']} CPUs ({about['cpu_model']}), {about['platform']}, "
             f"Python {about['python']}; load average "
             f"{about['load_average'][0]:.1f} at the start, "
-            + ", ".join(f"{x[0]:.1f}" for x in about["load_averages"])
+            + ", ".join(f"{x[0]:.1f}" for x in about.get("load_averages", []))
             + " after each round. Versions: "
             + ", ".join(f"{k} {v}" for k, v in about["versions"].items() if v)
             + ".\n",
@@ -1032,6 +1077,8 @@ def report(
             "figures": "Medians (``†``: the load generator used 90 % of its core or more "
             "in at least one round)",
             "ratios": "Ratios of the medians (above 1: faster; for memory, below 1: less)",
+            "efficiency": "Ratios of the work done per second of the server's own CPU time "
+            "(above 1: less CPU for the same work)",
             "details": "Every figure: latencies, CPU of the server and of the load generator",
         }
         for name, (header, rows) in tables.items():
