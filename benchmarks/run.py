@@ -1015,7 +1015,8 @@ def render(args: argparse.Namespace) -> int:
     )
     args.seconds = document["seconds"]
     argv = document["command"].split()[2:]
-    report(plan, args, argv, document["machine"], document["rounds"], final=True)
+    about = dict(document["machine"], measured=document["date"])
+    report(plan, args, argv, about, document["rounds"], final=True)
     return 0
 
 
@@ -1028,6 +1029,8 @@ def report(
     final: bool,
 ) -> None:
     """Write the results (and print the tables, if ``final``)."""
+    about = dict(about)
+    measured = about.pop("measured", None)  # --from-json: when the samples were taken
     medians = summary(plan)
     pairs = [(v, REFERENCE) for v in plan.servers if v != REFERENCE]
     pairs += [p for p in PAIRS if p[1] != REFERENCE]
@@ -1043,7 +1046,7 @@ def report(
         for name, (header, rows) in tables.items():
             print(f"{name}:\n\n{markdown(header, rows)}\n")
     document = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": measured or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "machine": about,
         "rounds": rounds,
@@ -1073,6 +1076,12 @@ def report(
             + ", ".join(f"{k} {v}" for k, v in about["versions"].items() if v)
             + ".\n",
         ]
+        if measured:  # --from-json: the same samples, the tables written again
+            inc.insert(
+                2,
+                "The tables and plots were written again from that run's "
+                "``results.json`` with ``--from-json``.\n",
+            )
         titles = {
             "figures": "Medians (``†``: the load generator used 90 % of its core or more "
             "in at least one round)",
