@@ -61,7 +61,7 @@ def listening_socket() -> socket.socket:
 
 def spoc_router() -> Router:
     """The router shared by the spoc_sockets variants."""
-    from spoc_sockets import ChannelServer, Connection, Router
+    from spoc_sockets import ChannelServer, Connection, Request, Router
     from spoc_sockets.chat import ChatServer
     from spoc_sockets.stream import StreamServer
 
@@ -73,12 +73,16 @@ def spoc_router() -> Router:
         def on_message(self, conn: Connection, message: str | bytes) -> None:
             self.broadcast(message)
 
+    class Stream(StreamServer):
+        def can_publish(self, request: Request, stream_id: str, user: object) -> bool:
+            return True  # the benchmark's publisher is a guest (the default refuses)
+
     options: dict[str, Any] = {"ping_interval": None, "ping_timeout": None, "compression": False}
     bulk = {"max_message_size": MAX_MESSAGE, "max_buffered_amount": MAX_BUFFERED}
     router = Router()
     router.add("/echo", Echo(**options, **bulk))
     router.add("/broadcast", Broadcast(**options, **bulk))
-    router.add("/stream/{stream_id}", StreamServer(**options))
+    router.add("/stream/{stream_id}", Stream(**options))
     router.add("/chat", ChatServer(**options, rate=1e9, burst=1e9))
     return router
 
