@@ -170,7 +170,8 @@ class ChatServer(ChannelServer):
     history_page_bytes: int = 256 * 1024
     #: seconds a room (its history and ids) is kept after its last member left
     empty_room_timeout: float = 600.0
-    #: rooms this server holds at once, with members or empty and not yet expired
+    #: rooms this server holds at once, with members or empty and not yet expired; when
+    #: full, a new room frees the room empty the longest (``rooms_full``: all have members)
     max_rooms_per_server: int = 1000
     #: rooms one user may be in at once, over all their connections
     max_rooms_per_user: int = 50
