@@ -10,9 +10,10 @@ server and per user, history per room (messages and bytes), how long an empty ro
 history is kept, and the size of every field. Every event is encoded once, before it is
 stored or sent, so nothing a client sends can break what another client receives.
 
-Built-in channels are applications of the core: unlike the protocol core, they read a
-wall clock (for message timestamps, the rate limit and room expiry), through the
-``clock`` option a test can replace.
+Built-in channels are applications of the core: unlike the protocol core, they read
+clocks, which a test can replace: the wall clock (``clock``) for message timestamps only,
+and a monotonic clock (``monotonic_clock``) for the rate limit and room expiry, so a
+step of the wall clock (NTP, a resumed machine) neither rate-limits nor expires anyone.
 """
 
 from __future__ import annotations
@@ -193,8 +194,10 @@ class ChatServer(ChannelServer):
     trust_user_param: bool = False
     #: where rooms live (``None``: a new in-process MemoryBroker)
     broker: Broker | None = None
-    #: the wall clock (seconds since the epoch) for timestamps, the rate limit and expiry
+    #: the wall clock (seconds since the epoch) for message timestamps (``ts``)
     clock: Callable[[], float] = staticmethod(time.time)
+    #: seconds that never go back, for the rate limit and room expiry
+    monotonic_clock: Callable[[], float] = staticmethod(time.monotonic)
 
     #: the numeric options: (least value, whether it is an integer)
     LIMITS: ClassVar[dict[str, tuple[float, bool]]] = {
@@ -219,6 +222,7 @@ class ChatServer(ChannelServer):
         "trust_user_param",
         "broker",
         "clock",
+        "monotonic_clock",
     )
 
     def __init__(self, **options: Any) -> None:
@@ -250,8 +254,10 @@ class ChatServer(ChannelServer):
             raise UsageError(f"trust_user_param is True or False, not {self.trust_user_param!r}")
         if self.broker is not None and not isinstance(self.broker, Broker):
             raise UsageError(f"broker is a Broker or None, not {self.broker!r}")
-        if not callable(self.clock):
-            raise UsageError(f"clock is a function returning seconds, not {self.clock!r}")
+        for name in ("clock", "monotonic_clock"):
+            if not callable(getattr(self, name)):
+                value = getattr(self, name)
+                raise UsageError(f"{name} is a function returning seconds, not {value!r}")
 
     # -- policy hooks -------------------------------------------------------------------
 
@@ -303,9 +309,9 @@ class ChatServer(ChannelServer):
         message, leave and close, and from a timer when a room is waiting to expire, so
         memory comes back even if nobody ever connects again."""
         assert self.broker is not None
-        due = self.broker.expire(self.clock(), self.empty_room_timeout)
+        due = self.broker.expire(self.monotonic_clock(), self.empty_room_timeout)
         if due is not None:
-            _EXPIRY.schedule(self, due - self.clock())
+            _EXPIRY.schedule(self, due - self.monotonic_clock())
 
     # -- connection life ----------------------------------------------------------------
 
@@ -314,7 +320,7 @@ class ChatServer(ChannelServer):
         user = self.user_id(conn)
         with self._lock:
             self._joined[conn] = set()
-            self._buckets[conn] = (TokenBucket(self.rate, self.burst, self.clock()), [0])
+            self._buckets[conn] = (TokenBucket(self.rate, self.burst, self.monotonic_clock()), [0])
             first = user not in self._users
             self._users.setdefault(user, set()).add(conn)
         if first:
@@ -380,7 +386,7 @@ class ChatServer(ChannelServer):
     def _admit(self, conn: Connection) -> bool:
         """The rate limit: False (and an error, or a close) when over it."""
         bucket, strikes = self._buckets[conn]
-        if bucket.take(self.clock()):
+        if bucket.take(self.monotonic_clock()):
             strikes[0] = 0
             return True
         strikes[0] += 1
@@ -455,7 +461,7 @@ class ChatServer(ChannelServer):
             if empty:
                 self._rooms.pop(room, None)
         user = self.user_id(conn)
-        if self.broker.leave(room, user, self.clock()):
+        if self.broker.leave(room, user, self.monotonic_clock()):
             presence = {"type": "presence", "room": room, "user": user, "event": "left"}
             self.broker.publish(f"room:{room}", dump_json(presence))
         if empty:

@@ -231,6 +231,40 @@ def test_a_client_who_missed_messages_of_a_freed_room_is_told_incomplete() -> No
         assert [m["text"] for m in reply["history"]] == [f"new {i}" for i in range(5)]
 
 
+def wall_clock_only(**options: Any) -> tuple[Router, Clock]:
+    """A chat whose wall clock the test steps; its monotonic clock is the real one."""
+    clock = Clock()
+    router = Router()
+    router.add("/chat", ChatServer(clock=clock, trust_user_param=True, **options))
+    return router, clock
+
+
+def test_a_wall_clock_step_back_rate_limits_nobody() -> None:
+    router, clock = wall_clock_only()
+    with TestClient(router) as client:
+        ada = connect(client, "ada")
+        join(ada, "r")
+        clock.now -= 30.0  # NTP steps the clock back
+        for i in range(10):  # within the burst
+            clock.now += 0.1
+            ada.send_json({"type": "post", "room": "r", "text": f"m{i}"})
+        assert [m["type"] for m in events(ada)] == ["message"] * 10
+        assert ada.close_code is None
+
+
+def test_a_wall_clock_step_forward_expires_no_room() -> None:
+    router, clock = wall_clock_only(empty_room_timeout=600.0)
+    with TestClient(router) as client:
+        ada = connect(client, "ada")
+        join(ada, "r")
+        ada.send_json({"type": "post", "room": "r", "text": "kept"})
+        ada.close()
+        clock.now += 3600.0  # a machine resumed after an hour: the room did not wait
+        reply = join(connect(client, "bob"), "r")
+        assert [m["text"] for m in reply["history"]] == ["kept"]
+        assert reply["history"][0]["ts"] == clock.now - 3600.0  # ts is the wall clock
+
+
 def test_rooms_per_server_are_capped() -> None:
     router, _, _ = setup(max_rooms_per_server=3, empty_room_timeout=0.0, burst=1000)
     with TestClient(router) as client:
@@ -427,6 +461,7 @@ def test_the_memory_broker_alone() -> None:
         ("trust_user_param", "yes"),
         ("broker", object()),
         ("clock", 5),
+        ("monotonic_clock", "now"),
     ],
 )
 def test_bad_options_are_refused_by_name(option: str, value: object) -> None:

@@ -50,7 +50,9 @@ class Broker(ABC):
     Topics are strings: ``"room:<name>"`` for a room's events and ``"user:<id>"`` for
     direct notifications. Every method may be called from any thread.
 
-    A room exists from its first ``join``; once it has no members it is *empty*, and
+    Times (``now``) are the chat's monotonic clock, in seconds: they are compared with
+    each other in one process only (a broker shared by processes expires rooms by its own
+    clock). A room exists from its first ``join``; once it has no members it is *empty*, and
     :meth:`expire` frees it (history and all) when it stayed empty long enough. Ids
     never restart: a room made after a room was freed numbers its messages past every id
     the freed room gave, and its pages are not ``complete`` for a ``since`` before that.
