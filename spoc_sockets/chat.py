@@ -24,6 +24,7 @@ import logging
 import re
 import threading
 import time
+import unicodedata
 import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -49,9 +50,10 @@ Event = dict[str, Any]
 
 logger = logging.getLogger("spoc_sockets")
 
-#: the user names ``trust_user_param`` (and the demo) accept: 1 to 32 letters, digits,
-#: ``.``, ``_`` or ``-``; ``guest-...`` is the server's own name for guests
-USER_NAME = re.compile(r"(?!guest-)[\w.-]{1,32}")
+#: the user names ``trust_user_param`` (and the demo) accept: 1 to 32 ASCII letters,
+#: digits, ``.``, ``_`` or ``-`` (no look-alike letters of other scripts), not starting
+#: with ``guest`` in any case (``guest-<n>`` is the server's own name for guests)
+USER_NAME = re.compile(r"(?!(?i:guest))[A-Za-z0-9_.-]{1,32}")
 
 #: largest integer ``ref`` (and ``since``) accepted: the largest a browser keeps exactly
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -276,7 +278,8 @@ class ChatServer(ChannelServer):
         if not name:
             return None
         if not USER_NAME.fullmatch(name):
-            raise Reject(400, "user is 1 to 32 letters, digits, '.', '_' or '-'\n")
+            rule = "1 to 32 ASCII letters, digits, '.', '_' or '-', not guest..."
+            raise Reject(400, f"user is {rule}\n")
         return name
 
     def can_join(self, conn: Connection, room: str) -> bool:
@@ -367,6 +370,8 @@ class ChatServer(ChannelServer):
                 raise ProtocolMistake("bad_field", f"room is a string of 1 to {limit} characters")
             if not room.isprintable():
                 raise ProtocolMistake("bad_field", "room has only printable characters")
+            if room != room.strip() or not unicodedata.is_normalized("NFC", room):
+                raise ProtocolMistake("bad_field", "room is NFC, without spaces at either end")
             handler(conn, room, data)
         except ProtocolMistake as mistake:
             self._error(conn, mistake.code, str(mistake), ref)

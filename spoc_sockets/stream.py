@@ -44,9 +44,10 @@ __all__ = ["DELTA", "INIT", "KEY", "STREAM_ENDED", "STREAM_ID", "StreamServer", 
 INIT, KEY, DELTA = 0, 1, 2
 #: close code sent to viewers when the publisher leaves
 STREAM_ENDED = 4000
-#: the stream ids accepted: 1 to 64 letters, digits, ``.``, ``_`` or ``-`` (and the empty
-#: id of a channel mounted without ``{stream_id}``)
-STREAM_ID = re.compile(r"[\w.-]{0,64}")
+#: the stream ids accepted: 1 to 64 ASCII letters, digits, ``.``, ``_`` or ``-`` (no
+#: look-alike letters of other scripts; and the empty id of a channel mounted without
+#: ``{stream_id}``)
+STREAM_ID = re.compile(r"[A-Za-z0-9_.-]{0,64}")
 
 
 @dataclass
@@ -149,7 +150,7 @@ class StreamServer(ChannelServer):
             raise Reject(400, "role is publish or view")
         stream_id = self._stream_id(request)
         if not STREAM_ID.fullmatch(stream_id):
-            raise Reject(400, "a stream id is 1 to 64 letters, digits, '.', '_' or '-'")
+            raise Reject(400, "a stream id is 1 to 64 ASCII letters, digits, '.', '_' or '-'")
         user = self.identify(request)
         if role == "publish" and not self.can_publish(request, stream_id, user):
             raise Reject(403, "not allowed to publish this stream")

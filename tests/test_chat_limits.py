@@ -87,6 +87,9 @@ def test_parse_surprises_are_bad_json_and_the_room_still_works(message: str) -> 
         ("room", "\ud800"),
         ("room", "tab\there"),
         ("room", "r" * 101),
+        ("room", " lobby"),  # another room to the eye
+        ("room", "lobby "),
+        ("room", "cafe\u0301"),  # not NFC: "café" spelt another way
     ],
 )
 def test_unstorable_fields_are_refused_at_the_door(field: str, value: object) -> None:
@@ -147,7 +150,7 @@ def test_empty_rooms_are_freed_after_the_retention_time() -> None:
     broker = chat.broker
     assert isinstance(broker, MemoryBroker)
     with TestClient(router) as client:
-        guest = connect(client, "guest")
+        guest = connect(client, "mallory")
         for i in range(20):
             join(guest, f"room-{i}")
             guest.send_json({"type": "post", "room": f"room-{i}", "text": "x" * 4000})
@@ -177,7 +180,7 @@ def test_an_idle_server_frees_its_empty_rooms_by_itself() -> None:
     broker = chat.broker
     assert isinstance(broker, MemoryBroker)
     with TestClient(router) as client:
-        guest = connect(client, "guest")
+        guest = connect(client, "mallory")
         for room in ("a", "b"):
             join(guest, room)
             guest.send_json({"type": "post", "room": room, "text": "x" * 4000})
@@ -290,6 +293,8 @@ def test_a_full_server_frees_the_room_empty_the_longest() -> None:
             join(guest, room)
             guest.send_json({"type": "post", "room": room, "text": "kept"})
             guest.receive_all()
+        for room in ("a", "b", "c"):  # in this order: "a" is empty the longest
+            guest.send_json({"type": "leave", "room": room})
         guest.close()
         ada = connect(client, "ada")
         join(ada, "d")  # "a" (empty the longest) gives its place
@@ -393,12 +398,34 @@ def test_history_asks_are_checked() -> None:
 # -- identity ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["x" * 33, "guest-1", "a b", "<b>"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "x" * 33,
+        "guest-1",
+        "a b",
+        "<b>",
+        "Guest-1",  # a guest's name in any case
+        "GUEST",
+        "guest7",
+        "%D0%B0da",  # "ada" with a Cyrillic a (U+0430)
+        "%EF%BD%81da",  # with a fullwidth a (U+FF41)
+        "%D9%A3",  # an Arabic-Indic digit
+    ],
+)
 def test_trusted_user_names_are_validated(name: str) -> None:
     router, _, _ = setup()
     with TestClient(router) as client, pytest.raises(HandshakeRejected) as refused:
         client.connect("/chat?user=" + name.replace(" ", "%20"))
     assert refused.value.status == 400
+
+
+def test_a_room_name_in_nfc_is_one_room() -> None:
+    router, _, _ = setup()
+    with TestClient(router) as client:
+        ada, bob = connect(client, "ada"), connect(client, "bob")
+        join(ada, "caf\u00e9")
+        assert join(bob, "caf\u00e9")["members"] == ["ada", "bob"]
 
 
 @pytest.mark.parametrize(

@@ -97,7 +97,10 @@ def test_streams_per_user_are_capped() -> None:
         client.connect("/stream/c2?role=publish&user=ada")
 
 
-@pytest.mark.parametrize("stream_id", ["x" * 65, "a%20b", "%3Cscript%3E"])
+@pytest.mark.parametrize(
+    "stream_id",
+    ["x" * 65, "a%20b", "%3Cscript%3E", "m%D0%B0in", "%EF%BD%8Dain", "%D9%A3", "m%CC%81ain"],
+)
 def test_stream_ids_are_validated(stream_id: str) -> None:
     with TestClient(mount(ByUser())) as client:
         assert refused(client, f"/stream/{stream_id}") == 400
