@@ -10,9 +10,10 @@ server and per user, history per room (messages and bytes), how long an empty ro
 history is kept, and the size of every field. Every event is encoded once, before it is
 stored or sent, so nothing a client sends can break what another client receives.
 
-Built-in channels are applications of the core: unlike the protocol core, they read a
-wall clock (for message timestamps, the rate limit and room expiry), through the
-``clock`` option a test can replace.
+Built-in channels are applications of the core: unlike the protocol core, they read
+clocks, which a test can replace: the wall clock (``clock``) for message timestamps only,
+and a monotonic clock (``monotonic_clock``) for the rate limit and room expiry, so a
+step of the wall clock (NTP, a resumed machine) neither rate-limits nor expires anyone.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import re
 import threading
 import time
+import unicodedata
 import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -48,9 +50,10 @@ Event = dict[str, Any]
 
 logger = logging.getLogger("spoc_sockets")
 
-#: the user names ``trust_user_param`` (and the demo) accept: 1 to 32 letters, digits,
-#: ``.``, ``_`` or ``-``; ``guest-...`` is the server's own name for guests
-USER_NAME = re.compile(r"(?!guest-)[\w.-]{1,32}")
+#: the user names ``trust_user_param`` (and the demo) accept: 1 to 32 ASCII letters,
+#: digits, ``.``, ``_`` or ``-`` (no look-alike letters of other scripts), not starting
+#: with ``guest`` in any case (``guest-<n>`` is the server's own name for guests)
+USER_NAME = re.compile(r"(?!(?i:guest))[A-Za-z0-9_.-]{1,32}")
 
 #: largest integer ``ref`` (and ``since``) accepted: the largest a browser keeps exactly
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -170,7 +173,8 @@ class ChatServer(ChannelServer):
     history_page_bytes: int = 256 * 1024
     #: seconds a room (its history and ids) is kept after its last member left
     empty_room_timeout: float = 600.0
-    #: rooms this server holds at once, with members or empty and not yet expired
+    #: rooms this server holds at once, with members or empty and not yet expired; when
+    #: full, a new room frees the room empty the longest (``rooms_full``: all have members)
     max_rooms_per_server: int = 1000
     #: rooms one user may be in at once, over all their connections
     max_rooms_per_user: int = 50
@@ -192,8 +196,10 @@ class ChatServer(ChannelServer):
     trust_user_param: bool = False
     #: where rooms live (``None``: a new in-process MemoryBroker)
     broker: Broker | None = None
-    #: the wall clock (seconds since the epoch) for timestamps, the rate limit and expiry
+    #: the wall clock (seconds since the epoch) for message timestamps (``ts``)
     clock: Callable[[], float] = staticmethod(time.time)
+    #: seconds that never go back, for the rate limit and room expiry
+    monotonic_clock: Callable[[], float] = staticmethod(time.monotonic)
 
     #: the numeric options: (least value, whether it is an integer)
     LIMITS: ClassVar[dict[str, tuple[float, bool]]] = {
@@ -218,6 +224,7 @@ class ChatServer(ChannelServer):
         "trust_user_param",
         "broker",
         "clock",
+        "monotonic_clock",
     )
 
     def __init__(self, **options: Any) -> None:
@@ -249,8 +256,10 @@ class ChatServer(ChannelServer):
             raise UsageError(f"trust_user_param is True or False, not {self.trust_user_param!r}")
         if self.broker is not None and not isinstance(self.broker, Broker):
             raise UsageError(f"broker is a Broker or None, not {self.broker!r}")
-        if not callable(self.clock):
-            raise UsageError(f"clock is a function returning seconds, not {self.clock!r}")
+        for name in ("clock", "monotonic_clock"):
+            if not callable(getattr(self, name)):
+                value = getattr(self, name)
+                raise UsageError(f"{name} is a function returning seconds, not {value!r}")
 
     # -- policy hooks -------------------------------------------------------------------
 
@@ -269,7 +278,8 @@ class ChatServer(ChannelServer):
         if not name:
             return None
         if not USER_NAME.fullmatch(name):
-            raise Reject(400, "user is 1 to 32 letters, digits, '.', '_' or '-'\n")
+            rule = "1 to 32 ASCII letters, digits, '.', '_' or '-', not guest..."
+            raise Reject(400, f"user is {rule}\n")
         return name
 
     def can_join(self, conn: Connection, room: str) -> bool:
@@ -302,9 +312,9 @@ class ChatServer(ChannelServer):
         message, leave and close, and from a timer when a room is waiting to expire, so
         memory comes back even if nobody ever connects again."""
         assert self.broker is not None
-        due = self.broker.expire(self.clock(), self.empty_room_timeout)
+        due = self.broker.expire(self.monotonic_clock(), self.empty_room_timeout)
         if due is not None:
-            _EXPIRY.schedule(self, due - self.clock())
+            _EXPIRY.schedule(self, due - self.monotonic_clock())
 
     # -- connection life ----------------------------------------------------------------
 
@@ -313,7 +323,7 @@ class ChatServer(ChannelServer):
         user = self.user_id(conn)
         with self._lock:
             self._joined[conn] = set()
-            self._buckets[conn] = (TokenBucket(self.rate, self.burst, self.clock()), [0])
+            self._buckets[conn] = (TokenBucket(self.rate, self.burst, self.monotonic_clock()), [0])
             first = user not in self._users
             self._users.setdefault(user, set()).add(conn)
         if first:
@@ -360,6 +370,8 @@ class ChatServer(ChannelServer):
                 raise ProtocolMistake("bad_field", f"room is a string of 1 to {limit} characters")
             if not room.isprintable():
                 raise ProtocolMistake("bad_field", "room has only printable characters")
+            if room != room.strip() or not unicodedata.is_normalized("NFC", room):
+                raise ProtocolMistake("bad_field", "room is NFC, without spaces at either end")
             handler(conn, room, data)
         except ProtocolMistake as mistake:
             self._error(conn, mistake.code, str(mistake), ref)
@@ -379,7 +391,7 @@ class ChatServer(ChannelServer):
     def _admit(self, conn: Connection) -> bool:
         """The rate limit: False (and an error, or a close) when over it."""
         bucket, strikes = self._buckets[conn]
-        if bucket.take(self.clock()):
+        if bucket.take(self.monotonic_clock()):
             strikes[0] = 0
             return True
         strikes[0] += 1
@@ -454,7 +466,7 @@ class ChatServer(ChannelServer):
             if empty:
                 self._rooms.pop(room, None)
         user = self.user_id(conn)
-        if self.broker.leave(room, user, self.clock()):
+        if self.broker.leave(room, user, self.monotonic_clock()):
             presence = {"type": "presence", "room": room, "user": user, "event": "left"}
             self.broker.publish(f"room:{room}", dump_json(presence))
         if empty:

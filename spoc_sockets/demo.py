@@ -123,7 +123,8 @@ class TokenIssuer:
             return Response(405, "method not allowed\n", headers=(("Allow", "GET"),))
         name = request.query.get("name", "")
         if not USER_NAME.fullmatch(name):
-            return Response(400, "name is 1 to 32 letters, digits, '.', '_' or '-'\n")
+            reason = "name is 1 to 32 ASCII letters, digits, '.', '_' or '-', not guest...\n"
+            return Response(400, reason)
         user, token = self.issue(name)
         body = json.dumps({"user": user, "token": token})
         return Response(200, body, "application/json", _NO_STORE)

@@ -20,8 +20,9 @@ which by default refuses guests; a second one is refused with 409). When it leav
 viewer gets ``{"type": "ended"}`` and close code 4000 (:data:`STREAM_ENDED`); a new
 publisher can then take over.
 
-What a client can make the server hold is bounded: streams per server and per user, the
-init segment kept for late viewers, signalling messages (size and nesting).
+What a client can make the server hold is bounded: live streams per server and per user,
+streams without a publisher that viewers wait on per address, the init segment kept for
+late viewers, signalling messages (size and nesting).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -42,9 +44,10 @@ __all__ = ["DELTA", "INIT", "KEY", "STREAM_ENDED", "STREAM_ID", "StreamServer", 
 INIT, KEY, DELTA = 0, 1, 2
 #: close code sent to viewers when the publisher leaves
 STREAM_ENDED = 4000
-#: the stream ids accepted: 1 to 64 letters, digits, ``.``, ``_`` or ``-`` (and the empty
-#: id of a channel mounted without ``{stream_id}``)
-STREAM_ID = re.compile(r"[\w.-]{0,64}")
+#: the stream ids accepted: 1 to 64 ASCII letters, digits, ``.``, ``_`` or ``-`` (no
+#: look-alike letters of other scripts; and the empty id of a channel mounted without
+#: ``{stream_id}``)
+STREAM_ID = re.compile(r"[A-Za-z0-9_.-]{0,64}")
 
 
 @dataclass
@@ -69,6 +72,7 @@ class _Stream:
     publisher: Connection | None = None
     init: bytes | None = None
     viewers: dict[Connection, _Viewer] = field(default_factory=dict)
+    addresses: Counter[object] = field(default_factory=Counter)  # address -> viewers
     stats: StreamStats = field(default_factory=StreamStats)
 
 
@@ -89,10 +93,13 @@ class StreamServer(ChannelServer):
     #: largest init segment kept for late viewers, in bytes (larger: ``init_too_large``);
     #: at most half of ``max_buffered_amount``, so a late viewer's queue always takes it
     max_init_size: int = 1 * 2**20
-    #: streams (ids with a publisher or viewers) this server holds at once (more: 503)
+    #: live streams (with a publisher) this server carries at once (more: 503)
     max_streams: int = 1000
     #: streams one user publishes at once; guests count per address (more: 429)
     max_streams_per_user: int = 4
+    #: streams without a publisher that viewers from one address wait on at once
+    #: (more: 429)
+    max_waiting_streams_per_address: int = 16
 
     #: the numeric options: (least value, whether it is an integer)
     LIMITS: ClassVar[dict[str, tuple[float, bool]]] = {
@@ -102,6 +109,7 @@ class StreamServer(ChannelServer):
         "max_init_size": (1, True),
         "max_streams": (1, True),
         "max_streams_per_user": (1, True),
+        "max_waiting_streams_per_address": (1, True),
     }
     OPTIONS: ClassVar[tuple[str, ...]] = (*ChannelServer.OPTIONS, *LIMITS)
 
@@ -110,6 +118,8 @@ class StreamServer(ChannelServer):
         self._lock = threading.Lock()
         self._streams: dict[str, _Stream] = {}
         self._publishing: Counter[object] = Counter()  # publisher key -> streams
+        self._live = 0  # streams with a publisher
+        self._waiting: Counter[object] = Counter()  # address -> streams without publisher
 
     def _check_options(self) -> None:
         super()._check_options()
@@ -140,20 +150,37 @@ class StreamServer(ChannelServer):
             raise Reject(400, "role is publish or view")
         stream_id = self._stream_id(request)
         if not STREAM_ID.fullmatch(stream_id):
-            raise Reject(400, "a stream id is 1 to 64 letters, digits, '.', '_' or '-'")
+            raise Reject(400, "a stream id is 1 to 64 ASCII letters, digits, '.', '_' or '-'")
         user = self.identify(request)
+        if role == "publish" and not self.can_publish(request, stream_id, user):
+            raise Reject(403, "not allowed to publish this stream")
         with self._lock:
-            stream = self._streams.get(stream_id)
-            if stream is None and len(self._streams) >= self.max_streams:
-                raise Reject(503, "this server carries all the streams it can")
-        if role == "publish":
-            if not self.can_publish(request, stream_id, user):
-                raise Reject(403, "not allowed to publish this stream")
-            if stream is not None and stream.publisher is not None:
-                raise Reject(409, "this stream already has a publisher")
-            if self._publishing[self._publisher_key(request, user)] >= self.max_streams_per_user:
-                raise Reject(429, "this user already publishes all the streams it may")
+            refusal = self._refusal(self._streams.get(stream_id), request, user)
+        if refusal is not None:
+            raise Reject(refusal[0], refusal[2])
         return user
+
+    def _refusal(
+        self, stream: _Stream | None, request: Request, user: object
+    ) -> tuple[int, int, str] | None:
+        """The bound a new connection would break: (HTTP status, close code, reason), or
+        ``None``. Checked at the handshake, and again (under the lock) when it opens."""
+        live = stream is not None and stream.publisher is not None
+        if request.query.get("role") == "publish":
+            if live:
+                return 409, CloseCode.POLICY_VIOLATION, "this stream already has a publisher"
+            if self._live >= self.max_streams:
+                return 503, CloseCode.TRY_AGAIN_LATER, "this server carries all the streams it can"
+            if self._publishing[self._publisher_key(request, user)] >= self.max_streams_per_user:
+                reason = "this user already publishes all the streams it may"
+                return 429, CloseCode.POLICY_VIOLATION, reason
+            return None
+        address = _address(request)
+        new = stream is None or not stream.addresses[address]
+        if not live and new and self._waiting[address] >= self.max_waiting_streams_per_address:
+            reason = "this address already waits on all the streams it may"
+            return 429, CloseCode.POLICY_VIOLATION, reason
+        return None
 
     # -- server-side API ----------------------------------------------------------------
 
@@ -171,28 +198,23 @@ class StreamServer(ChannelServer):
         stream_id = self._stream_id(conn.request)
         with self._lock:
             stream = self._streams.get(stream_id)
+            refusal = self._refusal(stream, conn.request, conn.user)
+            if refusal is not None:  # lost a race for a bound since the handshake
+                conn.close(refusal[1], refusal[2])
+                return
             if stream is None:
-                if len(self._streams) >= self.max_streams:  # lost a race for the last one
-                    conn.close(CloseCode.TRY_AGAIN_LATER, "too many streams")
-                    return
                 stream = self._streams[stream_id] = _Stream()
             if self._is_publisher(conn):
-                key = self._publisher_key(conn.request, conn.user)
-                refusal = None  # lost a race with another publisher, or for the quota
-                if stream.publisher is not None:
-                    refusal = "this stream already has a publisher"
-                elif self._publishing[key] >= self.max_streams_per_user:
-                    refusal = "this user already publishes all the streams it may"
-                if refusal is not None:
-                    conn.close(CloseCode.POLICY_VIOLATION, refusal)
-                    if stream.publisher is None and not stream.viewers:
-                        del self._streams[stream_id]
-                    return
-                self._publishing[key] += 1
-                stream.publisher = conn
-                stream.init = None
+                self._publishing[self._publisher_key(conn.request, conn.user)] += 1
+                self._live += 1
+                stream.publisher, stream.init = conn, None
+                _discount(self._waiting, stream.addresses)  # its viewers wait no more
             else:
                 stream.viewers[conn] = _Viewer()
+                address = _address(conn.request)
+                stream.addresses[address] += 1
+                if stream.publisher is None and stream.addresses[address] == 1:
+                    self._waiting[address] += 1
             live = stream.publisher is not None
             init = stream.init
         if self._is_publisher(conn):
@@ -205,8 +227,8 @@ class StreamServer(ChannelServer):
 
     def on_message(self, conn: Connection, message: str | bytes) -> None:
         stream = self._streams.get(self._stream_id(conn.request))
-        if stream is None:
-            return
+        if stream is None or (conn is not stream.publisher and conn not in stream.viewers):
+            return  # a stream that ended: its viewers are being closed
         if isinstance(message, bytes):
             if conn is stream.publisher and message:
                 self._relay(stream, message)
@@ -233,19 +255,22 @@ class StreamServer(ChannelServer):
             stream = self._streams.get(stream_id)
             if stream is None:
                 return
-            if conn is stream.publisher:
-                stream.publisher, stream.init = None, None
+            if conn is stream.publisher:  # the stream ends: its viewers are closed
+                del self._streams[stream_id]
+                self._live -= 1
+                _discount(self._publishing, [self._publisher_key(conn.request, conn.user)])
                 viewers = list(stream.viewers)
-                key = self._publisher_key(conn.request, conn.user)
-                self._publishing[key] -= 1
-                if self._publishing[key] <= 0:
-                    del self._publishing[key]
             elif stream.viewers.pop(conn, None) is not None:
                 viewers = None
+                address = _address(conn.request)
+                _discount(stream.addresses, [address])
+                if stream.publisher is None:
+                    if not stream.addresses[address]:
+                        _discount(self._waiting, [address])
+                    if not stream.viewers:
+                        del self._streams[stream_id]
             else:
-                return  # a publisher that lost the race in on_connect: never registered
-            if stream.publisher is None and not stream.viewers:
-                del self._streams[stream_id]
+                return  # refused in on_connect, or a viewer of a stream that ended
         if viewers is None:
             self._to_publisher(stream, {"type": "viewer", "event": "left", "id": conn.id})
             return
@@ -325,11 +350,24 @@ class StreamServer(ChannelServer):
         """Whose quota a publisher counts against: its user, or a guest's address."""
         if user is not None:
             return ("user", user)
-        return ("guest", request.peer[0] if request.peer else None)
+        return ("guest", _address(request))
 
     @staticmethod
     def _is_publisher(conn: Connection) -> bool:
         return conn.request.query.get("role") == "publish"
+
+
+def _address(request: Request) -> object:
+    """The client's address: what guests' bounds count per."""
+    return request.peer[0] if request.peer else None
+
+
+def _discount(counter: Counter[object], keys: Iterable[object]) -> None:
+    """One less for each of ``keys``, forgetting those that reach zero."""
+    for key in list(keys):
+        counter[key] -= 1
+        if counter[key] <= 0:
+            del counter[key]
 
 
 def create_stream_server(**options: Any) -> StreamServer:

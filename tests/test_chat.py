@@ -24,7 +24,8 @@ class Clock:
 def setup(**options: Any) -> tuple[Router, ChatServer, Clock]:
     clock = Clock()
     router = Router()
-    chat = router.add("/chat", ChatServer(clock=clock, trust_user_param=True, **options))
+    options = {"clock": clock, "monotonic_clock": clock, **options}  # one clock moves both
+    chat = router.add("/chat", ChatServer(trust_user_param=True, **options))
     return router, chat, clock
 
 

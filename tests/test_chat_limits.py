@@ -7,8 +7,10 @@ room's members without joining it. See docs/chat-protocol.rst, "Bounds".
 
 from __future__ import annotations
 
+import gc
 import json
 import time
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -85,6 +87,9 @@ def test_parse_surprises_are_bad_json_and_the_room_still_works(message: str) -> 
         ("room", "\ud800"),
         ("room", "tab\there"),
         ("room", "r" * 101),
+        ("room", " lobby"),  # another room to the eye
+        ("room", "lobby "),
+        ("room", "cafe\u0301"),  # not NFC: "café" spelt another way
     ],
 )
 def test_unstorable_fields_are_refused_at_the_door(field: str, value: object) -> None:
@@ -145,7 +150,7 @@ def test_empty_rooms_are_freed_after_the_retention_time() -> None:
     broker = chat.broker
     assert isinstance(broker, MemoryBroker)
     with TestClient(router) as client:
-        guest = connect(client, "guest")
+        guest = connect(client, "mallory")
         for i in range(20):
             join(guest, f"room-{i}")
             guest.send_json({"type": "post", "room": f"room-{i}", "text": "x" * 4000})
@@ -175,7 +180,7 @@ def test_an_idle_server_frees_its_empty_rooms_by_itself() -> None:
     broker = chat.broker
     assert isinstance(broker, MemoryBroker)
     with TestClient(router) as client:
-        guest = connect(client, "guest")
+        guest = connect(client, "mallory")
         for room in ("a", "b"):
             join(guest, room)
             guest.send_json({"type": "post", "room": room, "text": "x" * 4000})
@@ -203,8 +208,64 @@ def test_a_room_freed_since_a_client_saw_it_says_incomplete() -> None:
         bob.send_json({"type": "post", "room": "r", "text": "new"})
         bob.receive_all()
         reply = join(connect(client, "ada"), "r", since=last)
+        # ids never restart: ada saw every message of the old room, and misses nothing
+        assert [(m["id"], m["text"]) for m in reply["history"]] == [(last + 1, "new")]
+        assert reply["complete"] is True
+
+
+def test_a_client_who_missed_messages_of_a_freed_room_is_told_incomplete() -> None:
+    router, _, clock = setup(empty_room_timeout=10.0)
+    with TestClient(router) as client:
+        ada = connect(client, "ada")
+        join(ada, "r")
+        ada.send_json({"type": "post", "room": "r", "text": "seen"})
+        seen = ada.receive_json()["id"]
+        for i in range(3):  # posted after bob left: lost with the room
+            ada.send_json({"type": "post", "room": "r", "text": f"old {i}"})
+        ada.close()
+        clock.now += 10.0
+        bob = connect(client, "bob")
+        join(bob, "r")  # a new room, whose ids follow every id the old one gave
+        for i in range(5):
+            bob.send_json({"type": "post", "room": "r", "text": f"new {i}"})
+        assert min(m["id"] for m in events(bob)) > seen + 3
+        reply = join(connect(client, "carl"), "r", since=seen)
         assert reply["complete"] is False
-        assert [m["text"] for m in reply["history"]] == ["new"]
+        assert [m["text"] for m in reply["history"]] == [f"new {i}" for i in range(5)]
+
+
+def wall_clock_only(**options: Any) -> tuple[Router, Clock]:
+    """A chat whose wall clock the test steps; its monotonic clock is the real one."""
+    clock = Clock()
+    router = Router()
+    router.add("/chat", ChatServer(clock=clock, trust_user_param=True, **options))
+    return router, clock
+
+
+def test_a_wall_clock_step_back_rate_limits_nobody() -> None:
+    router, clock = wall_clock_only()
+    with TestClient(router) as client:
+        ada = connect(client, "ada")
+        join(ada, "r")
+        clock.now -= 30.0  # NTP steps the clock back
+        for i in range(10):  # within the burst
+            clock.now += 0.1
+            ada.send_json({"type": "post", "room": "r", "text": f"m{i}"})
+        assert [m["type"] for m in events(ada)] == ["message"] * 10
+        assert ada.close_code is None
+
+
+def test_a_wall_clock_step_forward_expires_no_room() -> None:
+    router, clock = wall_clock_only(empty_room_timeout=600.0)
+    with TestClient(router) as client:
+        ada = connect(client, "ada")
+        join(ada, "r")
+        ada.send_json({"type": "post", "room": "r", "text": "kept"})
+        ada.close()
+        clock.now += 3600.0  # a machine resumed after an hour: the room did not wait
+        reply = join(connect(client, "bob"), "r")
+        assert [m["text"] for m in reply["history"]] == ["kept"]
+        assert reply["history"][0]["ts"] == clock.now - 3600.0  # ts is the wall clock
 
 
 def test_rooms_per_server_are_capped() -> None:
@@ -219,6 +280,61 @@ def test_rooms_per_server_are_capped() -> None:
         ada.send_json({"type": "leave", "room": "c"})  # empty, no history: freed at once
         ada.receive_all()
         join(bob, "d")
+
+
+def test_a_full_server_frees_the_room_empty_the_longest() -> None:
+    """Guests filling the server with rooms and leaving cannot make ``rooms_full``
+    answer everyone for ``empty_room_timeout``: only rooms with members hold a place."""
+    router, chat, _ = setup(max_rooms_per_server=3, empty_room_timeout=600.0, burst=1000)
+    with TestClient(router) as client:
+        guest = client.connect("/chat")
+        guest.receive_all()
+        for room in ("a", "b", "c"):
+            join(guest, room)
+            guest.send_json({"type": "post", "room": room, "text": "kept"})
+            guest.receive_all()
+        for room in ("a", "b", "c"):  # in this order: "a" is empty the longest
+            guest.send_json({"type": "leave", "room": room})
+        guest.close()
+        ada = connect(client, "ada")
+        join(ada, "d")  # "a" (empty the longest) gives its place
+        bob = connect(client, "bob")
+        assert [m["text"] for m in join(bob, "b")["history"]] == ["kept"]
+        assert join(bob, "e")["history"] == []  # "c" goes: "b" has a member again
+        assert chat.broker is not None and chat.broker.room_count() == 3
+        bob.send_json({"type": "join", "room": "a"})  # b, d and e have members: full
+        assert error_code(bob) == "rooms_full"
+        ada.send_json({"type": "leave", "room": "d"})
+        ada.receive_all()
+        assert join(bob, "a")["history"] == []  # "a" was freed: a new room
+
+
+def test_history_memory_is_close_to_its_utf8_bytes() -> None:
+    """The history bound counts UTF-8 bytes: what the server holds must be about that,
+    whatever the text (a str with one emoji would take 4 bytes a character)."""
+    router, _, _ = setup(rate=1e6, burst=1e6, max_rooms_per_user=1000)
+    with TestClient(router) as client:
+        ada = connect(client, "ada")
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            counted = 0
+            for room in range(20):
+                join(ada, f"r{room}")
+                for i in range(40):
+                    text = "a" * 3999 + ("\U0001f600" if i % 2 else "a")
+                    ada.send_json({"type": "post", "room": f"r{room}", "text": text})
+                    (stored,) = ada.receive_all()
+                    assert isinstance(stored, str)
+                    counted += len(stored.encode())
+            ada.close()
+            gc.collect()
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+    assert counted > 3_000_000
+    assert held < 1.3 * counted, (held, counted)
 
 
 def test_rooms_per_user_count_every_connection_of_the_user() -> None:
@@ -282,12 +398,34 @@ def test_history_asks_are_checked() -> None:
 # -- identity ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["x" * 33, "guest-1", "a b", "<b>"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "x" * 33,
+        "guest-1",
+        "a b",
+        "<b>",
+        "Guest-1",  # a guest's name in any case
+        "GUEST",
+        "guest7",
+        "%D0%B0da",  # "ada" with a Cyrillic a (U+0430)
+        "%EF%BD%81da",  # with a fullwidth a (U+FF41)
+        "%D9%A3",  # an Arabic-Indic digit
+    ],
+)
 def test_trusted_user_names_are_validated(name: str) -> None:
     router, _, _ = setup()
     with TestClient(router) as client, pytest.raises(HandshakeRejected) as refused:
         client.connect("/chat?user=" + name.replace(" ", "%20"))
     assert refused.value.status == 400
+
+
+def test_a_room_name_in_nfc_is_one_room() -> None:
+    router, _, _ = setup()
+    with TestClient(router) as client:
+        ada, bob = connect(client, "ada"), connect(client, "bob")
+        join(ada, "caf\u00e9")
+        assert join(bob, "caf\u00e9")["members"] == ["ada", "bob"]
 
 
 @pytest.mark.parametrize(
@@ -350,6 +488,7 @@ def test_the_memory_broker_alone() -> None:
         ("trust_user_param", "yes"),
         ("broker", object()),
         ("clock", 5),
+        ("monotonic_clock", "now"),
     ],
 )
 def test_bad_options_are_refused_by_name(option: str, value: object) -> None:

@@ -44,7 +44,9 @@ def test_the_server_names_the_user_and_the_chat_trusts_only_the_token() -> None:
     assert issue(router, "ada")[1]["user"] != issued["user"]  # type: ignore[index]
 
 
-@pytest.mark.parametrize("name", ["", "x" * 33, "guest-1", "a b", "<script>"])
+@pytest.mark.parametrize(
+    "name", ["", "x" * 33, "guest-1", "a b", "<script>", "guest", "Guest-1", "GUEST", "%D0%B0da"]
+)
 def test_the_token_route_refuses_bad_names(name: str) -> None:
     assert issue(demo_router(), name.replace(" ", "%20"))[0] == 400
 

@@ -47,14 +47,44 @@ def test_an_authenticated_user_may_publish_by_default() -> None:
         assert publisher.receive_json() == {"type": "publishing", "stream": "main"}
 
 
-def test_streams_per_server_are_capped_and_freed() -> None:
+def test_live_streams_per_server_are_capped_and_freed() -> None:
     with TestClient(mount(ByUser(max_streams=3))) as client:
-        viewers = [client.connect(f"/stream/s{i}") for i in range(3)]
-        assert refused(client, "/stream/s3") == 503
+        publishers = [client.connect(f"/stream/s{i}?role=publish&user=u{i}") for i in range(3)]
         assert refused(client, "/stream/s3?role=publish&user=ada") == 503
-        client.connect("/stream/s0")  # an existing stream takes more viewers
-        viewers[2].close()
-        client.connect("/stream/s3")
+        client.connect("/stream/s0")  # a live stream takes more viewers
+        client.connect("/stream/s3")  # and a viewer may wait for a publisher
+        publishers[2].close()
+        client.connect("/stream/s3?role=publish&user=ada")
+
+
+def test_guest_viewers_cannot_fill_the_server_before_a_publisher() -> None:
+    """Viewers of made-up ids, from many addresses, used to take every place in
+    ``max_streams``: the real publisher of a new stream got 503."""
+    stream = ByUser(max_streams=3)
+    with TestClient(mount(stream)) as client:
+        for i in range(10):
+            client.connect(f"/stream/junk{i}", peer=(f"10.0.0.{i}", 40000))
+        publisher = client.connect("/stream/lesson?role=publish&user=ada")
+        assert publisher.receive_json() == {"type": "publishing", "stream": "lesson"}
+
+
+def test_streams_without_a_publisher_are_capped_per_address() -> None:
+    stream = ByUser(max_waiting_streams_per_address=2)
+    here, there = ("10.0.0.1", 40000), ("10.0.0.2", 40000)
+    with TestClient(mount(stream)) as client:
+        w0 = client.connect("/stream/w0", peer=here)
+        client.connect("/stream/w1", peer=here)
+        with pytest.raises(HandshakeRejected) as refusal:
+            client.connect("/stream/w2", peer=here)
+        assert refusal.value.status == 429
+        client.connect("/stream/w0", peer=here)  # a stream it waits on already: no more
+        client.connect("/stream/w2", peer=there)  # another address has its own
+        client.connect("/stream/w0?role=publish&user=ada")  # w0 is live: one place back
+        client.connect("/stream/w3", peer=here)
+        w0.close()
+        with pytest.raises(HandshakeRejected):
+            client.connect("/stream/w4", peer=here)
+    assert stream._streams == {} and stream._waiting == Counter()
 
 
 def test_streams_per_user_are_capped() -> None:
@@ -67,7 +97,10 @@ def test_streams_per_user_are_capped() -> None:
         client.connect("/stream/c2?role=publish&user=ada")
 
 
-@pytest.mark.parametrize("stream_id", ["x" * 65, "a%20b", "%3Cscript%3E"])
+@pytest.mark.parametrize(
+    "stream_id",
+    ["x" * 65, "a%20b", "%3Cscript%3E", "m%D0%B0in", "%EF%BD%8Dain", "%D9%A3", "m%CC%81ain"],
+)
 def test_stream_ids_are_validated(stream_id: str) -> None:
     with TestClient(mount(ByUser())) as client:
         assert refused(client, f"/stream/{stream_id}") == 400
@@ -130,6 +163,8 @@ def test_signalling_surprises_are_bad_json_and_the_stream_goes_on(message: str) 
         ("max_streams", 0),
         ("max_streams", "10"),
         ("max_streams_per_user", None),
+        ("max_waiting_streams_per_address", 0),
+        ("max_waiting_streams_per_address", "16"),
         ("max_init_size", 3 * 2**20),  # more than half of max_buffered_amount
         ("max_json_depth", 1.5),
         ("viewer_buffer", [1]),
@@ -158,35 +193,59 @@ class Held(ByUser):
         self.pending.clear()
 
 
+PUBLISH_S = "/stream/s?role=publish&user=ada"
+
+
 @pytest.mark.parametrize(
-    ("options", "second", "code", "reason"),
+    ("options", "first", "second", "code", "reason"),
     [
-        ({}, "/stream/s?role=publish&user=bob", 1008, "this stream already has a publisher"),
+        (
+            {},
+            PUBLISH_S,
+            "/stream/s?role=publish&user=bob",
+            1008,
+            "this stream already has a publisher",
+        ),
         (
             {"max_streams_per_user": 1},
+            PUBLISH_S,
             "/stream/t?role=publish&user=ada",
             1008,
             "this user already publishes all the streams it may",
         ),
-        ({"max_streams": 1}, "/stream/t", 1013, "too many streams"),
+        (
+            {"max_streams": 1},
+            PUBLISH_S,
+            "/stream/t?role=publish&user=bob",
+            1013,
+            "this server carries all the streams it can",
+        ),
+        (
+            {"max_waiting_streams_per_address": 1},
+            "/stream/s",
+            "/stream/t",
+            1008,
+            "this address already waits on all the streams it may",
+        ),
     ],
 )
 def test_a_handshake_that_lost_a_race_for_a_bound_is_closed(
-    options: dict[str, int], second: str, code: int, reason: str
+    options: dict[str, int], first: str, second: str, code: int, reason: str
 ) -> None:
     stream = Held(**options)
     with TestClient(mount(stream)) as client:
-        first = client.connect("/stream/s?role=publish&user=ada")
+        winner = client.connect(first)
         loser = client.connect(second)
         stream.decide_all()
         client.pump()
-        assert first.receive_json()["type"] == "publishing"
+        assert winner.receive_json()["type"] in ("publishing", "viewing")
         with pytest.raises(ConnectionClosed) as closed:
             while True:
                 loser.receive()
         assert (closed.value.code, closed.value.reason) == (code, reason)
-        first.close()
+        winner.close()
         assert stream._streams == {} and stream._publishing == Counter()
+        assert stream._waiting == Counter() and stream._live == 0
 
 
 def test_the_seed_name_takes_the_options() -> None:

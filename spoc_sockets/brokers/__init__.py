@@ -25,7 +25,8 @@ Deliver = Callable[[str, str], None]
 
 
 class RoomsFull(Exception):
-    """A ``join`` would create a room while the broker holds ``max_rooms`` already."""
+    """A ``join`` would create a room while the broker holds ``max_rooms`` rooms, every
+    one of them with members."""
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,9 @@ class HistoryPage:
     """Stored messages (JSON text, oldest first), as :meth:`Broker.history` returns them.
 
     ``complete`` is False when messages the client asked for were lost (older than what
-    is retained, or the room was freed since); ``more`` is True when messages after this
-    page remain (ask again with ``since`` = the last id of this page).
+    is retained, or the room was freed since the client's ``since``); ``more`` is True
+    when messages after this page remain (ask again with ``since`` = the last id of this
+    page).
     """
 
     messages: list[str]
@@ -48,8 +50,12 @@ class Broker(ABC):
     Topics are strings: ``"room:<name>"`` for a room's events and ``"user:<id>"`` for
     direct notifications. Every method may be called from any thread.
 
-    A room exists from its first ``join``; once it has no members it is *empty*, and
-    :meth:`expire` frees it (history, ids and all) when it stayed empty long enough.
+    Times (``now``) are the chat's monotonic clock, in seconds: they are compared with
+    each other in one process only (a broker shared by processes expires rooms by its own
+    clock). A room exists from its first ``join``; once it has no members it is *empty*, and
+    :meth:`expire` frees it (history and all) when it stayed empty long enough. Ids
+    never restart: a room made after a room was freed numbers its messages past every id
+    the freed room gave, and its pages are not ``complete`` for a ``since`` before that.
     """
 
     @abstractmethod
@@ -88,7 +94,8 @@ class Broker(ABC):
     def join(self, room: str, user: str, max_rooms: int) -> bool:
         """Count one more connection of ``user`` in ``room``; True if it is the first.
 
-        Raises :class:`RoomsFull` when ``room`` does not exist and ``max_rooms`` rooms do."""
+        When ``room`` does not exist and ``max_rooms`` rooms do, the room empty the
+        longest is freed to make place; :class:`RoomsFull` when every room has members."""
 
     @abstractmethod
     def leave(self, room: str, user: str, now: float) -> bool:

@@ -15,9 +15,10 @@ __all__ = ["MemoryBroker"]
 @dataclass
 class _Room:
     members: Counter[str] = field(default_factory=Counter)
-    history: deque[tuple[int, str, int]] = field(default_factory=deque)  # id, text, bytes
+    history: deque[tuple[int, bytes, int]] = field(default_factory=deque)  # id, UTF-8, size
     size: int = 0  # bytes of history
     last_id: int = 0
+    base: int = 0  # ids of this room start after it: past every id of a room freed before
 
 
 class MemoryBroker(Broker):
@@ -34,6 +35,7 @@ class MemoryBroker(Broker):
         self._topics: set[str] = set()
         self._rooms: dict[str, _Room] = {}
         self._empty: dict[str, float] = {}  # room -> when it became empty, oldest first
+        self._high = 0  # the highest id of any room freed so far
 
     def attach(self, deliver: Deliver) -> None:
         self._deliver.append(deliver)
@@ -53,11 +55,12 @@ class MemoryBroker(Broker):
         with self._lock:
             state = self._rooms.get(room)
             if state is None:  # only members post: a room that expired meanwhile
-                state = self._rooms[room] = _Room()
+                state = self._rooms[room] = _Room(last_id=self._high, base=self._high)
             state.last_id += 1
             stored = f'{message[:-1]},"id":{state.last_id}}}'
-            size = len(stored.encode())
-            state.history.append((state.last_id, stored, size))
+            data = stored.encode()  # kept as UTF-8: a str with one emoji takes 4 bytes a char
+            size = len(data)
+            state.history.append((state.last_id, data, size))
             state.size += size
             while len(state.history) > max_messages or (
                 state.size > max_bytes and len(state.history) > 1
@@ -71,14 +74,15 @@ class MemoryBroker(Broker):
         with self._lock:
             state = self._rooms.get(room)
             history = list(state.history) if state is not None else []
-            last_id = state.last_id if state is not None else 0
+            last_id = state.last_id if state is not None else self._high
+            base = state.base if state is not None else self._high
         if since is None:
             return HistoryPage(_fit(reversed(history[-max_messages:]), max_bytes)[::-1])
         if since > last_id:  # an id of a room freed since: all we have, and say so
             since, complete = 0, False
         else:
             oldest = history[0][0] if history else last_id + 1
-            complete = since >= oldest - 1
+            complete = since >= oldest - 1 and since >= base
         after = [entry for entry in history if entry[0] > since]
         page = _fit(after[:max_messages], max_bytes)
         return HistoryPage(page, complete, more=len(page) < len(after))
@@ -87,9 +91,11 @@ class MemoryBroker(Broker):
         with self._lock:
             state = self._rooms.get(room)
             if state is None:
+                if len(self._rooms) >= max_rooms and self._empty:  # the oldest empty room goes
+                    self._free(next(iter(self._empty)))
                 if len(self._rooms) >= max_rooms:
                     raise RoomsFull(room)
-                state = self._rooms[room] = _Room()
+                state = self._rooms[room] = _Room(last_id=self._high, base=self._high)
             self._empty.pop(room, None)
             state.members[user] += 1
             return state.members[user] == 1
@@ -121,23 +127,26 @@ class MemoryBroker(Broker):
                 room, since = next(iter(self._empty.items()))
                 if now - since < after:
                     return since + after
-                del self._empty[room]
-                del self._rooms[room]
+                self._free(room)
             return None
+
+    def _free(self, room: str) -> None:
+        del self._empty[room]
+        self._high = max(self._high, self._rooms.pop(room).last_id)
 
     def room_count(self) -> int:
         with self._lock:
             return len(self._rooms)
 
 
-def _fit(entries: Iterable[tuple[int, str, int]], max_bytes: int) -> list[str]:
-    """The texts of ``entries`` (id, text, bytes), in order, while they fit in
+def _fit(entries: Iterable[tuple[int, bytes, int]], max_bytes: int) -> list[str]:
+    """The texts of ``entries`` (id, UTF-8, size), in order, while they fit in
     ``max_bytes`` (the first always does)."""
     page: list[str] = []
     total = 0
     for _, text, size in entries:
         if page and total + size > max_bytes:
             break
-        page.append(text)
+        page.append(text.decode())
         total += size
     return page
