@@ -9,21 +9,18 @@ Ctrl-C or SIGTERM stops it gracefully: each client gets close 1001.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
 
+from .cli import SERVERS
+from .cli import run as serve_until_stopped
 from .demo import demo_router
 from .router import Router
 
 __all__ = ["ADAPTERS", "demo_router", "main", "run"]
 
 logger = logging.getLogger("spoc_sockets")
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def announce(host: str, port: int, adapter: str) -> None:
@@ -35,73 +32,8 @@ def announce(host: str, port: int, adapter: str) -> None:
     )
 
 
-OnListen = Callable[[int], None]
-
-
-def run_asyncio(router: Router, host: str, port: int, on_listen: OnListen) -> None:
-    import asyncio
-
-    from .asyncio import serve
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for signum in STOP_SIGNALS:
-            # (no loop signal handlers on some platforms: Ctrl-C still works there)
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(signum, stop.set)
-        async with serve(router, host, port) as server:
-            on_listen(server.port)
-            forever = asyncio.ensure_future(server.serve_forever())
-            stopped = asyncio.ensure_future(stop.wait())
-            await asyncio.wait((forever, stopped), return_when=asyncio.FIRST_COMPLETED)
-            forever.cancel()
-            stopped.cancel()
-        # leaving the block closed the server gracefully: 1001 to every client
-
-    asyncio.run(main())
-
-
-def run_trio(router: Router, host: str, port: int, on_listen: OnListen) -> None:
-    try:
-        import trio
-    except ImportError:
-        sys.exit("the trio adapter needs trio: pip install 'spoc-sockets[trio]'")
-
-    from .trio import serve
-
-    async def main() -> None:
-        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
-            async with trio.open_nursery() as nursery:
-                server = await nursery.start(serve, router, host, port)
-                on_listen(server.port)
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()  # cancellation = graceful shutdown
-                    break
-
-    trio.run(main)
-
-
-def run_threads(router: Router, host: str, port: int, on_listen: OnListen) -> None:
-    from .threads import serve
-
-    with serve(router, host, port) as server:
-
-        def stop(signum: int, frame: object) -> None:
-            # shutdown() waits for the loop, which runs in this (the main) thread
-            threading.Thread(target=server.shutdown, daemon=True).start()
-
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, stop)
-        on_listen(server.port)
-        server.serve_forever()
-
-
-ADAPTERS: dict[str, Callable[[Router, str, int, OnListen], None]] = {
-    "asyncio": run_asyncio,
-    "trio": run_trio,
-    "threads": run_threads,
-}
+#: The adapters the demo (and ``spoc-sockets serve``) can run on.
+ADAPTERS = tuple(sorted(SERVERS))
 
 
 def run(
@@ -109,11 +41,12 @@ def run(
     host: str = "127.0.0.1",
     port: int = 8765,
     adapter: str = "asyncio",
-    on_listen: OnListen | None = None,
+    on_listen: Callable[[int], None] | None = None,
 ) -> None:
     """Serve ``router`` with the named adapter until SIGINT or SIGTERM, then shut down
-    gracefully (close 1001 to every client). ``on_listen(port)`` runs once listening."""
-    ADAPTERS[adapter](router, host, port, on_listen or (lambda port: None))
+    gracefully (close 1001 to every client). ``on_listen(port)`` runs once listening.
+    The same runner as :func:`spoc_sockets.run`, with the demo's positional order."""
+    serve_until_stopped(router, adapter=adapter, host=host, port=port, on_listen=on_listen)
 
 
 def _log_level(value: str) -> int:

@@ -125,7 +125,7 @@ def _serve_threads(
         server.serve_forever()
 
 
-_SERVE = {"asyncio": _serve_asyncio, "trio": _serve_trio, "threads": _serve_threads}
+SERVERS = {"asyncio": _serve_asyncio, "trio": _serve_trio, "threads": _serve_threads}
 
 
 # -- several worker processes on one port ---------------------------------------------
@@ -355,7 +355,7 @@ def run(
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("spoc_sockets").setLevel(level)
     notify = on_listen or (lambda port: None)
-    serve = partial(_SERVE[adapter], router, host, ssl=ssl, reuse_port=workers > 1)
+    serve = partial(SERVERS[adapter], router, host, ssl=ssl, reuse_port=workers > 1)
     if workers == 1:
         serve(port, on_listen=notify)
         return
