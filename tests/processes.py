@@ -118,11 +118,12 @@ ASGI_SERVERS["hypercorn"] = (
 
 
 @contextmanager
-def asgi_server(name: str, app: str) -> Iterator[tuple[ServerProcess, int]]:
-    """``app`` (``module:attribute``, importable from the repository's root) served by
-    the named setup of :data:`ASGI_SERVERS`; the process and its port."""
+def asgi_server(name: str, *app: str) -> Iterator[tuple[ServerProcess, int]]:
+    """``app`` (the server's options, if any, then ``module:attribute``, importable from
+    the repository's root) served by the named setup of :data:`ASGI_SERVERS`; the process
+    and its port."""
     arguments, ready = ASGI_SERVERS[name]
-    with running([sys.executable, *arguments, app], ROOT) as server:
+    with running([sys.executable, *arguments, *app], ROOT) as server:
         port = int(server.wait_for_line(ready).group(1))
         wait_until_listening(port, server.popen)  # hypercorn announces it a bit early
         yield server, port

@@ -41,6 +41,7 @@ def connect(url: str, **options: object) -> ClientConnection:
     except TimeoutError:
         return websockets_connect(url, **options)  # type: ignore[arg-type]
 
+
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "docs" / "nginx" / "spoc-sockets.conf"
 TIMEOUT = 20.0

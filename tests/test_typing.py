@@ -38,7 +38,7 @@ def test_mypy_refuses_a_plain_string_for_origins(tmp_path: Path) -> None:
         timeout=300,
     )
     assert result.returncode == 1
-    assert 'bad.py:3: error: Incompatible types in assignment' in result.stdout
+    assert "bad.py:3: error: Incompatible types in assignment" in result.stdout
     assert "bad.py:4: error" in result.stdout
 
 
