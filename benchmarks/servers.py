@@ -62,8 +62,8 @@ def listening_socket() -> socket.socket:
 def spoc_router() -> Router:
     """The router shared by the spoc_sockets variants."""
     from spoc_sockets import ChannelServer, Connection, Request, Router
-    from spoc_sockets.chat import ChatServer
-    from spoc_sockets.stream import StreamServer
+    from spoc_sockets.channels.chat import ChatServer
+    from spoc_sockets.channels.stream import StreamServer
 
     class Echo(ChannelServer):
         def on_message(self, conn: Connection, message: str | bytes) -> None:

@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from spoc_sockets import ChannelServer, Connection, Router
-from spoc_sockets.__main__ import ADAPTERS, run
+from spoc_sockets.demo.server import ADAPTERS, run
 
 HOST = "127.0.0.1"
 

@@ -9,9 +9,9 @@ from .cli import run
 from .connection import ServerConnection
 from .errors import CloseCode, ProtocolError, Reject, SpocSocketsError, UsageError
 from .hub import Hub
+from .node_compat import create_chat_server, create_stream_server, setup_websocket_handlers
 from .request import Headers, Query, Request
 from .router import Response, Router
-from .seed import create_chat_server, create_stream_server, setup_websocket_handlers
 
 __all__ = [
     "ChannelServer",

@@ -268,9 +268,9 @@ def _wait_ready(startup: _Startup, workers: int, children: dict[int, int | None]
 
 
 def _shared_state_warning(router: Router) -> str | None:
-    from .brokers.memory import MemoryBroker
-    from .chat import ChatServer
-    from .stream import StreamServer
+    from .channels.brokers.memory import MemoryBroker
+    from .channels.chat import ChatServer
+    from .channels.stream import StreamServer
 
     local = sorted(
         path
@@ -283,7 +283,7 @@ def _shared_state_warning(router: Router) -> str | None:
     return (
         f"each worker process has its own rooms and streams for {', '.join(local)}: clients "
         "of different workers do not see each other. Give ChatServer a shared broker "
-        "(a spoc_sockets.brokers.Broker shared by the workers), and serve streams with "
+        "(a spoc_sockets.channels.brokers.Broker shared by the workers), and serve streams with "
         "workers=1 (a stream's publisher and viewers must meet in one process)"
     )
 
@@ -511,6 +511,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif first == "--version":
         print(_version())
     else:
-        from .__main__ import main as demo
+        from .demo import main as demo
 
         demo(args[1:] if first == "demo" else args)

@@ -24,7 +24,7 @@ from playwright.sync_api import expect as pw_expect
 from spoc_sockets import Router
 from spoc_sockets.asyncio import Server, serve
 from spoc_sockets.connection import ServerConnection
-from spoc_sockets.demo import demo_router, static_handler
+from spoc_sockets.demo.app import demo_router, static_handler
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -1,4 +1,4 @@
-"""The browser client (``spoc_sockets/static/spoc-client.js``) in a real headless Chromium.
+"""The browser client (``spoc_sockets/demo/static/spoc-client.js``) in a real headless Chromium.
 
 The clients run in the page, against real channels served over 127.0.0.1 by the asyncio
 adapter; the server's side of a connection is dropped (its transport aborted, no closing
@@ -21,7 +21,7 @@ from playwright.sync_api import expect as pw_expect
 
 import spoc_sockets
 from spoc_sockets import ChannelServer, Connection, Request, Response, Router, ServerConnection
-from spoc_sockets.chat import ChatServer
+from spoc_sockets.channels.chat import ChatServer
 from tests.test_browser import (  # the same browser and server helpers as the demo's test
     TIMEOUT_MS,
     DemoServer,
@@ -34,7 +34,7 @@ from tests.test_browser import (  # the same browser and server helpers as the d
     wait_for,
 )
 
-STATIC = Path(spoc_sockets.__file__).parent / "static"
+STATIC = Path(spoc_sockets.__file__).parent / "demo" / "static"
 PAGE = "<!doctype html><meta charset=utf-8><title>client</title><body></body>"
 PAGE_BYTES = 1024  # history in one reply on /chat: a resume of 30 messages takes pages
 REPLAYED = 3  # messages a join without `since` replays on /chat

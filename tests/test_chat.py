@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from spoc_sockets import Connection, Router
-from spoc_sockets.brokers.memory import MemoryBroker
-from spoc_sockets.chat import ChatServer, TokenBucket
+from spoc_sockets.channels.brokers.memory import MemoryBroker
+from spoc_sockets.channels.chat import ChatServer, TokenBucket
 from spoc_sockets.testing import ConnectionClosed, TestClient, WebSocket
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from spoc_sockets import Router, UsageError
-from spoc_sockets.brokers.memory import MemoryBroker
-from spoc_sockets.chat import ChatServer
+from spoc_sockets.channels.brokers.memory import MemoryBroker
+from spoc_sockets.channels.chat import ChatServer
 from spoc_sockets.testing import HandshakeRejected, TestClient, WebSocket
 
 from .test_chat import Clock, connect, join, setup

@@ -21,7 +21,7 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from spoc_sockets import Router
-from spoc_sockets.chat import ChatServer
+from spoc_sockets.channels.chat import ChatServer
 
 from .behaviour.harness_asyncio import start as start_asyncio
 from .behaviour.harness_net import LEGACY, NetServer
@@ -102,7 +102,7 @@ SERVER = textwrap.dedent(
     import gc, sys, tracemalloc
     tracemalloc.start()
     from spoc_sockets import Response, Router
-    from spoc_sockets.chat import ChatServer
+    from spoc_sockets.channels.chat import ChatServer
     from spoc_sockets.threads import serve
 
     router = Router()

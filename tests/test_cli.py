@@ -33,7 +33,7 @@ APP = """
 import os
 
 from spoc_sockets import ChannelServer, Connection, Reject, Request, Router
-from spoc_sockets.chat import ChatServer
+from spoc_sockets.channels.chat import ChatServer
 
 router = Router()
 

@@ -12,7 +12,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from spoc_sockets import Router
-from spoc_sockets.demo import TokenIssuer, demo_router
+from spoc_sockets.demo.app import TokenIssuer, demo_router
 from spoc_sockets.request import Request
 from spoc_sockets.testing import HandshakeRejected, TestClient
 

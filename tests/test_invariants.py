@@ -14,22 +14,6 @@ import spoc_sockets
 
 PACKAGE = Path(spoc_sockets.__file__).parent
 ROOT = PACKAGE.parent
-CORE = [
-    "__init__.py",
-    "channel.py",
-    "connection.py",
-    "deflate.py",
-    "endpoint.py",
-    "errors.py",
-    "frames.py",
-    "handshake.py",
-    "hub.py",
-    "limits.py",
-    "request.py",
-    "router.py",
-    "session.py",
-    "stats.py",
-]
 FORBIDDEN = {"asyncio", "trio", "threading", "socket", "selectors", "time", "_thread"}
 
 
@@ -44,27 +28,59 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("module", CORE)
+# The layout says which layer a module belongs to (docs/architecture.rst):
+#: the adapters and the command line, the only top-level modules outside the core
+#: (``testing`` is the in-memory adapter: it runs async hooks on asyncio)
+ADAPTERS = {"asyncio", "trio", "threads", "asgi", "testing", "_listen", "cli", "__main__"}
+#: top-level modules that sit on the core without being part of it: the Node module's
+#: names (they build the built-in channels) and the Prometheus exporter
+ON_TOP = {"node_compat", "metrics"}
+#: subpackages: applications of the core (``channels``) and the demo, which runs adapters
+APPLICATIONS = {"channels"}
+DEMO = {"demo"}
+
+
+def core_modules() -> list[str]:
+    """The protocol core: every top-level module but the adapters (and what sits on top)."""
+    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    return sorted(modules - ADAPTERS - ON_TOP)
+
+
+def application_modules() -> list[str]:
+    return sorted(
+        str(path.relative_to(PACKAGE))
+        for package in APPLICATIONS
+        for path in (PACKAGE / package).rglob("*.py")
+    )
+
+
+def test_every_module_and_folder_has_a_layer() -> None:
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders == APPLICATIONS | DEMO
+    assert {"connection", "hub", "router", "channel"} <= set(core_modules())
+    assert {p.stem for p in PACKAGE.glob("*.py")} >= ADAPTERS | ON_TOP
+
+
+@pytest.mark.parametrize("module", core_modules())
 def test_core_never_imports_io_threads_or_clock(module: str) -> None:
-    assert not imported_modules(PACKAGE / module) & FORBIDDEN
+    assert not imported_modules(PACKAGE / f"{module}.py") & FORBIDDEN
 
 
-# Outside the sans-IO core: the adapters, the demo, the CLI, and the built-in channels
-# (applications of the core, which read a wall clock for timestamps and lock their shared
-# room state).
-ADAPTERS = {"asyncio.py", "trio.py", "threads.py", "asgi.py", "_listen.py", "__main__.py"}
-ADAPTERS |= {"demo.py", "cli.py"}
-ADAPTERS |= {"testing.py"}  # the in-memory adapter runs async hooks on asyncio
-CHANNELS = {"chat.py", "stream.py", "seed.py"}
-INTEGRATIONS = {"metrics.py"}  # optional: reads the core's stats for an exporter
+@pytest.mark.parametrize("module", core_modules())
+def test_core_imports_nothing_outside_the_core(module: str) -> None:
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    relative = {
+        (node.module or "").split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level == 1
+    }
+    outside = relative - set(core_modules()) - {""}
+    if module == "__init__":  # the public names: re-exports the CLI runner and Node names
+        outside -= {"cli", "node_compat"}
+    assert not outside
 
 
-def test_core_list_is_complete() -> None:
-    present = {p.name for p in PACKAGE.glob("*.py")} - ADAPTERS - CHANNELS - INTEGRATIONS
-    assert present == set(CORE)
-
-
-@pytest.mark.parametrize("module", sorted(CHANNELS))
+@pytest.mark.parametrize("module", application_modules())
 def test_channels_never_touch_sockets_or_event_loops(module: str) -> None:
     assert not imported_modules(PACKAGE / module) & {"asyncio", "trio", "socket", "selectors"}
 

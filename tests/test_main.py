@@ -20,7 +20,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from spoc_sockets.demo import STATIC_FILES, demo_router
+from spoc_sockets.demo.app import STATIC_FILES, demo_router
 
 ROOT = Path(__file__).resolve().parent.parent
 ADAPTERS = ["asyncio", "trio", "threads"]
@@ -146,8 +146,8 @@ def test_ctrl_c_stops_gracefully(demo: Demo) -> None:
 
 
 def test_demo_router_mounts_real_channels() -> None:
-    from spoc_sockets.chat import ChatServer
-    from spoc_sockets.stream import StreamServer
+    from spoc_sockets.channels.chat import ChatServer
+    from spoc_sockets.channels.stream import StreamServer
 
     router = demo_router()
     channels = router.channels

@@ -20,7 +20,7 @@ for name in names:
         importlib.import_module(name)
 assert (files("spoc_sockets") / "py.typed").is_file()
 for name in ("index.html", "app.js", "style.css", "spoc-client.js", "spoc-client.d.ts"):
-    assert (files("spoc_sockets") / "static" / name).is_file(), name
+    assert (files("spoc_sockets.demo") / "static" / name).is_file(), name
 print(len(names))
 """
 

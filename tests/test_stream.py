@@ -7,8 +7,8 @@ import json
 import pytest
 
 from spoc_sockets import Router
-from spoc_sockets.seed import create_chat_server, setup_websocket_handlers
-from spoc_sockets.stream import DELTA, INIT, KEY, STREAM_ENDED, StreamServer
+from spoc_sockets.channels.stream import DELTA, INIT, KEY, STREAM_ENDED, StreamServer
+from spoc_sockets.node_compat import create_chat_server, setup_websocket_handlers
 from spoc_sockets.testing import HandshakeRejected, TestClient, WebSocket
 
 

@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 
 from spoc_sockets import Deferred, Router, UsageError
+from spoc_sockets.channels.stream import INIT, KEY, StreamServer
+from spoc_sockets.node_compat import create_stream_server
 from spoc_sockets.request import Request
-from spoc_sockets.seed import create_stream_server
-from spoc_sockets.stream import INIT, KEY, StreamServer
 from spoc_sockets.testing import ConnectionClosed, HandshakeRejected, TestClient
 
 

@@ -11,8 +11,8 @@ import pytest
 from websockets.sync.client import connect
 
 from spoc_sockets import Connection, Router
-from spoc_sockets.seed import create_chat_server, setup_websocket_handlers
-from spoc_sockets.stream import DELTA, KEY, StreamServer
+from spoc_sockets.channels.stream import DELTA, KEY, StreamServer
+from spoc_sockets.node_compat import create_chat_server, setup_websocket_handlers
 
 from .behaviour.harness_asgi import start as start_asgi
 from .behaviour.harness_asyncio import start as start_asyncio

@@ -10,8 +10,8 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from spoc_sockets import Router
+from spoc_sockets.channels.stream import INIT, StreamServer
 from spoc_sockets.request import Request
-from spoc_sockets.stream import INIT, StreamServer
 
 from .behaviour.harness_asyncio import start
 from .behaviour.harness_net import LEGACY

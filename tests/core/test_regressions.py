@@ -116,7 +116,7 @@ def test_sends_from_a_thread_stay_bounded_before_any_flush(overflow: str) -> Non
 
 
 def test_stream_viewer_bound_sees_what_one_read_queued() -> None:
-    from spoc_sockets.stream import DELTA, KEY, StreamServer
+    from spoc_sockets.channels.stream import DELTA, KEY, StreamServer
 
     class Open(StreamServer):
         def can_publish(self, request: Request, stream_id: str, user: object) -> bool:

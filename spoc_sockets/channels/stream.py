@@ -34,10 +34,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .channel import ChannelServer, Connection
+from ..channel import ChannelServer, Connection
+from ..errors import CloseCode, Reject, UsageError
+from ..request import Request
 from .chat import check_options, dump_json, load_json
-from .errors import CloseCode, Reject, UsageError
-from .request import Request
 
 __all__ = ["DELTA", "INIT", "KEY", "STREAM_ENDED", "STREAM_ID", "StreamServer", "StreamStats"]
 
@@ -371,5 +371,5 @@ def _discount(counter: Counter[object], keys: Iterable[object]) -> None:
 
 
 def create_stream_server(**options: Any) -> StreamServer:
-    """The seed's name: a :class:`StreamServer` with these options."""
+    """The Node module's name (``createStreamWSS``): a :class:`StreamServer` with these options."""
     return StreamServer(**options)

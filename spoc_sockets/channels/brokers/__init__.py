@@ -1,7 +1,7 @@
 """Brokers: where chat room state lives and how its events fan out.
 
-:class:`Broker` is the seam between :class:`~spoc_sockets.chat.ChatServer` and its
-storage. :class:`~spoc_sockets.brokers.memory.MemoryBroker` (the default) keeps everything
+:class:`Broker` is the seam between :class:`~spoc_sockets.channels.chat.ChatServer` and its
+storage. :class:`~spoc_sockets.channels.brokers.memory.MemoryBroker` (the default) keeps everything
 in this process; a broker on Redis shares rooms across processes and machines without any
 change to the channel.
 

@@ -11,9 +11,9 @@ Node ``socketManager.js``                   spoc_sockets
 
 from __future__ import annotations
 
-from .chat import ChatServer, create_chat_server
+from .channels.chat import ChatServer, create_chat_server
+from .channels.stream import StreamServer, create_stream_server
 from .router import Router
-from .stream import StreamServer, create_stream_server
 
 __all__ = ["create_chat_server", "create_stream_server", "setup_websocket_handlers"]
 

@@ -1,8 +1,8 @@
 """The demo application served by ``python -m spoc_sockets``: a page and the real channels.
 
-:func:`demo_router` mounts a :class:`~spoc_sockets.chat.ChatServer` at ``/chat`` and a
-:class:`~spoc_sockets.stream.StreamServer` at ``/stream`` and ``/stream/{stream_id}``
-(:func:`~spoc_sockets.seed.setup_websocket_handlers`), and serves the demo page (``/``)
+:func:`demo_router` mounts a :class:`~spoc_sockets.channels.chat.ChatServer` at ``/chat`` and a
+:class:`~spoc_sockets.channels.stream.StreamServer` at ``/stream`` and ``/stream/{stream_id}``
+(:func:`~spoc_sockets.node_compat.setup_websocket_handlers`), and serves the demo page (``/``)
 and its assets from the package's ``static`` directory as plain HTTP routes. The page
 needs no build step and loads nothing from elsewhere, so it works offline.
 
@@ -23,12 +23,12 @@ import time
 from collections.abc import Callable
 from importlib import resources
 
-from .chat import USER_NAME, ChatServer
-from .errors import Reject
-from .request import Request
-from .router import HTTPHandler, Response, Router
-from .seed import setup_websocket_handlers
-from .stream import StreamServer
+from ..channels.chat import USER_NAME, ChatServer
+from ..channels.stream import StreamServer
+from ..errors import Reject
+from ..node_compat import setup_websocket_handlers
+from ..request import Request
+from ..router import HTTPHandler, Response, Router
 
 __all__ = [
     "STATIC_FILES",
@@ -41,7 +41,7 @@ __all__ = [
     "static_handler",
 ]
 
-#: URL path → (file in ``spoc_sockets/static``, content type)
+#: URL path → (file in ``spoc_sockets/demo/static``, content type)
 STATIC_FILES: dict[str, tuple[str, str]] = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/app.js": ("app.js", "application/javascript; charset=utf-8"),
@@ -61,7 +61,7 @@ def static_handler(name: str, content_type: str) -> HTTPHandler:
 
     The file is read once, here: handlers run on the adapter's loop and must not block.
     """
-    body = resources.files("spoc_sockets").joinpath("static").joinpath(name).read_bytes()
+    body = resources.files("spoc_sockets.demo").joinpath("static").joinpath(name).read_bytes()
 
     def handler(request: Request) -> Response:
         if request.method != "GET":

@@ -1,7 +1,7 @@
 """ChatServer: rooms, presence, history and resume, notifications — over a JSON protocol.
 
 The protocol is documented in ``docs/chat-protocol.rst``. Room state (history, ids,
-membership) goes through a :class:`~spoc_sockets.brokers.Broker`, in-process by default,
+membership) goes through a :class:`~spoc_sockets.channels.brokers.Broker`, in-process by default,
 so several processes or machines can share rooms by giving their chat channels the same
 shared broker.
 
@@ -29,11 +29,11 @@ import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from ..channel import ChannelServer, Connection
+from ..errors import CloseCode, Reject, UsageError
+from ..request import Request
 from .brokers import Broker, HistoryPage, RoomsFull
 from .brokers.memory import MemoryBroker
-from .channel import ChannelServer, Connection
-from .errors import CloseCode, Reject, UsageError
-from .request import Request
 
 __all__ = [
     "USER_NAME",
@@ -48,7 +48,7 @@ __all__ = [
 
 Event = dict[str, Any]
 
-logger = logging.getLogger("spoc_sockets")
+logger = logging.getLogger("spoc_sockets.channels")
 
 #: the user names ``trust_user_param`` (and the demo) accept: 1 to 32 ASCII letters,
 #: digits, ``.``, ``_`` or ``-`` (no look-alike letters of other scripts), not starting
@@ -568,5 +568,5 @@ def _page(head: Event, page: HistoryPage) -> str:
 
 
 def create_chat_server(**options: Any) -> ChatServer:
-    """The seed's name: a :class:`ChatServer` with these options."""
+    """The Node module's name (``createChatWSS``): a :class:`ChatServer` with these options."""
     return ChatServer(**options)
