@@ -105,10 +105,10 @@ class Router:
     that also matches it; two templates that could match the same path are refused at
     registration.
 
-    Its options bound what one client can make the server hold before it is upgraded
-    (their units, defaults and answers are in the options reference, ``docs/options.rst``):
+    Its options bound what one client can make the server hold before it is upgraded:
     ``max_request_size`` (the request head), ``max_headers``, ``handshake_timeout``,
-    ``max_connections_per_address`` and ``max_handshake_rate`` (per client IP address).
+    ``max_connections_per_address`` and ``max_handshake_rate`` (per client IP address);
+    their units, defaults and answers are in :doc:`the options reference </options>`.
 
     The two per-address limits are off by default: behind a reverse proxy or a NAT, one
     address is many users. Set them when clients connect directly.
