@@ -11,6 +11,7 @@ which is why it is safe from any task or thread.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import itertools
 import json
@@ -33,7 +34,7 @@ from typing import (
 
 from .errors import CloseCode, Reject, UsageError
 from .frames import OP_BINARY, OP_TEXT, frame_header
-from .limits import check_number
+from .limits import Number, check_flag, check_numbers, shown
 from .request import Request
 
 if TYPE_CHECKING:
@@ -372,6 +373,21 @@ class ChannelServer(Generic[U]):
         "max_buffered_amount",
         "overflow",
     )
+    #: Options renamed while the version is 0.x: the old name and the new one. The old
+    #: name is refused, as a keyword or a class attribute, with :class:`UsageError`.
+    RENAMED: ClassVar[dict[str, str]] = {}
+    #: The numeric options and what each takes (checked at construction).
+    NUMBERS: ClassVar[dict[str, Number]] = {
+        "max_message_size": Number(integer=True, optional=True),
+        "max_fragments": Number(integer=True, optional=True),
+        "ping_interval": Number(integer=False, optional=True),
+        "ping_timeout": Number(integer=False, optional=True),
+        "close_timeout": Number(integer=False),
+        "idle_timeout": Number(integer=False, optional=True),
+        "max_control_rate": Number(integer=False, optional=True),
+        "max_connections": Number(integer=True, optional=True),
+        "max_buffered_amount": Number(integer=True),
+    }
     #: The hooks (``async def`` is allowed for the first four where the server awaits
     #: them: see :func:`check_hooks`).
     HOOKS: ClassVar[tuple[str, ...]] = (
@@ -388,26 +404,33 @@ class ChannelServer(Generic[U]):
     def __init__(self, **options: Unpack[ChannelOptions]) -> None:
         for name, value in options.items():
             if name not in self.OPTIONS:
-                raise UsageError(f"{type(self).__name__} has no option {name!r}")
+                raise UsageError(f"{type(self).__name__} has no option {name!r}{self._hint(name)}")
             setattr(self, name, value)
         self._check_options()
         self._clients: dict[Connection[U], None] = {}
         self._admitted = 0  # open connections and handshakes under way (Router.admit)
 
     def _check_options(self) -> None:
-        """Refuse option values that would misbehave, naming the option and the value."""
-        for name in ("max_message_size", "max_fragments", "max_connections"):
-            check_number(name, getattr(self, name), integer=True, optional=True)
-        for name in ("ping_interval", "ping_timeout", "idle_timeout", "max_control_rate"):
-            check_number(name, getattr(self, name), integer=False, optional=True)
-        check_number("close_timeout", self.close_timeout, integer=False, optional=False)
-        check_number("max_buffered_amount", self.max_buffered_amount, True, optional=False)
-        if not isinstance(self.compression, bool):
-            raise UsageError(f"compression is True or False, not {self.compression!r}")
+        """Refuse option values that would misbehave, naming the option and the value.
+
+        A subclass with options of its own adds its numbers to :attr:`NUMBERS` and its
+        other checks here (calling this one first)."""
+        for old in self.RENAMED:
+            if hasattr(type(self), old):
+                raise UsageError(f"{type(self).__name__}.{old} is not an option{self._hint(old)}")
+        check_numbers(self, type(self).NUMBERS)
+        check_flag("compression", self.compression)
         if self.overflow not in ("close", "drop"):
-            raise UsageError(f"overflow is 'close' or 'drop', not {self.overflow!r}")
+            raise UsageError(f"overflow is 'close' or 'drop', not {shown(self.overflow)}")
         self._allowed = _check_origins(self.origins)
         self.subprotocols = _check_subprotocols(self.subprotocols)
+
+    def _hint(self, name: str) -> str:
+        """What an unknown option name was probably meant to be."""
+        if name in self.RENAMED:
+            return f" (renamed {self.RENAMED[name]!r})"
+        close = difflib.get_close_matches(name, self.OPTIONS, n=1)
+        return f" (did you mean {close[0]!r}?)" if close else ""
 
     # -- hooks ----------------------------------------------------------------------
 
@@ -605,13 +628,14 @@ def _check_origins(origins: object) -> frozenset[str | None] | None:
     if origins is None:
         return None
     if isinstance(origins, (str, bytes)) or not isinstance(origins, Collection):
-        raise UsageError(f"origins is a collection such as a tuple, not {origins!r}")
+        raise UsageError(f"origins is a collection such as a tuple, not {shown(origins)}")
     allowed: set[str | None] = set()
     for origin in origins:
         if origin is not None and not (
             isinstance(origin, str) and _ORIGIN.fullmatch(origin.lower())
         ):
-            raise UsageError(f"{origin!r} is not an origin like 'https://host:port' (no path)")
+            example = "like 'https://host:port' (no path)"
+            raise UsageError(f"origins: {shown(origin)} is not an origin {example}")
         allowed.add(origin.lower() if origin is not None else None)
     return frozenset(allowed)
 
@@ -621,8 +645,8 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 def _check_subprotocols(subprotocols: object) -> tuple[str, ...]:
     if isinstance(subprotocols, (str, bytes)) or not isinstance(subprotocols, Sequence):
-        raise UsageError(f"subprotocols is a sequence such as a tuple, not {subprotocols!r}")
+        raise UsageError(f"subprotocols is a sequence such as a tuple, not {shown(subprotocols)}")
     for protocol in subprotocols:
         if not isinstance(protocol, str) or not _TOKEN.fullmatch(protocol):
-            raise UsageError(f"{protocol!r} is not a subprotocol name (an HTTP token)")
+            raise UsageError(f"subprotocols: {shown(protocol)} is not a subprotocol name (a token)")
     return tuple(subprotocols)

@@ -6,13 +6,13 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 from urllib.parse import unquote
 
 from .channel import ChannelServer, Connection, check_hooks
 from .errors import ProtocolError, Reject, UsageError
 from .handshake import check_upgrade
-from .limits import WINDOW, RateWindow, check_number
+from .limits import WINDOW, Number, RateWindow, check_numbers
 from .request import Request
 from .stats import RouteCounters, RouterStats
 
@@ -106,19 +106,22 @@ class Router:
     registration.
 
     Its options bound what one client can make the server hold before it is upgraded:
-
-    * ``max_request_size`` (bytes, default 16 KiB): the request head (431);
-    * ``max_headers`` (default 100): header lines in the request head (431);
-    * ``handshake_timeout`` (seconds, default 10): from connection to decision (408, or
-      503 when :meth:`~ChannelServer.authenticate` deferred and did not decide in time);
-    * ``max_connections_per_address`` (default ``None``: no limit): open connections
-      from one client IP address, over every channel (429);
-    * ``max_handshake_rate`` (handshakes per second, default ``None``: no limit): per
-      client IP address, counted over 10-second windows (429 with ``Retry-After``).
+    ``max_request_size`` (the request head), ``max_headers``, ``handshake_timeout``,
+    ``max_connections_per_address`` and ``max_handshake_rate`` (per client IP address);
+    their units, defaults and answers are in :doc:`the options reference </options>`.
 
     The two per-address limits are off by default: behind a reverse proxy or a NAT, one
     address is many users. Set them when clients connect directly.
     """
+
+    #: The options and what each takes (checked at construction).
+    NUMBERS: ClassVar[dict[str, Number]] = {
+        "max_request_size": Number(integer=True),
+        "max_headers": Number(integer=True),
+        "handshake_timeout": Number(integer=False),
+        "max_connections_per_address": Number(integer=True, optional=True),
+        "max_handshake_rate": Number(integer=False, optional=True),
+    }
 
     def __init__(
         self,
@@ -129,16 +132,12 @@ class Router:
         max_connections_per_address: int | None = None,
         max_handshake_rate: float | None = None,
     ) -> None:
-        check_number("max_request_size", max_request_size, integer=True, optional=False)
-        check_number("max_headers", max_headers, integer=True, optional=False)
-        check_number("handshake_timeout", handshake_timeout, integer=False, optional=False)
-        check_number("max_connections_per_address", max_connections_per_address, True, True)
-        check_number("max_handshake_rate", max_handshake_rate, integer=False, optional=True)
         self.max_request_size = max_request_size
         self.max_headers = max_headers
         self.handshake_timeout = handshake_timeout
         self.max_connections_per_address = max_connections_per_address
         self.max_handshake_rate = max_handshake_rate
+        check_numbers(self, self.NUMBERS)
         self._per_address: dict[str, int] = {}  # open connections per client address
         self._handshakes: dict[str, RateWindow] = {}  # per client address
         self._kept = 0  # entries kept by the last pruning of _handshakes

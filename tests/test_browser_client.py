@@ -57,7 +57,7 @@ def client_router() -> Router:
     history pages (``/chat``) or a short history (``/chat-short``), and a blank page."""
     router = Router()
     unthrottled: dict[str, Any] = {"trust_user_param": True, "rate": 1000.0, "burst": 1000.0}
-    chat = ChatServer(history_page_bytes=PAGE_BYTES, history_size=REPLAYED, **unthrottled)
+    chat = ChatServer(history_page_bytes=PAGE_BYTES, replay_messages=REPLAYED, **unthrottled)
     router.add("/chat", chat)
     router.add("/chat-short", ChatServer(max_history_messages=KEPT, **unthrottled))
     router.add("/chat-slow", ChatServer(trust_user_param=True, rate=2.0, burst=2.0))

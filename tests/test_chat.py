@@ -85,7 +85,7 @@ def _json(message: str | bytes) -> Any:
 
 
 def test_history_replayed_on_join() -> None:
-    router, _, _ = setup(history_size=3)
+    router, _, _ = setup(replay_messages=3)
     with TestClient(router) as client:
         ada = connect(client, "ada")
         join(ada, "r")
@@ -98,7 +98,7 @@ def test_history_replayed_on_join() -> None:
 
 
 def test_resume_after_disconnect_loses_nothing() -> None:
-    router, _, _ = setup(history_size=0)
+    router, _, _ = setup(replay_messages=0)
     with TestClient(router) as client:
         ada, bob = connect(client, "ada"), connect(client, "bob")
         join(ada, "r")
@@ -161,7 +161,7 @@ def test_notify_reaches_every_connection_of_the_user_from_a_thread() -> None:
     ],
 )
 def test_errors_keep_the_connection_open(message: str | bytes, code: str) -> None:
-    router, _, _ = setup(max_text_length=10)
+    router, _, _ = setup(max_text_bytes=10)
     with TestClient(router) as client:
         ada = connect(client, "ada")
         ada.send(message)

@@ -116,6 +116,49 @@ def test_an_error_echoes_only_a_valid_ref() -> None:
         assert "ref" not in ada.receive_json()
 
 
+# -- field bounds count bytes of UTF-8, as the wire and max_message_size do ---------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message", "code"),
+    [
+        ({"max_text_bytes": 6}, {"type": "post", "room": "r", "text": "ééé"}, None),  # 6 bytes
+        ({"max_text_bytes": 6}, {"type": "post", "room": "r", "text": "éééa"}, "too_long"),
+        ({"max_text_bytes": 6}, {"type": "post", "room": "r", "text": "😀😀"}, "too_long"),
+        ({"max_text_bytes": 6}, {"type": "post", "room": "r", "text": "abcdefg"}, "too_long"),
+        ({"max_ref_bytes": 4}, {"type": "post", "room": "r", "text": "x", "ref": "éé"}, None),
+        ({"max_ref_bytes": 4}, {"type": "post", "room": "r", "text": "x", "ref": "ééa"}, "bad"),
+    ],
+)
+def test_text_and_ref_are_bounded_in_bytes_not_characters(
+    options: dict[str, int], message: dict[str, str], code: str | None
+) -> None:
+    router, _, _ = setup(**options)
+    with TestClient(router) as client:
+        ada = connect(client, "ada")
+        join(ada, "r")
+        ada.send_json(message)
+        reply = ada.receive_json()
+        if code is None:
+            assert reply["type"] == "message" and reply["text"] == message["text"], reply
+        elif code == "bad":  # a ref too long is not echoed in the error either
+            assert reply["type"] == "error" and reply["code"] == "bad_field" and "ref" not in reply
+            assert "4 bytes" in reply["message"]
+        else:
+            assert reply["type"] == "error" and reply["code"] == code, reply
+            assert "6 bytes" in reply["message"]
+
+
+def test_a_room_name_is_bounded_in_bytes() -> None:
+    router, _, _ = setup(max_room_name_bytes=4)
+    with TestClient(router) as client:
+        ada = connect(client, "ada")
+        assert join(ada, "éé")["type"] == "joined"  # 2 characters, 4 bytes
+        ada.send_json({"type": "join", "room": "ééa"})  # 3 characters, 5 bytes
+        reply = ada.receive_json()
+        assert reply["code"] == "bad_field" and "1 to 4 bytes" in reply["message"]
+
+
 # -- who is only for members -------------------------------------------------------------
 
 
@@ -323,7 +366,7 @@ def test_history_memory_is_close_to_its_utf8_bytes() -> None:
             for room in range(20):
                 join(ada, f"r{room}")
                 for i in range(40):
-                    text = "a" * 3999 + ("\U0001f600" if i % 2 else "a")
+                    text = "a" * 3996 + ("\U0001f600" if i % 2 else "aaaa")  # 4000 bytes
                     ada.send_json({"type": "post", "room": f"r{room}", "text": text})
                     (stored,) = ada.receive_all()
                     assert isinstance(stored, str)
@@ -354,7 +397,7 @@ def test_rooms_per_user_count_every_connection_of_the_user() -> None:
 def test_a_client_300_large_messages_behind_resumes_page_by_page() -> None:
     """300 posts of 4,000 emoji (16 KB each on the wire): the whole backlog is ~4.8 MB,
     past the 4 MiB output bound that closed such a client with 1008 on every try."""
-    router, _, _ = setup(burst=1000, max_history_bytes=8 * 2**20)
+    router, _, _ = setup(burst=1000, max_history_bytes=8 * 2**20, max_text_bytes=16_000)
     with TestClient(router) as client:
         ada_posts(client, 300, "😀" * 3997)
         bob = connect(client, "bob")
@@ -375,7 +418,7 @@ def test_a_client_300_large_messages_behind_resumes_page_by_page() -> None:
 
 
 def test_a_backlog_beyond_the_history_bound_is_told_incomplete() -> None:
-    router, _, _ = setup(burst=1000)
+    router, _, _ = setup(burst=1000, max_text_bytes=16_000)
     with TestClient(router) as client:
         ada_posts(client, 300, "😀" * 3997)
         reply = join(connect(client, "bob"), "r", since=0)
@@ -481,9 +524,9 @@ def test_the_memory_broker_alone() -> None:
         ("empty_room_timeout", -1),
         ("empty_room_timeout", float("nan")),
         ("history_page_bytes", 3 * 2**20),  # more than half the output bound
-        ("max_ref_length", [64]),
+        ("max_ref_bytes", [64]),
         ("max_json_depth", 0),
-        ("history_size", -1),
+        ("replay_messages", -1),
         ("rate", "fast"),
         ("trust_user_param", "yes"),
         ("broker", object()),

@@ -76,7 +76,10 @@ def test_a_nested_ref_is_bad_json_and_everyone_still_joins(start: Start) -> None
 @ADAPTERS
 def test_300_large_messages_behind_resumes_without_a_close(start: Start) -> None:
     router = Router()
-    router.add("/chat", ChatServer(trust_user_param=True, burst=400, max_history_bytes=8 * 2**20))
+    chat = ChatServer(
+        trust_user_param=True, burst=400, max_history_bytes=8 * 2**20, max_text_bytes=16_000
+    )
+    router.add("/chat", chat)
     with start(router) as server, chat_client(server, "ada") as ada:
         ada.send(json.dumps({"type": "join", "room": "r"}))
         receive_until(ada, "joined")
@@ -108,7 +111,7 @@ SERVER = textwrap.dedent(
     router = Router()
     chat = router.add("/chat", ChatServer(
         rate=10_000, burst=10_000, empty_room_timeout=1.0,
-        max_rooms_per_server=200, max_history_bytes=64 * 1024,
+        max_rooms_per_server=200, max_history_bytes=64 * 1024, max_text_bytes=16_000,
     ))
 
     def memory(request):  # not a chat activity: rooms expire on their own

@@ -68,7 +68,7 @@ def test_late_joiner_gets_init_then_waits_for_a_key_frame() -> None:
 
 
 def test_slow_viewer_drops_until_key_frame_and_is_told() -> None:
-    router, stream = setup(viewer_buffer=10_000)
+    router, stream = setup(viewer_buffer_bytes=10_000)
     with TestClient(router) as client:
         publisher = client.connect("/stream/s?role=publish")
         slow, fast = client.connect("/stream/s"), client.connect("/stream/s")

@@ -157,6 +157,23 @@ def test_signalling_surprises_are_bad_json_and_the_stream_goes_on(message: str) 
         assert json.loads(publisher.receive_all()[-1])["data"] == {"sdp": "offer"}
 
 
+def test_a_signalling_message_is_bounded_in_bytes_not_characters() -> None:
+    with TestClient(mount(ByUser(max_signal_size=60))) as client:
+        publisher = client.connect("/stream/s?role=publish&user=ada")
+        viewer = client.connect("/stream/s")
+        publisher.receive_all()
+        viewer.receive_all()
+        fits = json.dumps({"type": "signal", "data": "é" * 15}, ensure_ascii=False)
+        assert len(fits.encode()) == 60  # just at the bound
+        viewer.send(fits)
+        assert json.loads(publisher.receive_all()[-1])["data"] == "é" * 15
+        over = json.dumps({"type": "signal", "data": "é" * 16}, ensure_ascii=False)
+        assert len(over) < 60 < len(over.encode())  # within in characters, over in bytes
+        viewer.send(over)
+        assert viewer.receive_json() == {"type": "error", "code": "too_long"}
+        assert publisher.receive_all() == []
+
+
 @pytest.mark.parametrize(
     ("option", "value"),
     [
@@ -167,7 +184,7 @@ def test_signalling_surprises_are_bad_json_and_the_stream_goes_on(message: str) 
         ("max_waiting_streams_per_address", "16"),
         ("max_init_size", 3 * 2**20),  # more than half of max_buffered_amount
         ("max_json_depth", 1.5),
-        ("viewer_buffer", [1]),
+        ("viewer_buffer_bytes", [1]),
     ],
 )
 def test_bad_options_are_refused_by_name(option: str, value: object) -> None:

@@ -30,7 +30,7 @@ class Watched(StreamServer):
     """Records the largest output queued for any viewer after each relay."""
 
     def __init__(self) -> None:
-        super().__init__(viewer_buffer=BOUND, max_buffered_amount=2 * BOUND)
+        super().__init__(viewer_buffer_bytes=BOUND, max_buffered_amount=2 * BOUND)
         self.peak = 0
 
     def can_publish(self, request: object, stream_id: str, user: object) -> bool:

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 from ..channel import ChannelServer, Connection
 from ..errors import CloseCode, Reject, UsageError
+from ..limits import Number, check_flag, shown
 from ..request import Request
 from .brokers import Broker, HistoryPage, RoomsFull
 from .brokers.memory import MemoryBroker
@@ -39,11 +40,11 @@ __all__ = [
     "USER_NAME",
     "ChatServer",
     "TokenBucket",
-    "check_options",
     "create_chat_server",
     "dump_json",
     "is_loopback",
     "load_json",
+    "utf8_size",
 ]
 
 Event = dict[str, Any]
@@ -97,15 +98,10 @@ def dump_json(obj: object) -> str:
     return text
 
 
-def check_options(channel: object, limits: dict[str, tuple[float, bool]]) -> None:
-    """Raise :class:`UsageError` unless each option named in ``limits`` is a number
-    (an ``int`` when so marked) of at least its least value."""
-    for name, (minimum, integer) in limits.items():
-        value = getattr(channel, name)
-        kinds = (int,) if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds) or not value >= minimum:
-            kind = "an integer" if integer else "a number"
-            raise UsageError(f"{name} is {kind} >= {minimum}, not {value!r}")
+def utf8_size(text: str) -> int:
+    """Bytes of ``text`` in UTF-8, what the wire and the limits named ``_bytes`` or
+    ``_size`` count (a lone surrogate, refused elsewhere, counts 3)."""
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def is_loopback(request: Request) -> bool:
@@ -164,7 +160,7 @@ class ChatServer(ChannelServer):
 
     max_message_size: int | None = 64 * 1024
     #: messages replayed to a client that joins without ``since``
-    history_size: int = 50
+    replay_messages: int = 50
     #: messages kept per room, for ``since`` (resume after a reconnection)
     max_history_messages: int = 1000
     #: bytes (UTF-8 of the stored events) kept per room; the oldest go first
@@ -178,12 +174,12 @@ class ChatServer(ChannelServer):
     max_rooms_per_server: int = 1000
     #: rooms one user may be in at once, over all their connections
     max_rooms_per_user: int = 50
-    #: longest ``text`` of a post, in characters (longer: error ``too_long``)
-    max_text_length: int = 4000
-    #: longest room name, in characters
-    max_room_length: int = 100
-    #: longest string ``ref``, in characters
-    max_ref_length: int = 64
+    #: longest ``text`` of a post, in bytes of UTF-8 (longer: error ``too_long``)
+    max_text_bytes: int = 4000
+    #: longest room name, in bytes of UTF-8
+    max_room_name_bytes: int = 100
+    #: longest string ``ref``, in bytes of UTF-8
+    max_ref_bytes: int = 64
     #: deepest nesting of a client message (1: an object of plain values)
     max_json_depth: int = 1
     #: client messages a second allowed per connection, and the burst allowed
@@ -201,26 +197,32 @@ class ChatServer(ChannelServer):
     #: seconds that never go back, for the rate limit and room expiry
     monotonic_clock: Callable[[], float] = staticmethod(time.monotonic)
 
-    #: the numeric options: (least value, whether it is an integer)
-    LIMITS: ClassVar[dict[str, tuple[float, bool]]] = {
-        "history_size": (0, True),
-        "max_history_messages": (1, True),
-        "max_history_bytes": (1, True),
-        "history_page_bytes": (1, True),
-        "empty_room_timeout": (0, False),
-        "max_rooms_per_server": (1, True),
-        "max_rooms_per_user": (1, True),
-        "max_text_length": (1, True),
-        "max_room_length": (1, True),
-        "max_ref_length": (1, True),
-        "max_json_depth": (1, True),
-        "rate": (0, False),
-        "burst": (1, False),
-        "max_strikes": (1, True),
+    RENAMED: ClassVar[dict[str, str]] = {
+        "history_size": "replay_messages",
+        "max_text_length": "max_text_bytes",
+        "max_room_length": "max_room_name_bytes",
+        "max_ref_length": "max_ref_bytes",
+    }
+    NUMBERS: ClassVar[dict[str, Number]] = {
+        **ChannelServer.NUMBERS,
+        "replay_messages": Number(integer=True, minimum=0),
+        "max_history_messages": Number(integer=True),
+        "max_history_bytes": Number(integer=True),
+        "history_page_bytes": Number(integer=True),
+        "empty_room_timeout": Number(integer=False, minimum=0),
+        "max_rooms_per_server": Number(integer=True),
+        "max_rooms_per_user": Number(integer=True),
+        "max_text_bytes": Number(integer=True),
+        "max_room_name_bytes": Number(integer=True),
+        "max_ref_bytes": Number(integer=True),
+        "max_json_depth": Number(integer=True),
+        "rate": Number(integer=False, minimum=0),
+        "burst": Number(integer=False, minimum=1),
+        "max_strikes": Number(integer=True),
     }
     OPTIONS: ClassVar[tuple[str, ...]] = (
         *ChannelServer.OPTIONS,
-        *LIMITS,
+        *(name for name in NUMBERS if name not in ChannelServer.OPTIONS),
         "trust_user_param",
         "broker",
         "clock",
@@ -246,20 +248,18 @@ class ChatServer(ChannelServer):
 
     def _check_options(self) -> None:
         super()._check_options()
-        check_options(self, self.LIMITS)
         if self.history_page_bytes > self.max_buffered_amount // 2:
             raise UsageError(
                 f"history_page_bytes ({self.history_page_bytes}) is at most half of "
                 f"max_buffered_amount ({self.max_buffered_amount})"
             )
-        if not isinstance(self.trust_user_param, bool):
-            raise UsageError(f"trust_user_param is True or False, not {self.trust_user_param!r}")
+        check_flag("trust_user_param", self.trust_user_param)
         if self.broker is not None and not isinstance(self.broker, Broker):
-            raise UsageError(f"broker is a Broker or None, not {self.broker!r}")
+            raise UsageError(f"broker is a Broker or None, not {shown(self.broker)}")
         for name in ("clock", "monotonic_clock"):
             if not callable(getattr(self, name)):
                 value = getattr(self, name)
-                raise UsageError(f"{name} is a function returning seconds, not {value!r}")
+                raise UsageError(f"{name} is a function returning seconds, not {shown(value)}")
 
     # -- policy hooks -------------------------------------------------------------------
 
@@ -365,9 +365,9 @@ class ChatServer(ChannelServer):
             if handler is None:
                 raise ProtocolMistake("unknown_type", f"unknown type {kind!r:.40}")
             room = data.get("room")
-            if not isinstance(room, str) or not 0 < len(room) <= self.max_room_length:
-                limit = self.max_room_length
-                raise ProtocolMistake("bad_field", f"room is a string of 1 to {limit} characters")
+            limit = self.max_room_name_bytes
+            if not isinstance(room, str) or not room or utf8_size(room) > limit:
+                raise ProtocolMistake("bad_field", f"room is a string of 1 to {limit} bytes")
             if not room.isprintable():
                 raise ProtocolMistake("bad_field", "room has only printable characters")
             if room != room.strip() or not unicodedata.is_normalized("NFC", room):
@@ -381,12 +381,12 @@ class ChatServer(ChannelServer):
         ref = data.get("ref")
         if ref is None:
             return None
-        if isinstance(ref, str) and len(ref) <= self.max_ref_length and ref.isprintable():
+        if isinstance(ref, str) and utf8_size(ref) <= self.max_ref_bytes and ref.isprintable():
             return ref
         if isinstance(ref, int) and not isinstance(ref, bool) and abs(ref) <= MAX_SAFE_INTEGER:
             return ref
-        limit = self.max_ref_length
-        raise ProtocolMistake("bad_field", f"ref is an integer or a string of {limit} characters")
+        limit = self.max_ref_bytes
+        raise ProtocolMistake("bad_field", f"ref is an integer or a string of {limit} bytes")
 
     def _admit(self, conn: Connection) -> bool:
         """The rate limit: False (and an error, or a close) when over it."""
@@ -434,7 +434,7 @@ class ChatServer(ChannelServer):
             self._rooms.setdefault(room, set()).add(conn)
         if first_here:
             self.broker.subscribe(f"room:{room}")
-        count = self.history_size if since is None else self.max_history_messages
+        count = self.replay_messages if since is None else self.max_history_messages
         page = self.broker.history(room, since, count, self.history_page_bytes)
         members = self.broker.members(room)
         conn.send(_page({"type": "joined", "room": room, "members": members}, page))
@@ -478,8 +478,8 @@ class ChatServer(ChannelServer):
         text = data.get("text")
         if not isinstance(text, str):
             raise ProtocolMistake("bad_field", "text is a string")
-        if len(text) > self.max_text_length:
-            raise ProtocolMistake("too_long", f"text over {self.max_text_length} characters")
+        if utf8_size(text) > self.max_text_bytes:
+            raise ProtocolMistake("too_long", f"text over {self.max_text_bytes} bytes")
         if room not in self._joined[conn]:
             raise ProtocolMistake("not_joined", f"join {room} before posting")
         if not self.can_post(conn, room, text):

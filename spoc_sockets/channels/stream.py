@@ -10,7 +10,7 @@ byte says what they carry, and is relayed with them (viewers skip it):
 * ``2`` (:data:`DELTA`): any other media.
 
 A slow viewer never slows the publisher or the others: when a message would take a
-viewer's queued output past ``viewer_buffer`` bytes, that viewer drops media until the
+viewer's queued output past ``viewer_buffer_bytes``, that viewer drops media until the
 next key frame; drops are counted and the viewer gets ``{"type": "dropped", ...}``, then
 ``{"type": "resumed"}``. Text messages are JSON signalling (WebRTC offers, answers,
 candidates) between the publisher and one viewer; see ``docs/stream-protocol.rst``.
@@ -36,8 +36,9 @@ from typing import Any, ClassVar
 
 from ..channel import ChannelServer, Connection
 from ..errors import CloseCode, Reject, UsageError
+from ..limits import Number
 from ..request import Request
-from .chat import check_options, dump_json, load_json
+from .chat import dump_json, load_json, utf8_size
 
 __all__ = ["DELTA", "INIT", "KEY", "STREAM_ENDED", "STREAM_ID", "StreamServer", "StreamStats"]
 
@@ -81,12 +82,12 @@ class StreamServer(ChannelServer):
 
     max_message_size: int | None = 16 * 2**20
     #: output queued for one viewer past which it drops media until the next key frame
-    viewer_buffer: int = 2 * 2**20
-    #: the core's hard bound, above ``viewer_buffer`` (control messages still pass)
+    viewer_buffer_bytes: int = 2 * 2**20
+    #: the core's hard bound, above ``viewer_buffer_bytes`` (control messages still pass)
     max_buffered_amount: int = 4 * 2**20
     overflow = "drop"
 
-    #: longest text (signalling) message relayed, in characters (longer: ``too_long``)
+    #: longest text (signalling) message relayed, in bytes of UTF-8 (longer: ``too_long``)
     max_signal_size: int = 64 * 1024
     #: deepest nesting of a signalling message (the object itself is level 1)
     max_json_depth: int = 8
@@ -101,17 +102,21 @@ class StreamServer(ChannelServer):
     #: (more: 429)
     max_waiting_streams_per_address: int = 16
 
-    #: the numeric options: (least value, whether it is an integer)
-    LIMITS: ClassVar[dict[str, tuple[float, bool]]] = {
-        "viewer_buffer": (1, True),
-        "max_signal_size": (1, True),
-        "max_json_depth": (1, True),
-        "max_init_size": (1, True),
-        "max_streams": (1, True),
-        "max_streams_per_user": (1, True),
-        "max_waiting_streams_per_address": (1, True),
+    RENAMED: ClassVar[dict[str, str]] = {"viewer_buffer": "viewer_buffer_bytes"}
+    NUMBERS: ClassVar[dict[str, Number]] = {
+        **ChannelServer.NUMBERS,
+        "viewer_buffer_bytes": Number(integer=True),
+        "max_signal_size": Number(integer=True),
+        "max_json_depth": Number(integer=True),
+        "max_init_size": Number(integer=True),
+        "max_streams": Number(integer=True),
+        "max_streams_per_user": Number(integer=True),
+        "max_waiting_streams_per_address": Number(integer=True),
     }
-    OPTIONS: ClassVar[tuple[str, ...]] = (*ChannelServer.OPTIONS, *LIMITS)
+    OPTIONS: ClassVar[tuple[str, ...]] = (
+        *ChannelServer.OPTIONS,
+        *(name for name in NUMBERS if name not in ChannelServer.OPTIONS),
+    )
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -123,7 +128,6 @@ class StreamServer(ChannelServer):
 
     def _check_options(self) -> None:
         super()._check_options()
-        check_options(self, self.LIMITS)
         if self.max_init_size > self.max_buffered_amount // 2:
             raise UsageError(
                 f"max_init_size ({self.max_init_size}) is at most half of max_buffered_amount"
@@ -233,7 +237,7 @@ class StreamServer(ChannelServer):
             if conn is stream.publisher and message:
                 self._relay(stream, message)
             return
-        if len(message) > self.max_signal_size:
+        if utf8_size(message) > self.max_signal_size:
             conn.send_json({"type": "error", "code": "too_long"})
             return
         try:
@@ -302,7 +306,7 @@ class StreamServer(ChannelServer):
                 if state.lagging:  # lost to slowness, not a late join: a drop
                     self._drop(stream, viewer, state)
                 continue
-            if viewer.buffered_amount + len(media) > self.viewer_buffer:
+            if viewer.buffered_amount + len(media) > self.viewer_buffer_bytes:
                 state.waiting_key = state.lagging = True
                 self._drop(stream, viewer, state)
                 continue

@@ -122,7 +122,7 @@ def test_stream_viewer_bound_sees_what_one_read_queued() -> None:
         def can_publish(self, request: Request, stream_id: str, user: object) -> bool:
             return True  # guests may publish here (the default refuses them)
 
-    stream = Open(viewer_buffer=100_000)
+    stream = Open(viewer_buffer_bytes=100_000)
     router = Router()
     router.add("/s/{stream_id}", stream)
     viewer, publisher = Peer(router), Peer(router)
