@@ -126,6 +126,8 @@ def test_tls_echo(serve_tls: Harness, tls: TLS) -> None:
         assert b" 101 " not in plain.read_all()
         served.wait_for(lambda: not router.upgraded and served.held() == 0)
         served.connect("/echo").close()  # still serving
+        # gone before the server stops (uvicorn would try to close it again: a warning)
+        served.wait_for(lambda: served.held() == 0)
 
 
 # -- churn ------------------------------------------------------------------------------
