@@ -69,3 +69,17 @@ def close_frame_code(data: bytes) -> int | None:
 
 def status_of(data: bytes) -> int:
     return int(data.split(b" ", 2)[1])
+
+
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of each unmasked server frame in ``data``."""
+    frames, i = [], 0
+    while i + 2 <= len(data):
+        opcode, n, i = data[i] & 0x0F, data[i + 1] & 0x7F, i + 2
+        if n == 126:
+            (n,), i = struct.unpack("!H", data[i : i + 2]), i + 2
+        elif n == 127:
+            (n,), i = struct.unpack("!Q", data[i : i + 8]), i + 8
+        frames.append((opcode, data[i : i + n]))
+        i += n
+    return frames

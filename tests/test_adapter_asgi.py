@@ -7,13 +7,9 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
-from websockets.sync.client import connect
 
 from spoc_sockets import ChannelServer, Connection, Reject, Request, Response, Router
 from spoc_sockets.asgi import ASGIApp
-
-from .behaviour.harness_asgi import start
-from .behaviour.harness_net import LEGACY
 
 Message = MutableMapping[str, Any]
 
@@ -115,19 +111,6 @@ def test_lifespan_completes() -> None:
     incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
     sent = asyncio.run(call(ASGIApp(make_router()), {"type": "lifespan"}, incoming))
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
-
-
-def test_uvicorn_serves_echo_and_graceful_shutdown_sends_1001() -> None:
-    router = make_router()
-    with start(router) as server:
-        ws = connect(f"ws://127.0.0.1:{server.port}/echo", **LEGACY)
-        ws.send("over uvicorn")
-        assert ws.recv(timeout=10) == "over uvicorn"
-        server.shutdown()
-        with pytest.raises(Exception):  # noqa: B017 - the websockets ConnectionClosed family
-            ws.recv(timeout=10)
-        assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1001
-        assert not router.upgraded
 
 
 def test_lifespan_through_a_fallback_app_still_shuts_down() -> None:

@@ -5,21 +5,73 @@ A harness serves a router (in memory, or through an adapter on 127.0.0.1) and gi
 * ``connect(path, headers=, subprotocols=)`` → a :class:`Client` (a WebSocket client:
   the in-memory one, or the ``websockets`` library over a real socket), or raises
   :class:`Rejected` with the HTTP status;
-* ``raw()`` → a :class:`Raw` byte pipe, for clients that misbehave on purpose;
+* ``raw(window=)`` → a :class:`Raw` byte pipe, for clients that misbehave on purpose;
 * ``wait_for(predicate)`` → returns once ``predicate()`` holds: the in-memory harness
-  moves its virtual clock, a real one polls until a deadline.
+  moves its virtual clock, a real one polls until a deadline;
+* ``held()`` → how many transports the server still holds.
+
+A harness takes the adapter's options as keywords (:class:`Options`): ``tls``,
+``shutdown_timeout``, ``drain_timeout``. Each says which it honours (``OPTIONS``); given
+one it does not, it fails instead of serving without it.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Protocol
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Protocol
 
 from spoc_sockets import Router
 from spoc_sockets.testing import ConnectionClosed, HandshakeRejected, TestClient, WebSocket
 
 Message = str | bytes
+
+
+@dataclass(frozen=True)
+class TLS:
+    """A certificate for 127.0.0.1 (``tests/selfsigned.py``): the server serves it, the
+    client trusts it and nothing else."""
+
+    cert: Path
+    key: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.cert))
+
+
+@dataclass(frozen=True)
+class Options:
+    """The adapter's options a test sets (``None``: the adapter's default)."""
+
+    tls: TLS | None = None
+    shutdown_timeout: float | None = None
+    drain_timeout: float | None = None
+
+    def given(self) -> set[str]:
+        return {f.name for f in fields(self) if getattr(self, f.name) is not None}
+
+    def keywords(self, ssl: str = "ssl") -> dict[str, Any]:
+        """The options set, as the adapter's ``serve`` keywords (its TLS one is ``ssl``)."""
+        given: dict[str, Any] = {name: getattr(self, name) for name in self.given() - {"tls"}}
+        if self.tls is not None:
+            given[ssl] = self.tls.server_context()
+        return given
+
+    def check(self, honoured: frozenset[str], harness: str) -> None:
+        """Fail if an option is set that ``harness`` cannot honour."""
+        unknown = self.given() - honoured
+        assert not unknown, f"the {harness} harness cannot honour {sorted(unknown)}"
+
+
+DEFAULTS = Options()
 
 
 class Rejected(Exception):
@@ -52,6 +104,9 @@ class Client(Protocol):
 
 
 class Raw(Protocol):
+    """A client speaking bytes. Made with ``window=n``, it reads nothing until
+    :meth:`read_all`: the server can write about ``n`` bytes to it, then its writes wait."""
+
     def send(self, data: bytes) -> None: ...
     def read_all(self) -> bytes:
         """Everything the server writes until it closes the transport."""
@@ -65,13 +120,25 @@ class Served(Protocol):
     def connect(
         self, path: str, headers: Sequence[tuple[str, str]] = (), subprotocols: Sequence[str] = ()
     ) -> Client: ...
-    def raw(self) -> Raw: ...
+    def raw(self, window: int | None = None) -> Raw: ...
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None: ...
     def shutdown(self) -> None:
         """Graceful shutdown of the server (returns once it finished)."""
 
+    def held(self) -> int:
+        """How many transports the server holds (accepted, not yet closed by it); over a
+        socket, read it with no ``connect()`` client open (one keeps descriptors of its own)."""
 
-Harness = Callable[[Router], AbstractContextManager[Served]]
+
+class Harness(Protocol):
+    def __call__(
+        self,
+        router: Router,
+        *,
+        tls: TLS | None = None,
+        shutdown_timeout: float | None = None,
+        drain_timeout: float | None = None,
+    ) -> AbstractContextManager[Served]: ...
 
 
 # -- in memory -----------------------------------------------------------------------
@@ -103,10 +170,14 @@ class MemoryClient:
 
 
 class MemoryRaw:
-    def __init__(self, client: TestClient) -> None:
+    """A transport the test speaks for; with a ``window``, one whose reader is away: it
+    takes that many bytes, then pauses the server's writes (as a full socket would)."""
+
+    def __init__(self, client: TestClient, window: int | None) -> None:
         self.client = client
         self.server = client.hub.open(client.now, peer=("127.0.0.1", 50001))
         self.output = bytearray()
+        self.window = window
 
     def send(self, data: bytes) -> None:
         self.server.receive_data(data, self.client.now)
@@ -114,8 +185,13 @@ class MemoryRaw:
 
     def _collect(self) -> None:
         self.output += self.server.data_to_send(self.client.now)
+        if self.window is not None and len(self.output) >= self.window:
+            self.server.pause_writing()
 
     def read_all(self) -> bytes:
+        if self.window is not None:  # the reader is back
+            self.window = None
+            self.server.resume_writing()
         # virtual time runs until the server closes the transport
         for _ in range(10_000):
             self._collect()
@@ -144,8 +220,8 @@ class MemoryServed:
         except HandshakeRejected as exc:
             raise Rejected(exc.status, exc.body) from None
 
-    def raw(self) -> Raw:
-        raw = MemoryRaw(self.client)
+    def raw(self, window: int | None = None) -> Raw:
+        raw = MemoryRaw(self.client, window)
         self.raws.append(raw)
         return raw
 
@@ -166,8 +242,24 @@ class MemoryServed:
         self.client.hub.shutdown()
         self.wait_for(lambda: not self.client.hub.connections, timeout=60)
 
+    def held(self) -> int:
+        return len(self.client.hub.connections)
+
 
 @contextmanager
-def memory(router: Router) -> Iterator[Served]:
+def memory(
+    router: Router,
+    *,
+    tls: TLS | None = None,
+    shutdown_timeout: float | None = None,
+    drain_timeout: float | None = None,
+) -> Iterator[Served]:
+    """The in-memory harness: a :class:`TestClient` (no transport to encrypt; a finished
+    connection's output goes nowhere, so it has nothing to drain)."""
+    Options(tls, shutdown_timeout, drain_timeout).check(OPTIONS, "memory")
     with TestClient(router) as client:
         yield MemoryServed(router, client)
+
+
+#: the adapter options the in-memory harness honours
+OPTIONS: frozenset[str] = frozenset()

@@ -1,4 +1,7 @@
-"""The behaviour suite through ASGIApp inside uvicorn, on 127.0.0.1."""
+"""The behaviour suite through ASGIApp inside uvicorn, on 127.0.0.1.
+
+uvicorn serves the TLS (from the certificate's files). The shutdown and drain deadlines
+are the ASGI server's, not options of :class:`ASGIApp`: this harness takes neither."""
 
 from __future__ import annotations
 
@@ -12,11 +15,12 @@ import uvicorn
 from spoc_sockets import Router
 from spoc_sockets.asgi import ASGIApp
 
+from .harness import DEFAULTS, Options
 from .harness_net import NetServer, net_harness
 
 
 @contextmanager
-def start(router: Router) -> Iterator[NetServer]:
+def start(router: Router, options: Options = DEFAULTS) -> Iterator[NetServer]:
     app = ASGIApp(router)
     config = uvicorn.Config(
         app,
@@ -26,6 +30,8 @@ def start(router: Router) -> Iterator[NetServer]:
         log_level="warning",
         ws="wsproto",
         ws_max_size=2**26,
+        ssl_certfile=options.tls.cert if options.tls else None,
+        ssl_keyfile=options.tls.key if options.tls else None,
     )
     server = uvicorn.Server(config)
     loop = asyncio.new_event_loop()
@@ -49,5 +55,6 @@ def start(router: Router) -> Iterator[NetServer]:
         loop.close()
 
 
-HARNESS = net_harness(start)
+OPTIONS = frozenset({"tls"})
+HARNESS = net_harness(start, OPTIONS, "asgi")
 SERVER_OWNS_BYTES = True  # uvicorn parses the handshake and the frames

@@ -11,15 +11,16 @@ from contextlib import contextmanager
 from spoc_sockets import Router
 from spoc_sockets.asyncio import Server, serve
 
+from .harness import DEFAULTS, Options
 from .harness_net import HOST, TIMEOUT, NetServer, net_harness
 
 
 @contextmanager
-def start(router: Router) -> Iterator[NetServer]:
+def start(router: Router, options: Options = DEFAULTS) -> Iterator[NetServer]:
     ready: Future[tuple[asyncio.AbstractEventLoop, Server]] = Future()
 
     async def main() -> None:
-        async with serve(router, HOST, 0) as server:
+        async with serve(router, HOST, 0, **options.keywords()) as server:
             ready.set_result((asyncio.get_running_loop(), server))
             await server.serve_forever()
 
@@ -50,4 +51,5 @@ def start(router: Router) -> Iterator[NetServer]:
         assert not thread.is_alive(), "the asyncio server did not stop"
 
 
-HARNESS = net_harness(start)
+OPTIONS = frozenset({"tls", "shutdown_timeout", "drain_timeout"})
+HARNESS = net_harness(start, OPTIONS, "asyncio")

@@ -1,31 +1,36 @@
 """The behaviour harness over a real loopback socket, shared by every adapter.
 
 An adapter's harness module only says how to start and stop its server: a context
-manager ``start(router)`` yielding a :class:`NetServer` (its port and a graceful
-``shutdown``). Clients are the ``websockets`` library (sync client) and plain sockets.
+manager ``start(router, options)`` yielding a :class:`NetServer` (its port and a graceful
+``shutdown``), and which :class:`~.harness.Options` it honours (``OPTIONS``). Clients are
+the ``websockets`` library (sync client) and plain sockets.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from spoc_sockets import Router
 
-from .harness import Client, Closed, Message, Raw, Rejected, Served
+from .harness import TLS, Client, Closed, Harness, Message, Options, Raw, Rejected, Served
 
 HOST = "127.0.0.1"
 # websockets 17 warns unless a directly returned connection is asked for explicitly
 LEGACY = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
 TIMEOUT = 20.0
+#: the longest a graceful shutdown may take before the harness fails it
+SHUTDOWN_BOUND = 60.0
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
@@ -73,9 +78,18 @@ class WebsocketsClient:
         return 1006 if self.ws.protocol.state.name == "CLOSED" else None
 
 
+def open_fds() -> int:
+    """The file descriptors open in this process (where the servers under test run)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
 class SocketRaw:
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection((HOST, port), timeout=TIMEOUT)
+    def __init__(self, port: int, window: int | None = None) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if window is not None:  # before connecting, so the advertised window stays small
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, window)
+        self.sock.settimeout(TIMEOUT)
+        self.sock.connect((HOST, port))
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -98,17 +112,21 @@ class SocketRaw:
 
 
 class NetServed:
-    def __init__(self, router: Router, server: NetServer) -> None:
+    def __init__(self, router: Router, server: NetServer, tls: TLS | None) -> None:
         self.router = router
         self.server = server
+        self._tls = tls.client_context() if tls is not None else None
         self._clients: list[ClientConnection] = []
+        self._raws: list[SocketRaw] = []
+        self._baseline = open_fds()  # the server's own (listener, loop): before any client
 
     def connect(
         self, path: str, headers: Sequence[tuple[str, str]] = (), subprotocols: Sequence[str] = ()
     ) -> Client:
+        scheme = "ws" if self._tls is None else "wss"
         try:
             ws = connect(
-                f"ws://{HOST}:{self.server.port}{path}",
+                f"{scheme}://{HOST}:{self.server.port}{path}",
                 additional_headers=list(headers),
                 subprotocols=list(subprotocols) or None,  # type: ignore[arg-type]
                 max_size=None,
@@ -116,6 +134,7 @@ class NetServed:
                 open_timeout=TIMEOUT,
                 close_timeout=TIMEOUT,
                 ping_interval=None,
+                ssl=self._tls,
                 **LEGACY,
             )
         except InvalidStatus as exc:
@@ -123,29 +142,58 @@ class NetServed:
         self._clients.append(ws)
         return WebsocketsClient(ws)
 
-    def raw(self) -> Raw:
-        return SocketRaw(self.server.port)
+    def raw(self, window: int | None = None) -> Raw:
+        raw = SocketRaw(self.server.port, window)
+        self._raws.append(raw)
+        return raw
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
         wait_for(predicate, timeout)
 
     def shutdown(self) -> None:
-        self.server.shutdown()
+        failed: list[BaseException] = []
+
+        def stop() -> None:
+            try:
+                self.server.shutdown()
+            except BaseException as exc:
+                failed.append(exc)
+
+        stopper = threading.Thread(target=stop, name="harness-shutdown", daemon=True)
+        stopper.start()
+        stopper.join(SHUTDOWN_BOUND)
+        assert not stopper.is_alive(), f"the graceful shutdown took over {SHUTDOWN_BOUND}s"
+        if failed:
+            raise failed[0]
+
+    def held(self) -> int:
+        # the process's descriptors, less the server's own (closed too once it stopped)
+        # and the clients' sockets (a websockets client also keeps a few while open)
+        ours = [ws.socket for ws in self._clients] + [raw.sock for raw in self._raws]
+        return max(0, open_fds() - self._baseline - sum(sock.fileno() != -1 for sock in ours))
 
     def close_clients(self) -> None:
         for ws in self._clients:
             ws.close_socket()
+        for raw in self._raws:
+            raw.close()
 
 
-def net_harness(
-    start: Callable[[Router], AbstractContextManager[NetServer]],
-) -> Callable[[Router], AbstractContextManager[Served]]:
-    """A behaviour harness from an adapter's ``start(router)``."""
+class Start(Protocol):
+    def __call__(self, router: Router, options: Options = ...) -> AbstractContextManager[NetServer]:
+        """Serve ``router`` on 127.0.0.1 with these adapter options."""
+
+
+def net_harness(start: Start, honoured: frozenset[str], name: str) -> Harness:
+    """A behaviour harness from an adapter's ``start(router, options)``; ``honoured``
+    names the :class:`~.harness.Options` it passes to the adapter."""
 
     @contextmanager
-    def serve(router: Router) -> Iterator[Served]:
-        with start(router) as server:
-            served = NetServed(router, server)
+    def serve(router: Router, **given: Any) -> Iterator[Served]:
+        options = Options(**given)
+        options.check(honoured, name)
+        with start(router, options) as server:
+            served = NetServed(router, server, options.tls)
             try:
                 yield served
             finally:

@@ -9,12 +9,13 @@ from contextlib import contextmanager
 from spoc_sockets import Router
 from spoc_sockets.threads import serve
 
+from .harness import DEFAULTS, Options
 from .harness_net import HOST, TIMEOUT, NetServer, net_harness
 
 
 @contextmanager
-def start(router: Router) -> Iterator[NetServer]:
-    with serve(router, HOST, 0) as server:
+def start(router: Router, options: Options = DEFAULTS) -> Iterator[NetServer]:
+    with serve(router, HOST, 0, **options.keywords()) as server:
         thread = threading.Thread(target=server.serve_forever, name="spoc-threads-loop")
         thread.start()
         try:
@@ -25,4 +26,5 @@ def start(router: Router) -> Iterator[NetServer]:
             assert not thread.is_alive(), "serve_forever did not return after shutdown()"
 
 
-HARNESS = net_harness(start)
+OPTIONS = frozenset({"tls", "shutdown_timeout", "drain_timeout"})
+HARNESS = net_harness(start, OPTIONS, "threads")

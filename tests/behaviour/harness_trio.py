@@ -14,6 +14,7 @@ import trio
 from spoc_sockets import Router
 from spoc_sockets.trio import Server, serve
 
+from .harness import DEFAULTS, Options
 from .harness_net import HOST, TIMEOUT, NetServer, net_harness
 
 T = TypeVar("T")
@@ -89,10 +90,11 @@ def serving(router: Router, **options: Any) -> TrioThread[Server]:
 
 
 @contextmanager
-def start(router: Router) -> Iterator[NetServer]:
-    with serving(router) as running:
+def start(router: Router, options: Options = DEFAULTS) -> Iterator[NetServer]:
+    with serving(router, **options.keywords(ssl="ssl_context")) as running:
         server = running.value
         yield NetServer(server.port, lambda: running.run(server.aclose))
 
 
-HARNESS = net_harness(start)
+OPTIONS = frozenset({"tls", "shutdown_timeout", "drain_timeout"})
+HARNESS = net_harness(start, OPTIONS, "trio")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 
 import pytest
@@ -232,31 +231,6 @@ def test_unanswered_pings_close_with_1011(serve_bytes: Harness) -> None:
         served.wait_for(lambda: not served.router.upgraded)
 
 
-def test_graceful_shutdown_sends_1001(serve: Harness) -> None:
-    with serve(make_router()) as served:
-        clients = [served.connect("/echo") for _ in range(5)]
-        served.wait_for(lambda: len(served.router.upgraded) == 5)
-        served.shutdown()
-        for client in clients:
-            with pytest.raises(Closed):
-                client.receive()
-            assert client.close_code == 1001
-        assert not served.router.upgraded
-
-
-def test_send_from_another_thread(serve: Harness) -> None:
-    router = make_router()
-    with serve(router) as served:
-        client = served.connect("/echo")
-        served.wait_for(lambda: len(router.upgraded) == 1)
-        (conn,) = router.upgraded
-        thread = threading.Thread(target=lambda: [conn.send(f"n{i}") for i in range(100)])
-        thread.start()
-        thread.join()
-        assert [client.receive() for _ in range(100)] == [f"n{i}" for i in range(100)]
-        client.close()
-
-
 def test_deferred_authentication_decided_by_a_thread(serve: Harness) -> None:
     router = Router()
     decisions: list[Deferred] = []
@@ -282,30 +256,6 @@ def test_deferred_authentication_decided_by_a_thread(serve: Harness) -> None:
         with pytest.raises(Rejected) as refused:
             served.connect("/later")
         assert refused.value.status == 401
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-@pytest.mark.parametrize("abrupt", [False, True])
-def test_churn_leaves_no_upgraded_connection(serve: Harness, abrupt: bool) -> None:
-    """1,000 clean and 1,000 abrupt connections: the upgraded set returns to empty and no
-    file descriptor is left behind (the server runs in this process)."""
-    router = make_router()
-    with serve(router) as served:
-        before = open_fds()
-        for i in range(1000):
-            client = served.connect("/echo")
-            if i % 50 == 0:
-                client.send("ping")
-                assert client.receive() == "ping"
-            if abrupt:
-                client.abort()
-            else:
-                client.close()
-        served.wait_for(lambda: not router.upgraded)
-        served.wait_for(lambda: open_fds() <= before)
 
 
 def test_the_getting_started_router(serve: Harness) -> None:
