@@ -19,7 +19,7 @@ calls it before returning; a broker on a server calls it later, from its own thr
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -143,3 +143,16 @@ class Broker(ABC):
     def room_count(self) -> int:
         """How many rooms this broker holds (with members, or empty and not yet expired).
         Never waits on the network."""
+
+
+def fit(entries: Iterable[tuple[T, int]], max_bytes: int) -> list[T]:
+    """The items of ``entries`` (item, size in bytes), in order, while their sizes fit in
+    ``max_bytes`` (the first always does: paging moves on)."""
+    page: list[T] = []
+    total = 0
+    for item, size in entries:
+        if page and total + size > max_bytes:
+            break
+        page.append(item)
+        total += size
+    return page

@@ -7,7 +7,7 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from . import Broker, Deliver, Done, HistoryPage, RoomsFull
+from . import Broker, Deliver, Done, HistoryPage, RoomsFull, fit
 
 __all__ = ["MemoryBroker"]
 
@@ -154,11 +154,4 @@ class MemoryBroker(Broker):
 def _fit(entries: Iterable[tuple[int, bytes, int]], max_bytes: int) -> list[str]:
     """The texts of ``entries`` (id, UTF-8, size), in order, while they fit in
     ``max_bytes`` (the first always does)."""
-    page: list[str] = []
-    total = 0
-    for _, text, size in entries:
-        if page and total + size > max_bytes:
-            break
-        page.append(text.decode())
-        total += size
-    return page
+    return [data.decode() for data in fit(((data, size) for _, data, size in entries), max_bytes)]
