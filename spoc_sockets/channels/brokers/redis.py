@@ -247,6 +247,7 @@ class RedisBroker(Broker):
         self._deliver: list[Deliver] = []
         self._wanted: set[str] = set()  # topics this process subscribes to
         self._confirmed: set[str] = set()  # ... and Redis confirmed
+        self._listening = True  # False while the listener waits to connect again (backoff)
         self._local: dict[str, Counter[str]] = {}  # room -> user -> connections here
         self._threads: list[threading.Thread] = []
         self._closed = False
@@ -292,7 +293,7 @@ class RedisBroker(Broker):
         meta, log = self._key(room, "meta"), self._key(room, "log")
         ttl, channel = _ms(self.history_ttl), self._channel(f"room:{room}")
         command = ("EVAL", _POST, 2, meta, log, message, max_messages, max_bytes, ttl, channel)
-        self._call(_Op([command], lambda r: done(str(r[0])), done))
+        self._call(_Op([command], lambda r: done(str(r[0])), done, f"room:{room}"))
 
     def history(
         self, room: str, since: int | None, max_messages: int, max_bytes: int,
@@ -403,13 +404,15 @@ class RedisBroker(Broker):
                     batch, self._ops = list(self._ops), deque()
                     break
                 batch, self._ops = list(self._ops), deque()
-                self._wait_for_topics(batch)
+                batch, unsubscribed = self._subscribed_first(batch)
                 for op in batch:
                     if op.apply is not None:
                         op.apply()
                 if time.monotonic() >= next_refresh:
                     batch.extend(self._refresh_ops())
                     next_refresh = time.monotonic() + self.presence_ttl / 3
+            for op in unsubscribed:
+                _complete(op.fail, BrokerUnavailable(f"not subscribed to {op.topic}"))
             if self._send(batch):
                 failures = 0
             else:
@@ -419,14 +422,21 @@ class RedisBroker(Broker):
         for op in batch:
             op.fail(BrokerUnavailable("the broker is closed"))
 
-    def _wait_for_topics(self, batch: list[_Op]) -> None:
-        """Wait (bounded, the lock held) until Redis confirmed the subscriptions the
-        batch needs, so no event is missed between a join's history and its fan-out."""
+    def _subscribed_first(self, batch: list[_Op]) -> tuple[list[_Op], list[_Op]]:
+        """The operations to send, and those to fail: wait (bounded, the lock held)
+        until Redis confirmed the subscriptions the batch needs, so that no event is
+        missed between a join's history and the room's fan-out, and every post's
+        poster gets it. While the listener is down, nothing waits: what needs a
+        subscription fails at once."""
         needed = {op.topic for op in batch if op.topic is not None}
-        self._lock.wait_for(
-            lambda: self._closed or not (needed & self._wanted) - self._confirmed,
-            timeout=SUBSCRIBE_TIMEOUT,
-        )
+
+        def missing() -> set[str]:
+            return (needed & self._wanted) - self._confirmed if self._listening else set()
+
+        self._lock.wait_for(lambda: self._closed or not missing(), timeout=SUBSCRIBE_TIMEOUT)
+        unready = missing() if self._listening else needed & self._wanted
+        ready = [op for op in batch if op.topic not in unready]
+        return ready, [op for op in batch if op.topic in unready]
 
     def _refresh_ops(self) -> list[_Op]:
         """This process's presence in each of its rooms, written again (with the lock)."""
@@ -471,6 +481,8 @@ class RedisBroker(Broker):
         failures = 0
         while not self._closed:
             pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+            with self._lock:
+                self._listening = True
             try:
                 self._relay(pubsub)
                 failures = 0
@@ -480,7 +492,9 @@ class RedisBroker(Broker):
                 logger.warning("the subscription to Redis at %s failed: %s", self.url, exc)
             finally:
                 with self._lock:
+                    self._listening = False
                     self._confirmed.clear()
+                    self._lock.notify_all()
                 pubsub.close()
             with self._lock:
                 self._lock.wait_for(lambda: self._closed, timeout=_backoff(failures))
