@@ -456,7 +456,7 @@ class RedisBroker(Broker):
                 pipe.execute_command(*command)  # type: ignore[no-untyped-call]
         try:
             replies = pipe.execute(raise_on_error=False)
-        except redis.RedisError as exc:
+        except Exception as exc:  # Redis, or the connection to it: the thread lives on
             self.failures += 1
             logger.warning("Redis at %s failed: %s", self.url, exc)
             for op in batch:
@@ -486,7 +486,7 @@ class RedisBroker(Broker):
             try:
                 self._relay(pubsub)
                 failures = 0
-            except redis.RedisError as exc:
+            except Exception as exc:  # Redis, or the connection to it: the thread lives on
                 failures += 1
                 self.reconnects += 1
                 logger.warning("the subscription to Redis at %s failed: %s", self.url, exc)
