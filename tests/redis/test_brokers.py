@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import queue
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -255,5 +256,24 @@ def test_a_post_redis_did_not_store_fails_and_later_posts_succeed(
                 break
         assert stored is not None and stored["id"] == first + 1  # the refused post took no id
         assert texts(history(broker, "r", first - 1)) == ["stored", "again"]
+    finally:
+        broker.close()
+
+
+def test_each_process_writes_its_members_again_after_redis_lost_them(
+    redis_server: RedisServer,
+) -> None:
+    broker = RedisBroker(redis_server.url, presence_ttl=1.0)  # refreshed every third of it
+    try:
+        attached(broker)
+        join(broker, "r", "ada")
+        redis.Redis.from_url(redis_server.url).flushall()
+        pause = threading.Event()
+        for _ in range(400):  # bounded: 20 s
+            broker.members("r", members := Result[list[str]]())
+            if members.value == ["ada"]:
+                break
+            pause.wait(0.05)
+        assert members.value == ["ada"]
     finally:
         broker.close()

@@ -14,7 +14,7 @@ from typing import Any
 
 from websockets.sync.client import ClientConnection, connect
 
-from ..processes import ROOT, running
+from ..processes import ROOT, ServerProcess, running
 from .conftest import RedisServer
 
 TIMEOUT = 20.0  # seconds any one wait lasts at most
@@ -22,16 +22,19 @@ SERVE = [sys.executable, "-c", "from spoc_sockets.cli import main; main()", "ser
 
 
 @contextmanager
-def chat_nodes(redis_server: RedisServer, count: int) -> Iterator[list[int]]:
-    """``count`` server processes on ``redis_server``; their ports."""
-    env = {"SPOC_TEST_REDIS_URL": redis_server.url}
+def chat_nodes(
+    redis_server: RedisServer, count: int, presence_ttl: float = 30.0
+) -> Iterator[list[tuple[ServerProcess, int]]]:
+    """``count`` server processes on ``redis_server``; each with its port."""
+    env = {"SPOC_TEST_REDIS_URL": redis_server.url, "SPOC_TEST_PRESENCE_TTL": str(presence_ttl)}
     command = [*SERVE, "tests.redis.chatapp:router", "--port", "0"]
     with ExitStack() as stack:
-        ports = []
+        nodes = []
         for _ in range(count):
             server = stack.enter_context(running(command, ROOT, env))
-            ports.append(int(server.wait_for_line(r"on http://127\.0\.0\.1:(\d+)/").group(1)))
-        yield ports
+            port = int(server.wait_for_line(r"on http://127\.0\.0\.1:(\d+)/").group(1))
+            nodes.append((server, port))
+        yield nodes
 
 
 @contextmanager
@@ -69,7 +72,7 @@ def messages_until(ws: ClientConnection, last: set[str]) -> list[str]:
 
 def test_a_message_crosses_processes_exactly_once(redis_server: RedisServer) -> None:
     with (
-        chat_nodes(redis_server, 2) as (port_a, port_b),
+        chat_nodes(redis_server, 2) as ((_, port_a), (_, port_b)),
         client(port_a, "ada") as ada,
         client(port_b, "bob") as bob,
     ):
@@ -95,7 +98,7 @@ def test_redis_killed_mid_traffic_loses_no_acknowledged_message(
 ) -> None:
     acknowledged: list[int] = []  # the posts (by ref) the poster saw as message events
     refused: list[int] = []  # ... and those answered "unavailable"
-    with chat_nodes(redis_server, 2) as (port_a, port_b):
+    with chat_nodes(redis_server, 2) as ((_, port_a), (_, port_b)):
         with client(port_a, "ada") as ada:
             request(ada, "joined", type="join", room="r")
 
@@ -134,3 +137,22 @@ def test_redis_killed_mid_traffic_loses_no_acknowledged_message(
     assert refs == acknowledged  # each once, in order: nothing acknowledged was lost
     ids = [message["id"] for message in history]
     assert ids == list(range(ids[0], ids[0] + len(ids)))  # dense: a refused post took no id
+
+
+def test_the_users_of_a_killed_process_leave_within_the_presence_ttl(
+    redis_server: RedisServer,
+) -> None:
+    with (
+        chat_nodes(redis_server, 2, presence_ttl=1.0) as ((_, port_a), (node_b, port_b)),
+        client(port_a, "ada") as ada,
+        client(port_b, "bob") as bob,
+    ):
+        request(ada, "joined", type="join", room="r")
+        assert request(bob, "joined", type="join", room="r")["members"] == ["ada", "bob"]
+        node_b.kill()  # kill -9: bob's process never says bob left
+        pause = threading.Event()
+        for _ in range(400):  # bounded: 20 s, for a presence_ttl of 1 s
+            if request(ada, "members", type="who", room="r")["members"] == ["ada"]:
+                break
+            pause.wait(0.05)
+        assert request(ada, "members", type="who", room="r")["members"] == ["ada"]
