@@ -277,3 +277,38 @@ def test_each_process_writes_its_members_again_after_redis_lost_them(
         assert members.value == ["ada"]
     finally:
         broker.close()
+
+
+def test_past_max_pending_operations_fail_at_once_and_publications_are_counted(
+    redis_server: RedisServer,
+) -> None:
+    broker = RedisBroker(redis_server.url, max_pending=2)
+    try:  # not attached yet: its threads have not started, so nothing is taken off the queue
+        message = '{"type":"message","room":"r","text":"x"}'
+        waiting = [Result[str](), Result[str]()]
+        for done in waiting:
+            broker.post("r", message, 10, 10_000, done)
+        broker.post("r", message, 10, 10_000, refused := Result[str]())
+        assert isinstance(refused.error, BrokerUnavailable)  # answered before any wait
+        broker.publish("user:ada", '{"type":"notification","payload":1}')
+        assert broker.dropped == 1
+        broker.attach(Events())
+        assert [json.loads(done.value)["text"] for done in waiting] == ["x", "x"]
+    finally:
+        broker.close()
+    broker.post("r", message, 10, 10_000, closed := Result[str]())
+    assert isinstance(closed.error, BrokerUnavailable)
+
+
+def test_an_error_reply_fails_that_operation_only(redis_server: RedisServer) -> None:
+    broker = RedisBroker(redis_server.url)
+    try:
+        attached(broker)
+        redis.Redis.from_url(redis_server.url).set("spoc:{r}:meta", "not a hash")
+        message = '{"type":"message","room":"r","text":"x"}'
+        broker.post("r", message, 10, 10_000, refused := Result[str]())
+        broker.post("s", message, 10, 10_000, stored := Result[str]())  # goes through
+        assert isinstance(refused.error, BrokerUnavailable)
+        assert json.loads(stored.value)["text"] == "x"
+    finally:
+        broker.close()
