@@ -126,6 +126,15 @@ def test_history_replayed_on_join() -> None:
         assert reply["complete"] is True
 
 
+def test_history_size_0_replays_nothing() -> None:
+    router, _, _ = setup(history_size=0)
+    with TestClient(router) as client:
+        ada, bob = connect(client, "ada"), connect(client, "bob")
+        join(ada, "r")
+        ada.send_json({"type": "post", "room": "r", "text": "before bob"})
+        assert join(bob, "r")["history"] == []
+
+
 def test_resume_after_disconnect_loses_nothing() -> None:
     router, _, _ = setup(history_size=0)
     with TestClient(router) as client:

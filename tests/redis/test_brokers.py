@@ -129,6 +129,7 @@ def test_history_pages_resume_after_since_and_say_what_was_lost(broker: Broker) 
     join(broker, "r", "ada")
     ids = [post(broker, "r", f"m{n}", max_messages=5)["id"] for n in range(8)]
     assert texts(history(broker, "r", None, count=3)) == ["m5", "m6", "m7"]
+    assert history(broker, "r", None, count=0) == HistoryPage([])  # history_size=0: none
     page = history(broker, "r", ids[4], count=2)  # m5, m6: kept, and one more after
     assert (texts(page), page.complete, page.more) == (["m5", "m6"], True, True)
     page = history(broker, "r", ids[6])

@@ -82,7 +82,8 @@ class MemoryBroker(Broker):
             last_id = state.last_id if state is not None else self._high
             base = state.base if state is not None else self._high
         if since is None:
-            done(HistoryPage(_fit(reversed(history[-max_messages:]), max_bytes)[::-1]))
+            last = history[max(0, len(history) - max_messages) :]  # for 0: none, not all
+            done(HistoryPage(_fit(reversed(last), max_bytes)[::-1]))
             return
         if since > last_id:  # an id of a room freed since: all we have, and say so
             since, complete = 0, False

@@ -91,7 +91,7 @@ if not meta[1] then return {} end
 local since, count = tonumber(ARGV[1]), tonumber(ARGV[2])
 local entries
 if since < 0 then
-  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', count)
+  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', count) or {}  -- nil for 0
 else
   local base, last = tonumber(meta[1]), tonumber(meta[2])
   if since == 0 then since = base end
