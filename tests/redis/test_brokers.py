@@ -313,3 +313,26 @@ def test_an_error_reply_fails_that_operation_only(redis_server: RedisServer) -> 
         assert json.loads(stored.value)["text"] == "x"
     finally:
         broker.close()
+
+
+def test_messages_posted_while_the_subscription_was_down_are_repaired_once_in_order(
+    redis_server: RedisServer,
+) -> None:
+    node_a, node_b = RedisBroker(redis_server.url), RedisBroker(redis_server.url)
+    try:
+        events = attached(node_a, "room:r")
+        join(node_a, "r", "ada")  # the subscription is in place
+        attached(node_b)
+        post(node_b, "r", "m1")
+        assert [event["text"] for _, event in events.take(1)] == ["m1"]
+        client = redis.Redis.from_url(redis_server.url)
+        client.client_kill_filter(_type="pubsub")  # node A's subscription connection drops
+        for n in (2, 3, 4):  # while node A connects again (after a backoff of 25 ms or more)
+            post(node_b, "r", f"m{n}")
+        texts = [event["text"] for _, event in events.take(3)]
+        post(node_b, "r", "m5")  # after: a duplicate would show before it
+        texts += [event["text"] for _, event in events.take(1)]
+        assert texts == ["m2", "m3", "m4", "m5"] and node_a.reconnects == 1
+    finally:
+        node_a.close()
+        node_b.close()

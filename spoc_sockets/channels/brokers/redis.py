@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import secrets
 import threading
 import time
@@ -181,6 +182,11 @@ return 0
 SUBSCRIBE_TIMEOUT = 5.0
 #: seconds the listener waits for an event before it looks at the topics wanted again
 LISTEN_INTERVAL = 0.05
+#: messages a room's repair delivers at most, after the subscription connection was made
+#: again (those posted meanwhile, that the room's stream still holds)
+REPAIR_MESSAGES = 1000
+#: the id at the end of a stored message
+_ID = re.compile(r',"id":(\d+)\}$')
 #: the backoff after a failed round trip: first and longest pause, in seconds
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
 
@@ -249,6 +255,7 @@ class RedisBroker(Broker):
         self._confirmed: set[str] = set()  # ... and Redis confirmed
         self._listening = True  # False while the listener waits to connect again (backoff)
         self._local: dict[str, Counter[str]] = {}  # room -> user -> connections here
+        self._last: dict[str, int] = {}  # room topic -> the last message id delivered here
         self._threads: list[threading.Thread] = []
         self._closed = False
         #: publications dropped because ``max_pending`` operations were waiting
@@ -257,6 +264,9 @@ class RedisBroker(Broker):
         self.failures = 0
         #: times the subscription connection failed and was made again
         self.reconnects = 0
+        #: messages delivered from a room's stream after the subscription connection was
+        #: made again (posted while there was none)
+        self.repaired = 0
 
     # -- the seam ----------------------------------------------------------------------
 
@@ -300,6 +310,8 @@ class RedisBroker(Broker):
         done: Done[HistoryPage],
     ) -> None:  # fmt: skip
         def finish(replies: list[Any]) -> None:
+            if replies[0]:  # where a repair of the room's fan-out would start, at the latest
+                self._delivered(f"room:{room}", int(replies[0][1]), baseline=True)
             done(_page(replies[0], since, max_messages, max_bytes))
 
         keys = (self._key(room, "meta"), self._key(room, "log"))
@@ -513,13 +525,15 @@ class RedisBroker(Broker):
                 pubsub.subscribe(*(self._channel(topic) for topic in wanted - sent))
             if sent - wanted:
                 pubsub.unsubscribe(*(self._channel(topic) for topic in sent - wanted))
+                with self._lock:
+                    for topic in sent - wanted:
+                        self._last.pop(topic, None)
             sent = wanted
             message = pubsub.get_message(timeout=LISTEN_INTERVAL)
             while message is not None:
                 topic = str(message["channel"])[skip:]
                 if message["type"] == "message":
-                    for callback in deliver:
-                        _complete(callback, topic, str(message["data"]))
+                    self._relay_one(deliver, topic, str(message["data"]))
                 elif message["type"] in ("subscribe", "unsubscribe"):
                     with self._lock:
                         if message["type"] == "subscribe":
@@ -527,7 +541,46 @@ class RedisBroker(Broker):
                         else:
                             self._confirmed.discard(topic)
                         self._lock.notify_all()
+                        repair = message["type"] == "subscribe" and topic in self._last
+                    if repair:
+                        self._repair(deliver, topic)
                 message = pubsub.get_message(timeout=0)
+
+    def _relay_one(self, deliver: list[Deliver], topic: str, event: str) -> bool:
+        """Deliver ``event``, unless it is a room message delivered here already."""
+        match = _ID.search(event) if topic.startswith("room:") else None
+        if match is not None and not self._delivered(topic, int(match[1])):
+            return False
+        for callback in deliver:
+            _complete(callback, topic, event)
+        return True
+
+    def _delivered(self, topic: str, last: int, baseline: bool = False) -> bool:
+        """Record that the room messages of ``topic`` up to id ``last`` were delivered
+        here (a ``baseline``: only if none was); False if they were already."""
+        with self._lock:
+            known = self._last.get(topic)
+            if known is not None and (baseline or last <= known):
+                return False
+            if baseline and topic not in self._wanted:
+                return False  # not subscribed: nothing to repair
+            self._last[topic] = last
+            return True
+
+    def _repair(self, deliver: list[Deliver], topic: str) -> None:
+        """A subscription made again: deliver the room's messages posted while there was
+        none, from the room's stream, before any event that came after (they wait on
+        the connection meanwhile)."""
+        with self._lock:
+            after = self._last.get(topic)
+        if after is None:
+            return
+        log = self._key(topic.partition(":")[2], "log")
+        entries: list[tuple[str, dict[str, str]]]
+        entries = self._client.xrange(log, f"{after + 1}-0", "+", count=REPAIR_MESSAGES)  # type: ignore[assignment]
+        for _, fields in entries:
+            if self._relay_one(deliver, topic, str(fields["m"])):
+                self.repaired += 1
 
 
 def _page(reply: list[str], since: int | None, max_messages: int, max_bytes: int) -> HistoryPage:
