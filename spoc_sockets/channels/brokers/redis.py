@@ -515,6 +515,9 @@ class RedisBroker(Broker):
         """Keep ``pubsub`` subscribed to the topics wanted; deliver their events."""
         sent: set[str] = set()  # the topics subscribed on this connection
         skip = len(self.prefix) + 1
+        with self._lock:  # what was unsubscribed while there was no connection
+            for topic in set(self._last) - self._wanted:
+                del self._last[topic]
         while True:
             with self._lock:
                 if self._closed:
