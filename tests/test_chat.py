@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pytest
 
@@ -11,6 +11,35 @@ from spoc_sockets import Connection, Router
 from spoc_sockets.channels.brokers.memory import MemoryBroker
 from spoc_sockets.channels.chat import ChatServer, TokenBucket
 from spoc_sockets.testing import ConnectionClosed, TestClient, WebSocket
+
+T = TypeVar("T")
+WAIT = 20.0  # seconds a test waits for a broker at most
+
+
+class Result(Generic[T]):
+    """A broker's ``done`` callback that keeps the result: ``value`` waits for it (bounded)
+    and raises the exception the operation failed with."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Event()
+        self._result: T | Exception | None = None
+
+    def __call__(self, result: T | Exception) -> None:
+        assert not self._ready.is_set(), "done is called once"
+        self._result = result
+        self._ready.set()
+
+    @property
+    def error(self) -> Exception | None:
+        assert self._ready.wait(WAIT), "the broker never answered"
+        return self._result if isinstance(self._result, Exception) else None
+
+    @property
+    def value(self) -> T:
+        assert self._ready.wait(WAIT), "the broker never answered"
+        if isinstance(self._result, Exception):
+            raise self._result
+        return self._result  # type: ignore[return-value]
 
 
 class Clock:
@@ -95,6 +124,15 @@ def test_history_replayed_on_join() -> None:
         reply = join(bob, "r")
         assert [m["text"] for m in reply["history"]] == ["m2", "m3", "m4"]
         assert reply["complete"] is True
+
+
+def test_replay_messages_0_replays_nothing() -> None:
+    router, _, _ = setup(replay_messages=0)
+    with TestClient(router) as client:
+        ada, bob = connect(client, "ada"), connect(client, "bob")
+        join(ada, "r")
+        ada.send_json({"type": "post", "room": "r", "text": "before bob"})
+        assert join(bob, "r")["history"] == []
 
 
 def test_resume_after_disconnect_loses_nothing() -> None:
@@ -229,7 +267,9 @@ def test_guest_name_and_presence_cleanup_on_close() -> None:
         assert name.startswith("guest-")
         join(guest, "r")
         guest.close()
-        assert chat.broker is not None and chat.broker.members("r") == []
+        assert chat.broker is not None
+        chat.broker.members("r", done := Result[list[str]]())
+        assert done.value == []
 
 
 def test_token_bucket_refills_up_to_burst() -> None:

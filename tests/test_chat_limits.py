@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 
 from spoc_sockets import Router, UsageError
+from spoc_sockets.channels.brokers import HistoryPage
 from spoc_sockets.channels.brokers.memory import MemoryBroker
 from spoc_sockets.channels.chat import ChatServer
 from spoc_sockets.testing import HandshakeRejected, TestClient, WebSocket
 
-from .test_chat import Clock, connect, join, setup
+from .test_chat import Clock, Result, connect, join, setup
 
 
 def events(ws: WebSocket) -> list[dict[str, Any]]:
@@ -501,12 +502,13 @@ def test_a_notification_that_cannot_be_encoded_is_a_usage_error() -> None:
 
 def test_the_memory_broker_alone() -> None:
     broker = MemoryBroker()
-    assert broker.leave("nowhere", "ada", 0.0) is False  # never joined: nothing to undo
-    stored = broker.append("gone", '{"type":"message"}', 10, 1000)  # e.g. expired meanwhile
-    assert json.loads(stored) == {"type": "message", "id": 1}
-    broker.append("gone", '{"type":"message","text":"' + "x" * 2000 + '"}', 10, 1000)
-    page = broker.history("gone", 0, 10, 1000)
-    assert len(page.messages) == 1 and page.complete is False  # the newest is always kept
+    broker.leave("nowhere", "ada", 0.0, left := Result[bool]())
+    assert left.value is False  # never joined: nothing to undo
+    broker.post("gone", '{"type":"message"}', 10, 1000, stored := Result[str]())
+    assert json.loads(stored.value) == {"type": "message", "id": 1}  # e.g. expired meanwhile
+    broker.post("gone", '{"type":"message","text":"' + "x" * 2000 + '"}', 10, 1000, Result())
+    broker.history("gone", 0, 10, 1000, page := Result[HistoryPage]())
+    assert len(page.value.messages) == 1 and page.value.complete is False  # the newest stays
     assert broker.expire(0.0, 60.0) is None
 
 

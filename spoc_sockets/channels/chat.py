@@ -33,7 +33,7 @@ from ..channel import ChannelServer, Connection
 from ..errors import CloseCode, Reject, UsageError
 from ..limits import Number, check_flag, shown
 from ..request import Request
-from .brokers import Broker, HistoryPage, RoomsFull
+from .brokers import Broker, Done, HistoryPage, RoomsFull
 from .brokers.memory import MemoryBroker
 
 __all__ = [
@@ -338,11 +338,7 @@ class ChatServer(ChannelServer):
         with self._lock:
             self._joined.pop(conn, None)
             self._buckets.pop(conn, None)
-            conns = self._users.get(user, set())
-            conns.discard(conn)
-            last = not conns
-            if last:
-                self._users.pop(user, None)
+            last = _drop(self._users, user, conn)
         if last:
             self.broker.unsubscribe(f"user:{user}")
         self.expire()
@@ -412,11 +408,12 @@ class ChatServer(ChannelServer):
 
     def _join(self, conn: Connection, room: str, data: Event) -> None:
         assert self.broker is not None
+        broker = self.broker
         since = _since(data, required=False)
-        if room in self._joined[conn]:
-            raise ProtocolMistake("already_joined", f"already in {room}")
         user = self.user_id(conn)
         with self._lock:
+            if room in self._joined[conn]:
+                raise ProtocolMistake("already_joined", f"already in {room}")
             rooms: set[str] = set()
             rooms.update(*(self._joined.get(c, ()) for c in self._users.get(user, ())))
         if room not in rooms and len(rooms) >= self.max_rooms_per_user:
@@ -424,31 +421,68 @@ class ChatServer(ChannelServer):
             raise ProtocolMistake("too_many_rooms", f"at most {limit} rooms at once")
         if not self.can_join(conn, room):
             raise ProtocolMistake("not_allowed", f"not allowed to join {room}")
-        try:
-            first_of_user = self.broker.join(room, user, self.max_rooms_per_server)
-        except RoomsFull:
-            raise ProtocolMistake("rooms_full", "the server holds all the rooms it can") from None
-        with self._lock:
+        with self._lock:  # a member at once: a leave or a close now undoes the join after it
             self._joined[conn].add(room)
             first_here = room not in self._rooms
             self._rooms.setdefault(room, set()).add(conn)
         if first_here:
             self.broker.subscribe(f"room:{room}")
+        ref = data.get("ref")
         count = self.replay_messages if since is None else self.max_history_messages
-        page = self.broker.history(room, since, count, self.history_page_bytes)
-        members = self.broker.members(room)
-        conn.send(_page({"type": "joined", "room": room, "members": members}, page))
-        if first_of_user:
-            presence = {"type": "presence", "room": room, "user": user, "event": "joined"}
-            self.broker.publish(f"room:{room}", dump_json(presence))
+
+        def answer(first: bool | Exception, page: HistoryPage | Exception,
+                   members: list[str] | Exception) -> None:  # fmt: skip
+            if isinstance(first, Exception):
+                self._forget(conn, room)
+                if isinstance(first, RoomsFull):
+                    message = "the server holds all the rooms it can"
+                    self._error(conn, "rooms_full", message, ref)
+                else:
+                    self._unavailable(conn, first, ref)
+            elif isinstance(page, HistoryPage) and isinstance(members, list):
+                conn.send(_page({"type": "joined", "room": room, "members": members}, page))
+                if first:
+                    presence = {"type": "presence", "room": room, "user": user, "event": "joined"}
+                    broker.publish(f"room:{room}", dump_json(presence))
+            else:  # joined, but the reply could not be made: the client is told, and leaves
+                self._unavailable(conn, page if isinstance(page, Exception) else members, ref)
+                self._part(conn, room)
+
+        gather = _Gather(answer, 3)
+        self.broker.join(room, user, self.max_rooms_per_server, gather.slot(0))
+        self.broker.history(room, since, count, self.history_page_bytes, gather.slot(1))
+        self.broker.members(room, gather.slot(2))
+
+    def _forget(self, conn: Connection, room: str) -> bool:
+        """Take ``conn`` out of ``room`` here (unsubscribing when it was the room's last
+        connection here); False if it was not in it (a leave or a close came first)."""
+        assert self.broker is not None
+        with self._lock:
+            joined = self._joined.get(conn)
+            if joined is None or room not in joined:
+                return False
+            joined.discard(room)
+            empty = _drop(self._rooms, room, conn)
+        if empty:
+            self.broker.unsubscribe(f"room:{room}")
+        return True
 
     def _history(self, conn: Connection, room: str, data: Event) -> None:
         assert self.broker is not None
         since = _since(data, required=True)
         if room not in self._joined[conn]:
             raise ProtocolMistake("not_joined", f"join {room} before asking for its history")
-        page = self.broker.history(room, since, self.max_history_messages, self.history_page_bytes)
-        conn.send(_page({"type": "history", "room": room}, page))
+        ref = data.get("ref")
+
+        def answer(page: HistoryPage | Exception) -> None:
+            if isinstance(page, Exception):
+                self._unavailable(conn, page, ref)
+            else:
+                conn.send(_page({"type": "history", "room": room}, page))
+
+        self.broker.history(
+            room, since, self.max_history_messages, self.history_page_bytes, answer
+        )
 
     def _leave(self, conn: Connection, room: str, data: Event) -> None:
         if room not in self._joined[conn]:
@@ -458,19 +492,19 @@ class ChatServer(ChannelServer):
 
     def _part(self, conn: Connection, room: str) -> None:
         assert self.broker is not None
-        with self._lock:
-            self._joined[conn].discard(room)
-            members = self._rooms.get(room, set())
-            members.discard(conn)
-            empty = not members
-            if empty:
-                self._rooms.pop(room, None)
+        broker = self.broker
+        if not self._forget(conn, room):
+            return
         user = self.user_id(conn)
-        if self.broker.leave(room, user, self.monotonic_clock()):
-            presence = {"type": "presence", "room": room, "user": user, "event": "left"}
-            self.broker.publish(f"room:{room}", dump_json(presence))
-        if empty:
-            self.broker.unsubscribe(f"room:{room}")
+
+        def left(last: bool | Exception) -> None:
+            if isinstance(last, Exception):
+                logger.warning("leaving %r for %r: %s", room, user, last)
+            elif last:
+                presence = {"type": "presence", "room": room, "user": user, "event": "left"}
+                broker.publish(f"room:{room}", dump_json(presence))
+
+        broker.leave(room, user, self.monotonic_clock(), left)
         self.expire()
 
     def _post(self, conn: Connection, room: str, data: Event) -> None:
@@ -486,23 +520,38 @@ class ChatServer(ChannelServer):
             raise ProtocolMistake("not_allowed", f"not allowed to post to {room}")
         message: Event = {"type": "message", "room": room, "user": self.user_id(conn)}
         message.update(text=text, ts=self.clock())
-        if data.get("ref") is not None:
-            message["ref"] = data["ref"]  # checked by _ref
+        ref = data.get("ref")
+        if ref is not None:
+            message["ref"] = ref  # checked by _ref
         try:
             encoded = dump_json(message)  # once: stored, replayed and fanned out as is
         except ValueError:
             raise ProtocolMistake("bad_field", "text is not valid Unicode") from None
-        stored = self.broker.append(
-            room, encoded, self.max_history_messages, self.max_history_bytes
-        )
-        self.broker.publish(f"room:{room}", stored)
+
+        def stored(result: str | Exception) -> None:  # the message event is the acknowledgement
+            if isinstance(result, Exception):
+                self._unavailable(conn, result, ref)
+
+        self.broker.post(room, encoded, self.max_history_messages, self.max_history_bytes, stored)
 
     def _who(self, conn: Connection, room: str, data: Event) -> None:
         assert self.broker is not None
         if room not in self._joined[conn]:
             raise ProtocolMistake("not_joined", f"join {room} to see who is there")
-        members = self.broker.members(room)
-        conn.send(dump_json({"type": "members", "room": room, "members": members}))
+        ref = data.get("ref")
+
+        def answer(members: list[str] | Exception) -> None:
+            if isinstance(members, Exception):
+                self._unavailable(conn, members, ref)
+            else:
+                conn.send(dump_json({"type": "members", "room": room, "members": members}))
+
+        self.broker.members(room, answer)
+
+    def _unavailable(self, conn: Connection, exc: object, ref: str | int | None) -> None:
+        """The answer to a request the broker could not carry out: nothing was done."""
+        logger.warning("the chat's broker failed: %s", exc)
+        self._error(conn, "unavailable", "the chat's storage is unavailable: try again", ref)
 
     # -- fan-out from the broker --------------------------------------------------------
 
@@ -558,6 +607,38 @@ class _ExpiryTimer:
 
 
 _EXPIRY = _ExpiryTimer()
+
+
+def _drop(index: dict[str, set[Connection]], key: str, conn: Connection) -> bool:
+    """Take ``conn`` out of ``index[key]``; True (and the key gone) if none is left."""
+    conns = index.get(key, set())
+    conns.discard(conn)
+    if conns:
+        return False
+    index.pop(key, None)
+    return True
+
+
+class _Gather:
+    """Calls ``answer`` with the results of ``count`` broker operations, once all are done
+    (in whatever thread completes the last)."""
+
+    def __init__(self, answer: Callable[..., None], count: int) -> None:
+        self._answer = answer
+        self._results: list[object] = [None] * count
+        self._left = count
+        self._lock = threading.Lock()
+
+    def slot(self, index: int) -> Done[Any]:
+        def done(result: object) -> None:
+            with self._lock:
+                self._results[index] = result
+                self._left -= 1
+                ready = self._left == 0
+            if ready:
+                self._answer(*self._results)
+
+        return done
 
 
 def _page(head: Event, page: HistoryPage) -> str:

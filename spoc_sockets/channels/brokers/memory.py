@@ -7,7 +7,7 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from . import Broker, Deliver, HistoryPage, RoomsFull
+from . import Broker, Deliver, Done, HistoryPage, RoomsFull, fit
 
 __all__ = ["MemoryBroker"]
 
@@ -22,7 +22,8 @@ class _Room:
 
 
 class MemoryBroker(Broker):
-    """Rooms, history and fan-out in memory; events are delivered synchronously.
+    """Rooms, history and fan-out in memory; events are delivered, and every ``done``
+    called, before the method returns.
 
     A room lives while it has members, then until :meth:`expire` finds it empty for long
     enough: the rooms that became empty are kept in the order they did, so an expiry
@@ -51,7 +52,9 @@ class MemoryBroker(Broker):
             for deliver in self._deliver:
                 deliver(topic, event)
 
-    def append(self, room: str, message: str, max_messages: int, max_bytes: int) -> str:
+    def post(
+        self, room: str, message: str, max_messages: int, max_bytes: int, done: Done[str]
+    ) -> None:
         with self._lock:
             state = self._rooms.get(room)
             if state is None:  # only members post: a room that expired meanwhile
@@ -66,18 +69,22 @@ class MemoryBroker(Broker):
                 state.size > max_bytes and len(state.history) > 1
             ):
                 state.size -= state.history.popleft()[2]
-            return stored
+        self.publish(f"room:{room}", stored)
+        done(stored)
 
     def history(
-        self, room: str, since: int | None, max_messages: int, max_bytes: int
-    ) -> HistoryPage:
+        self, room: str, since: int | None, max_messages: int, max_bytes: int,
+        done: Done[HistoryPage],
+    ) -> None:  # fmt: skip
         with self._lock:
             state = self._rooms.get(room)
             history = list(state.history) if state is not None else []
             last_id = state.last_id if state is not None else self._high
             base = state.base if state is not None else self._high
         if since is None:
-            return HistoryPage(_fit(reversed(history[-max_messages:]), max_bytes)[::-1])
+            last = history[max(0, len(history) - max_messages) :]  # for 0: none, not all
+            done(HistoryPage(_fit(reversed(last), max_bytes)[::-1]))
+            return
         if since > last_id:  # an id of a room freed since: all we have, and say so
             since, complete = 0, False
         else:
@@ -85,22 +92,27 @@ class MemoryBroker(Broker):
             complete = since >= oldest - 1 and since >= base
         after = [entry for entry in history if entry[0] > since]
         page = _fit(after[:max_messages], max_bytes)
-        return HistoryPage(page, complete, more=len(page) < len(after))
+        done(HistoryPage(page, complete, more=len(page) < len(after)))
 
-    def join(self, room: str, user: str, max_rooms: int) -> bool:
+    def join(self, room: str, user: str, max_rooms: int, done: Done[bool]) -> None:
         with self._lock:
             state = self._rooms.get(room)
             if state is None:
                 if len(self._rooms) >= max_rooms and self._empty:  # the oldest empty room goes
                     self._free(next(iter(self._empty)))
-                if len(self._rooms) >= max_rooms:
-                    raise RoomsFull(room)
-                state = self._rooms[room] = _Room(last_id=self._high, base=self._high)
-            self._empty.pop(room, None)
-            state.members[user] += 1
-            return state.members[user] == 1
+                if len(self._rooms) < max_rooms:
+                    state = self._rooms[room] = _Room(last_id=self._high, base=self._high)
+            first = False
+            if state is not None:
+                self._empty.pop(room, None)
+                state.members[user] += 1
+                first = state.members[user] == 1
+        done(RoomsFull(room) if state is None else first)
 
-    def leave(self, room: str, user: str, now: float) -> bool:
+    def leave(self, room: str, user: str, now: float, done: Done[bool]) -> None:
+        done(self._leave(room, user, now))
+
+    def _leave(self, room: str, user: str, now: float) -> bool:
         with self._lock:
             state = self._rooms.get(room)
             if state is None or state.members[user] <= 0:
@@ -116,10 +128,11 @@ class MemoryBroker(Broker):
                     del self._rooms[room]
             return True
 
-    def members(self, room: str) -> list[str]:
+    def members(self, room: str, done: Done[list[str]]) -> None:
         with self._lock:
             state = self._rooms.get(room)
-            return sorted(state.members) if state is not None else []
+            members = sorted(state.members) if state is not None else []
+        done(members)
 
     def expire(self, now: float, after: float) -> float | None:
         with self._lock:
@@ -142,11 +155,4 @@ class MemoryBroker(Broker):
 def _fit(entries: Iterable[tuple[int, bytes, int]], max_bytes: int) -> list[str]:
     """The texts of ``entries`` (id, UTF-8, size), in order, while they fit in
     ``max_bytes`` (the first always does)."""
-    page: list[str] = []
-    total = 0
-    for _, text, size in entries:
-        if page and total + size > max_bytes:
-            break
-        page.append(text.decode())
-        total += size
-    return page
+    return [data.decode() for data in fit(((data, size) for _, data, size in entries), max_bytes)]

@@ -1,0 +1,633 @@
+"""RedisBroker: chat rooms shared by every process (on any machine) using one Redis.
+
+Nothing here makes a loop or a hook wait on Redis. Every operation is queued (a bounded
+queue) for one *broker thread*, which sends what is waiting as one pipeline and calls
+each operation's ``done`` with its result; a *listener thread* holds the pub/sub
+connection, subscribed to the topics this process has local members for, and hands each
+event to the chat's ``deliver``. Both call back into the chat, whose send paths are
+thread-safe, so the same broker serves the asyncio, trio, threads and ASGI adapters.
+
+The Redis layout of a room ``R`` (every key of a room carries the hash tag ``{R}``, so
+each script touches one slot)::
+
+    <prefix>:{R}:meta      hash: base (the epoch), last (the last id), size (bytes kept)
+    <prefix>:{R}:log       stream: one entry per message, id "<message id>-0"
+    <prefix>:{R}:members   hash: "<node>|<user>" -> connections of that user on that node
+    <prefix>:{R}:nodes     sorted set: node -> when its presence expires (ms, Redis time)
+    <prefix>:room:R        pub/sub channel of the room's events (and <prefix>:user:U)
+
+A post is one Lua script: it numbers the message (``last`` + 1), appends it to the
+stream, trims the stream to the bounds, and publishes it, atomically. The first post of
+a room (or the first after Redis lost the room) sets the room's *epoch*: its ids start
+after ``base``, the Redis time in milliseconds times 1000, so ids never restart and a
+``since`` from an earlier epoch is answered with ``complete`` false.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import secrets
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ...errors import UsageError
+from ...limits import Number, check_numbers
+from . import Broker, BrokerUnavailable, Deliver, Done, HistoryPage, RoomsFull, fit
+
+try:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - the extra is installed with the tests
+    raise ImportError("RedisBroker needs redis-py: pip install 'spoc-sockets[redis]'") from exc
+
+__all__ = ["RedisBroker"]
+
+logger = logging.getLogger("spoc_sockets.channels")
+
+_NOW_MS = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# KEYS: meta, log. ARGV: message (JSON object without id), max messages, max bytes,
+# history TTL (ms), channel. Returns the stored text.
+_POST = _NOW_MS + """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local base = string.format('%.0f', now_ms() * 1000)
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'base', base, 'last', base, 'size', 0)
+end
+local id = string.format('%.0f', redis.call('HINCRBY', KEYS[1], 'last', 1))
+local stored = string.sub(ARGV[1], 1, -2) .. ',"id":' .. id .. '}'
+redis.call('XADD', KEYS[2], id .. '-0', 'm', stored)
+local size = redis.call('HINCRBY', KEYS[1], 'size', #stored)
+local count = redis.call('XLEN', KEYS[2])
+while count > tonumber(ARGV[2]) or (size > tonumber(ARGV[3]) and count > 1) do
+  local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+  redis.call('XDEL', KEYS[2], oldest[1])
+  size = redis.call('HINCRBY', KEYS[1], 'size', -#oldest[2][2])
+  count = count - 1
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('PUBLISH', ARGV[5], stored)
+return stored
+"""
+
+# KEYS: meta, log. ARGV: since (-1: the last messages), count. Returns {} when the room
+# has no history, else {base, last, oldest id or '', texts...}: the last `count` newest
+# first, or up to `count` + 1 after `since` (all kept when `since` is of another epoch).
+_HISTORY = """
+local meta = redis.call('HMGET', KEYS[1], 'base', 'last')
+if not meta[1] then return {} end
+local since, count = tonumber(ARGV[1]), tonumber(ARGV[2])
+local entries
+if since < 0 then
+  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', count) or {}  -- nil for 0
+else
+  local base, last = tonumber(meta[1]), tonumber(meta[2])
+  if since == 0 then since = base end
+  local start = '-'
+  if since >= base and since <= last then start = string.format('%.0f', since + 1) .. '-0' end
+  entries = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', count + 1)
+end
+local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+local out = {meta[1], meta[2], oldest and oldest[1] or ''}
+for _, entry in ipairs(entries) do out[#out + 1] = entry[2][2] end
+return out
+"""
+
+_LIVE_NODES = _NOW_MS + """
+local function live_nodes()
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms())
+  return redis.call('ZRANGE', KEYS[2], 0, -1)
+end
+local function elsewhere(node, user)
+  for _, other in ipairs(live_nodes()) do
+    if other ~= node and redis.call('HEXISTS', KEYS[1], other .. '|' .. user) == 1 then
+      return true
+    end
+  end
+  return false
+end
+"""
+
+# KEYS: members, nodes. ARGV: node, user, presence TTL (ms). 1 if the user's first.
+_JOIN = _LIVE_NODES + """
+local others = elsewhere(ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[3]), ARGV[1])
+local count = redis.call('HINCRBY', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+if count == 1 and not others then return 1 end
+return 0
+"""
+
+# KEYS: members, nodes. ARGV: node, user. 1 if it was the user's last connection.
+_LEAVE = _LIVE_NODES + """
+local field = ARGV[1] .. '|' .. ARGV[2]
+if redis.call('HEXISTS', KEYS[1], field) == 0 then return 0 end
+if redis.call('HINCRBY', KEYS[1], field, -1) > 0 then return 0 end
+redis.call('HDEL', KEYS[1], field)
+if elsewhere(ARGV[1], ARGV[2]) then return 0 end
+return 1
+"""
+
+# KEYS: members, nodes. The users present through a live node (the fields of dead
+# nodes are dropped on the way).
+_MEMBERS = _LIVE_NODES + """
+local live = {}
+for _, node in ipairs(live_nodes()) do live[node] = true end
+local users, seen = {}, {}
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local node, user = string.match(field, '^([^|]*)|(.*)$')
+  if not live[node] then
+    redis.call('HDEL', KEYS[1], field)
+  elseif not seen[user] then
+    seen[user] = true
+    users[#users + 1] = user
+  end
+end
+return users
+"""
+
+# KEYS: members, nodes. ARGV: node, presence TTL (ms), then user, count pairs: this
+# node's members of the room, written again (a Redis that lost them gets them back).
+_REFRESH = _NOW_MS + """
+local prefix = ARGV[1] .. '|'
+local want = {}
+for i = 3, #ARGV, 2 do want[prefix .. ARGV[i]] = ARGV[i + 1] end
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(field, 1, #prefix) == prefix and not want[field] then
+    redis.call('HDEL', KEYS[1], field)
+  end
+end
+for field, count in pairs(want) do redis.call('HSET', KEYS[1], field, count) end
+redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 0
+"""
+
+#: seconds waited, at most, for the subscription a join needs before its history is read
+SUBSCRIBE_TIMEOUT = 5.0
+#: seconds the listener waits for an event before it looks at the topics wanted again
+LISTEN_INTERVAL = 0.05
+#: messages a room's repair delivers at most, after the subscription connection was made
+#: again (those posted meanwhile, that the room's stream still holds)
+REPAIR_MESSAGES = 1000
+#: the id at the end of a stored message
+_ID = re.compile(r',"id":(\d+)\}$')
+#: the backoff after a failed round trip: first and longest pause, in seconds
+BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
+
+
+@dataclass
+class _Op:
+    """One operation: the commands it sends, then what to do with their replies."""
+
+    commands: list[tuple[Any, ...]]
+    finish: Callable[[list[Any]], None]
+    fail: Callable[[Exception], None]
+    topic: str | None = None  # wait for this subscription first
+    apply: Callable[[], None] | None = None  # its effect on the local counts, when sent
+
+
+class RedisBroker(Broker):
+    """Rooms, history, presence and fan-out on Redis, shared by every process using the
+    same Redis (and ``prefix``).
+
+    ``url`` is a redis-py URL (``redis://127.0.0.1:6379/0``). ``history_ttl``: seconds a
+    room's history (and its ids) is kept after its last post. ``presence_ttl``: seconds
+    after which the users of a process that stopped refreshing them (it died) no longer
+    count as members; each process refreshes its own every third of it.
+    ``max_pending``: operations waiting for the broker thread, at most (past it, an
+    operation fails with :class:`~spoc_sockets.channels.brokers.BrokerUnavailable`, and
+    a publication is dropped and counted in :attr:`dropped`). ``timeout``: seconds a
+    Redis round trip may take before it fails.
+    """
+
+    #: the numeric options (checked by :func:`~spoc_sockets.limits.check_numbers`)
+    NUMBERS: ClassVar[dict[str, Number]] = {
+        "history_ttl": Number(integer=False, minimum=1),
+        "presence_ttl": Number(integer=False, minimum=1),
+        "max_pending": Number(integer=True),
+        "timeout": Number(integer=False, minimum=0.01),
+    }
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "spoc",
+        history_ttl: float = 3600.0,
+        presence_ttl: float = 30.0,
+        max_pending: int = 10_000,
+        timeout: float = 5.0,
+    ) -> None:
+        _check_url("url", url)
+        _check_url("prefix", prefix)
+        self.url, self.prefix = url, prefix
+        self.history_ttl, self.presence_ttl = history_ttl, presence_ttl
+        self.max_pending, self.timeout = max_pending, timeout
+        check_numbers(self, self.NUMBERS)
+        self.node = secrets.token_hex(8)  # this process, in the members hashes
+        self._client: redis.Redis = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),  # a script is never sent twice: a post, twice stored
+        )
+        self._lock = threading.Condition()
+        self._ops: deque[_Op] = deque()
+        self._deliver: list[Deliver] = []
+        self._wanted: set[str] = set()  # topics this process subscribes to
+        self._confirmed: set[str] = set()  # ... and Redis confirmed
+        self._listening = True  # False while the listener waits to connect again (backoff)
+        self._local: dict[str, Counter[str]] = {}  # room -> user -> connections here
+        self._last: dict[str, int] = {}  # room topic -> the last message id delivered here
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        #: publications dropped because ``max_pending`` operations were waiting
+        self.dropped = 0
+        #: round trips (pipelines) to Redis that failed
+        self.failures = 0
+        #: times the subscription connection failed and was made again
+        self.reconnects = 0
+        #: messages delivered from a room's stream after the subscription connection was
+        #: made again (posted while there was none)
+        self.repaired = 0
+
+    # -- the seam ----------------------------------------------------------------------
+
+    def attach(self, deliver: Deliver) -> None:
+        with self._lock:
+            self._deliver.append(deliver)
+            if not self._threads:
+                for target, name in ((self._run, "broker"), (self._listen, "listener")):
+                    thread = threading.Thread(target=target, name=f"spoc-redis-{name}")
+                    thread.daemon = True
+                    self._threads.append(thread)
+                    thread.start()
+
+    def subscribe(self, topic: str) -> None:
+        with self._lock:
+            self._wanted.add(topic)
+
+    def unsubscribe(self, topic: str) -> None:
+        with self._lock:
+            self._wanted.discard(topic)
+
+    def publish(self, topic: str, event: str) -> None:
+        def lost(exc: Exception) -> None:
+            logger.warning("publishing on %r failed: %s", topic, exc)
+
+        op = _Op([("PUBLISH", self._channel(topic), event)], _ignore, lost)
+        if not self._queue(op):
+            with self._lock:
+                self.dropped += 1
+
+    def post(
+        self, room: str, message: str, max_messages: int, max_bytes: int, done: Done[str]
+    ) -> None:
+        meta, log = self._key(room, "meta"), self._key(room, "log")
+        ttl, channel = _ms(self.history_ttl), self._channel(f"room:{room}")
+        command = ("EVAL", _POST, 2, meta, log, message, max_messages, max_bytes, ttl, channel)
+        self._call(_Op([command], lambda r: done(str(r[0])), done, f"room:{room}"))
+
+    def history(
+        self, room: str, since: int | None, max_messages: int, max_bytes: int,
+        done: Done[HistoryPage],
+    ) -> None:  # fmt: skip
+        def finish(replies: list[Any]) -> None:
+            if replies[0]:  # where a repair of the room's fan-out would start, at the latest
+                self._delivered(f"room:{room}", int(replies[0][1]), baseline=True)
+            done(_page(replies[0], since, max_messages, max_bytes))
+
+        keys = (self._key(room, "meta"), self._key(room, "log"))
+        command = ("EVAL", _HISTORY, 2, *keys, -1 if since is None else since, max_messages)
+        self._call(_Op([command], finish, done, topic=f"room:{room}"))
+
+    def join(self, room: str, user: str, max_rooms: int, done: Done[bool]) -> None:
+        with self._lock:
+            full = room not in self._local and len(self._local) >= max_rooms
+        if full:
+            done(RoomsFull(room))
+            return
+
+        sent: list[bool] = []
+
+        def apply() -> None:
+            sent.append(True)
+            self._count(room, user, +1)
+
+        def fail(exc: Exception) -> None:
+            if sent:  # not a member after all (the next refresh drops it from Redis too)
+                self._count(room, user, -1)
+            done(exc)
+
+        keys = (self._key(room, "members"), self._key(room, "nodes"))
+        command = ("EVAL", _JOIN, 2, *keys, self.node, user, _ms(self.presence_ttl))
+        self._call(_Op([command], lambda r: done(r[0] == 1), fail, f"room:{room}", apply))
+
+    def leave(self, room: str, user: str, now: float, done: Done[bool]) -> None:
+        keys = (self._key(room, "members"), self._key(room, "nodes"))
+        command = ("EVAL", _LEAVE, 2, *keys, self.node, user)
+        self._call(_Op([command], lambda r: done(r[0] == 1), done, apply=self._leaving(room, user)))
+
+    def members(self, room: str, done: Done[list[str]]) -> None:
+        keys = (self._key(room, "members"), self._key(room, "nodes"))
+        command = ("EVAL", _MEMBERS, 2, *keys)
+        self._call(_Op([command], lambda r: done(sorted(r[0])), done))
+
+    def expire(self, now: float, after: float) -> float | None:
+        return None  # Redis expires rooms by itself (history_ttl, presence_ttl)
+
+    def room_count(self) -> int:
+        """The rooms with members in this process."""
+        with self._lock:
+            return len(self._local)
+
+    def close(self) -> None:
+        """Stop the broker's threads (bounded) and close its connections. What is still
+        queued fails with :class:`~spoc_sockets.channels.brokers.BrokerUnavailable`."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+            threads, self._threads = self._threads, []
+        for thread in threads:
+            thread.join(timeout=SUBSCRIBE_TIMEOUT + 1)
+        self._client.close()
+
+    # -- keys, queue -------------------------------------------------------------------
+
+    def _key(self, room: str, kind: str) -> str:
+        return f"{self.prefix}:{{{room}}}:{kind}"
+
+    def _channel(self, topic: str) -> str:
+        return f"{self.prefix}:{topic}"
+
+    def _leaving(self, room: str, user: str) -> Callable[[], None]:
+        """A leave counts here when sent, whatever Redis answers: the connection left."""
+        return lambda: self._count(room, user, -1)
+
+    def _count(self, room: str, user: str, step: int) -> None:
+        with self._lock:
+            users = self._local.setdefault(room, Counter())
+            users[user] += step
+            if users[user] <= 0:
+                del users[user]
+            if not users:
+                del self._local[room]
+
+    def _queue(self, op: _Op) -> bool:
+        with self._lock:
+            if self._closed or len(self._ops) >= self.max_pending:
+                return False
+            self._ops.append(op)
+            self._lock.notify_all()
+            return True
+
+    def _call(self, op: _Op) -> None:
+        if not self._queue(op):
+            op.fail(BrokerUnavailable(f"{self.max_pending} operations are waiting, or closed"))
+
+    # -- the broker thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        failures = 0
+        next_refresh = time.monotonic()
+        while True:
+            with self._lock:
+                wait = next_refresh - time.monotonic()
+                if not self._ops and not self._closed and wait > 0:
+                    self._lock.wait(wait)
+                if self._closed:
+                    batch, self._ops = list(self._ops), deque()
+                    break
+                batch, self._ops = list(self._ops), deque()
+                batch, unsubscribed = self._subscribed_first(batch)
+                for op in batch:
+                    if op.apply is not None:
+                        op.apply()
+                if time.monotonic() >= next_refresh:
+                    batch.extend(self._refresh_ops())
+                    next_refresh = time.monotonic() + self.presence_ttl / 3
+            for op in unsubscribed:
+                _complete(op.fail, BrokerUnavailable(f"not subscribed to {op.topic}"))
+            if self._send(batch):
+                failures = 0
+            else:
+                failures += 1
+                with self._lock:
+                    self._lock.wait_for(lambda: self._closed, timeout=_backoff(failures))
+        for op in batch:
+            op.fail(BrokerUnavailable("the broker is closed"))
+
+    def _subscribed_first(self, batch: list[_Op]) -> tuple[list[_Op], list[_Op]]:
+        """The operations to send, and those to fail: wait (bounded, the lock held)
+        until Redis confirmed the subscriptions the batch needs, so that no event is
+        missed between a join's history and the room's fan-out, and every post's
+        poster gets it. While the listener is down, nothing waits: what needs a
+        subscription fails at once."""
+        needed = {op.topic for op in batch if op.topic is not None}
+
+        def missing() -> set[str]:
+            return (needed & self._wanted) - self._confirmed if self._listening else set()
+
+        self._lock.wait_for(lambda: self._closed or not missing(), timeout=SUBSCRIBE_TIMEOUT)
+        unready = missing() if self._listening else needed & self._wanted
+        ready = [op for op in batch if op.topic not in unready]
+        return ready, [op for op in batch if op.topic in unready]
+
+    def _refresh_ops(self) -> list[_Op]:
+        """This process's presence in each of its rooms, written again (with the lock)."""
+        ops = []
+        for room, users in self._local.items():
+            keys = (self._key(room, "members"), self._key(room, "nodes"))
+            pairs = [item for user, count in users.items() for item in (user, count)]
+            command = ("EVAL", _REFRESH, 2, *keys, self.node, _ms(self.presence_ttl), *pairs)
+            ops.append(_Op([command], _ignore, _refresh_failed))
+        return ops
+
+    def _send(self, batch: list[_Op]) -> bool:
+        """One pipeline for the batch; each operation completes. False if Redis failed."""
+        pipe = self._client.pipeline(transaction=False)
+        for op in batch:
+            for command in op.commands:
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except Exception as exc:  # Redis, or the connection to it: the thread lives on
+            self.failures += 1
+            logger.warning("Redis at %s failed: %s", self.url, exc)
+            for op in batch:
+                _complete(op.fail, BrokerUnavailable(f"Redis failed: {exc}"))
+            return False
+        finally:
+            pipe.reset()
+        index = 0
+        for op in batch:
+            mine = replies[index : index + len(op.commands)]
+            index += len(op.commands)
+            errors = [reply for reply in mine if isinstance(reply, Exception)]
+            if errors:
+                _complete(op.fail, BrokerUnavailable(f"Redis refused: {errors[0]}"))
+            else:
+                _complete(op.finish, mine)
+        return True
+
+    # -- the listener thread -----------------------------------------------------------
+
+    def _listen(self) -> None:
+        failures = 0
+        while not self._closed:
+            pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+            with self._lock:
+                self._listening = True
+            try:
+                self._relay(pubsub)
+                failures = 0
+            except Exception as exc:  # Redis, or the connection to it: the thread lives on
+                failures += 1
+                self.reconnects += 1
+                logger.warning("the subscription to Redis at %s failed: %s", self.url, exc)
+            finally:
+                with self._lock:
+                    self._listening = False
+                    self._confirmed.clear()
+                    self._lock.notify_all()
+                pubsub.close()
+            with self._lock:
+                self._lock.wait_for(lambda: self._closed, timeout=_backoff(failures))
+
+    def _relay(self, pubsub: Any) -> None:
+        """Keep ``pubsub`` subscribed to the topics wanted; deliver their events."""
+        sent: set[str] = set()  # the topics subscribed on this connection
+        skip = len(self.prefix) + 1
+        with self._lock:  # what was unsubscribed while there was no connection
+            for topic in set(self._last) - self._wanted:
+                del self._last[topic]
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                wanted = set(self._wanted)
+                deliver = list(self._deliver)
+            if wanted - sent:
+                pubsub.subscribe(*(self._channel(topic) for topic in wanted - sent))
+            if sent - wanted:
+                pubsub.unsubscribe(*(self._channel(topic) for topic in sent - wanted))
+                with self._lock:
+                    for topic in sent - wanted:
+                        self._last.pop(topic, None)
+            sent = wanted
+            message = pubsub.get_message(timeout=LISTEN_INTERVAL)
+            while message is not None:
+                topic = str(message["channel"])[skip:]
+                if message["type"] == "message":
+                    self._relay_one(deliver, topic, str(message["data"]))
+                elif message["type"] in ("subscribe", "unsubscribe"):
+                    with self._lock:
+                        if message["type"] == "subscribe":
+                            self._confirmed.add(topic)
+                        else:
+                            self._confirmed.discard(topic)
+                        self._lock.notify_all()
+                        repair = message["type"] == "subscribe" and topic in self._last
+                    if repair:
+                        self._repair(deliver, topic)
+                message = pubsub.get_message(timeout=0)
+
+    def _relay_one(self, deliver: list[Deliver], topic: str, event: str) -> bool:
+        """Deliver ``event``, unless it is a room message delivered here already."""
+        match = _ID.search(event) if topic.startswith("room:") else None
+        if match is not None and not self._delivered(topic, int(match[1])):
+            return False
+        for callback in deliver:
+            _complete(callback, topic, event)
+        return True
+
+    def _delivered(self, topic: str, last: int, baseline: bool = False) -> bool:
+        """Record that the room messages of ``topic`` up to id ``last`` were delivered
+        here (a ``baseline``: only if none was); False if they were already."""
+        with self._lock:
+            known = self._last.get(topic)
+            if known is not None and (baseline or last <= known):
+                return False
+            if baseline and topic not in self._wanted:
+                return False  # not subscribed: nothing to repair
+            self._last[topic] = last
+            return True
+
+    def _repair(self, deliver: list[Deliver], topic: str) -> None:
+        """A subscription made again: deliver the room's messages posted while there was
+        none, from the room's stream, before any event that came after (they wait on
+        the connection meanwhile)."""
+        with self._lock:
+            after = self._last.get(topic)
+        if after is None:
+            return
+        log = self._key(topic.partition(":")[2], "log")
+        entries: list[tuple[str, dict[str, str]]]
+        entries = self._client.xrange(log, f"{after + 1}-0", "+", count=REPAIR_MESSAGES)  # type: ignore[assignment]
+        for _, fields in entries:
+            if self._relay_one(deliver, topic, str(fields["m"])):
+                self.repaired += 1
+
+
+def _page(reply: list[str], since: int | None, max_messages: int, max_bytes: int) -> HistoryPage:
+    """The page the history script's ``reply`` makes (see ``_HISTORY``)."""
+    if not reply:  # no history (never, expired, or lost by Redis): whatever since saw is gone
+        return HistoryPage([], complete=not since)
+    base, last, oldest_entry, texts = int(reply[0]), int(reply[1]), reply[2], reply[3:]
+    entries = [(text, len(text.encode())) for text in texts]  # the size a memory broker counts
+    if since is None:
+        return HistoryPage(fit(entries, max_bytes)[::-1])
+    since = base if since == 0 else since
+    oldest = int(oldest_entry.partition("-")[0]) if oldest_entry else last + 1
+    complete = base <= since <= last and since >= oldest - 1
+    page = fit(entries[:max_messages], max_bytes)
+    return HistoryPage(page, complete, more=len(page) < len(entries))
+
+
+def _complete(callback: Callable[..., None], *args: Any) -> None:
+    """Run a callback: one that fails is logged, and the broker goes on."""
+    try:
+        callback(*args)
+    except Exception:
+        logger.exception("a broker callback failed")
+
+
+def _ignore(replies: list[Any]) -> None:
+    pass
+
+
+def _refresh_failed(exc: Exception) -> None:
+    logger.warning("refreshing the presence on Redis failed: %s", exc)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _backoff(failures: int) -> float:
+    """Seconds to pause after ``failures`` failures in a row: capped, exponential, jittered."""
+    if failures == 0:
+        return 0.0
+    return min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** (failures - 1)) * random.uniform(0.5, 1.0)
+
+
+def _check_url(name: str, value: object) -> None:
+    if not isinstance(value, str) or not value or "{" in value or "}" in value:
+        raise UsageError(f"{name} is a non-empty string without braces, not {value!r}")
