@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 
-__all__ = ["bind"]
+__all__ = ["OUT_OF_RESOURCES", "bind"]
+
+#: The ``accept`` errors that mean the process ran out of descriptors or memory: the
+#: adapter reports them to :meth:`Hub.pause_accepting <spoc_sockets.hub.Hub.pause_accepting>`.
+OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 def bind(host: str | None, port: int, backlog: int, reuse_port: bool) -> list[socket.socket]:

@@ -10,30 +10,31 @@
 One :class:`~spoc_sockets.hub.Hub` per :class:`Server`. Each accepted transport gets an
 :class:`asyncio.Protocol` that feeds the bytes it reads to its connection; after every
 feed, every timer and every wake-up (a send from another task or thread), the server
-writes what the core returns and closes the transports the core is done with. One
-``loop.call_at`` timer follows the hub's earliest deadline. The transport's flow control
-reaches the core (``pause_writing`` / ``resume_writing``), so a slow reader's backlog
-stays in the core, where the channel's ``max_buffered_amount`` bounds it; and reading
-pauses while the core holds input for a connection's next turn (``input_paused``).
+writes what the core returns, closes the transports the core is done with and aborts
+those it gives up on (the drain and shutdown deadlines are the hub's). One
+``loop.call_at`` timer follows the hub's earliest deadline; there is no other. The
+transport's flow control reaches the core (``pause_writing`` / ``resume_writing``), so
+a slow reader's backlog stays in the core, where the channel's ``max_buffered_amount``
+bounds it; and reading pauses while the core holds input for a connection's next turn
+(``input_paused``).
 
-The server accepts connections itself (one reader per listening socket): when the
-process runs out of file descriptors it stops accepting, logs one warning, and starts
-again as soon as one of its connections closes.
+The server accepts connections itself (one reader per listening socket) while
+``hub.accepting``: out of file descriptors, it reports to the hub, which says when to
+accept again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
-from ._listen import bind
+from ._listen import OUT_OF_RESOURCES, bind
 from .hub import Hub
 from .router import Router
 
@@ -47,10 +48,6 @@ __all__ = ["Server", "serve"]
 logger = logging.getLogger("spoc_sockets.server")
 
 _ACCEPT_BATCH = 64
-_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-#: Seconds before accepting again after running out of resources with no connection
-#: of this server's own to wait for.
-_ACCEPT_RETRY = 1.0
 
 
 class _Protocol(asyncio.Protocol):
@@ -60,10 +57,7 @@ class _Protocol(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.conn: ServerConnection | None = None
-        self.paused = False
         self.reading = True
-        self.lost = False
-        self._drain: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast("asyncio.Transport", transport)
@@ -80,55 +74,43 @@ class _Protocol(asyncio.Protocol):
         self.server._flush()
 
     def eof_received(self) -> bool | None:
-        assert self.conn is not None
-        self.conn.receive_data(b"", self.server._loop.time())
-        self.server._flush()
+        self.data_received(b"")
         return None  # the transport closes itself (after writing what it holds)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if self._drain is not None:
-            self._drain.cancel()
+        self.transport = None
         server = self.server
-        if self.conn is not None:
-            self.conn.receive_data(b"", server._loop.time())
         server._protocols.pop(self, None)
-        server._resume_accepting()
+        if self.conn is not None:
+            self.conn.transport_lost(server._loop.time())
         server._flush()
 
     def pause_writing(self) -> None:
-        self.paused = True
         if self.conn is not None:
             self.conn.pause_writing()
 
     def resume_writing(self) -> None:
-        self.paused = False
         if self.conn is not None:
             self.conn.resume_writing()  # makes the connection pending: the hub wakes us
 
-    def follow_input(self, paused: bool) -> None:
-        """Pause reading while the core holds input for this connection's next turn."""
-        if paused == self.reading and self.transport is not None and not self.lost:
-            self.reading = not paused
-            if paused:
-                self.transport.pause_reading()
-            else:
-                self.transport.resume_reading()
-
-    def write(self, data: bytes) -> None:
-        if not self.lost and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def finish(self) -> None:
-        """The core is done: close after the last bytes, or drop a stalled transport."""
+    def obey(self, conn: ServerConnection, data: bytes) -> None:
+        """Write ``data``, then do what the core says: drop, close, or pause reading."""
         transport = self.transport
-        if self.lost or transport is None or transport.is_closing():
+        if transport is None:  # gone: the core knows
             return
-        if self.paused:  # the peer stopped reading: waiting for a drain could be forever
+        if conn.should_abort:
             transport.abort()
             return
-        transport.close()
-        self._drain = self.server._loop.call_later(self.server.drain_timeout, transport.abort)
+        if data and not transport.is_closing():
+            transport.write(data)
+        if conn.should_close:
+            transport.close()  # after the last bytes; the hub bounds the drain
+        elif conn.input_paused == self.reading:
+            self.reading = not self.reading
+            if self.reading:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
 
 
 class Server:
@@ -149,13 +131,14 @@ class Server:
         drain_timeout: float = 5.0,
     ) -> None:
         self.router = router
-        #: the core's side of this server
-        self.hub = Hub(router, self._wakeup, self._spawn)
-        #: seconds a graceful :meth:`close` may take before the remaining transports are
-        #: dropped (``None``: no bound but the channels' ``close_timeout``)
-        self.shutdown_timeout = shutdown_timeout
-        #: seconds a closing transport may take to write its last bytes before it is dropped
-        self.drain_timeout = drain_timeout
+        #: the core's side of this server (its drain and shutdown deadlines too)
+        self.hub = Hub(
+            router,
+            self._wakeup,
+            self._spawn,
+            drain_timeout=drain_timeout,
+            shutdown_timeout=shutdown_timeout,
+        )
         self._ssl = ssl
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
@@ -181,7 +164,7 @@ class Server:
         self._listeners = bind(host, port, backlog, reuse_port)
         names = [s.getsockname() for s in self._listeners]
         self._port = int(names[0][1])
-        self._resume_accepting()
+        self._follow_accepting()
         scheme = "wss" if self._ssl is not None else "ws"
         logger.info("serving on %s", ", ".join(f"{scheme}://{n[0]}:{n[1]}" for n in names))
 
@@ -199,11 +182,11 @@ class Server:
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:
-                if exc.errno not in _OUT_OF_RESOURCES:
+                if exc.errno not in OUT_OF_RESOURCES:
                     logger.warning("accept failed: %s", exc)
                     return
-                logger.warning("accept failed (%s): not accepting until a connection closes", exc)
-                self._pause_accepting()
+                self.hub.pause_accepting(self._loop.time(), exc)
+                self._flush()
                 return
             task = self._loop.create_task(self._adopt_accepted(sock))
             self._adopting.add(task)
@@ -219,25 +202,16 @@ class Server:
             sock.close()
             raise
 
-    def _pause_accepting(self) -> None:
-        for listener in self._listeners:
-            self._loop.remove_reader(listener)
-        self._accepting = False
-        if not self._protocols:  # no connection of ours to wait for
-            self._loop.call_later(_ACCEPT_RETRY, self._resume_accepting)
-
-    def _resume_accepting(self) -> None:
-        if self._accepting or self._closing or not self._listeners:
-            return
-        self._accepting = True
-        for listener in self._listeners:
-            self._loop.add_reader(listener, self._accept, listener)
-
-    def _ssl_options(self) -> dict[str, Any]:
-        # the TLS handshake is part of the opening handshake: the same bound applies
-        if self._ssl is None:
-            return {}
-        return {"ssl_handshake_timeout": self.router.handshake_timeout}
+    def _follow_accepting(self) -> None:
+        """Watch the listeners while the hub says to accept (a closed one never again)."""
+        accepting = self.hub.accepting and not self._closing and bool(self._listeners)
+        if accepting != self._accepting:
+            self._accepting = accepting
+            for listener in self._listeners:
+                if accepting:
+                    self._loop.add_reader(listener, self._accept, listener)
+                else:
+                    self._loop.remove_reader(listener)
 
     def _protocol(self) -> _Protocol:
         return _Protocol(self)
@@ -252,8 +226,10 @@ class Server:
         if self._closed.is_set():
             sock.close()
             raise RuntimeError("this server is closed")
+        # the TLS handshake is part of the opening handshake: the same bound applies
+        timeout = None if self._ssl is None else self.router.handshake_timeout
         await self._loop.connect_accepted_socket(
-            self._protocol, sock, ssl=self._ssl, **self._ssl_options()
+            self._protocol, sock, ssl=self._ssl, ssl_handshake_timeout=timeout
         )
 
     async def serve_forever(self) -> None:
@@ -264,33 +240,30 @@ class Server:
         """Graceful shutdown; returns once every transport is closed.
 
         Stops listening, answers new handshakes with 503 and closes open connections
-        with 1001 (:meth:`Hub.shutdown <spoc_sockets.hub.Hub.shutdown>`), keeps serving
-        until the hub has no connection left (each channel's ``close_timeout`` bounds
-        this, and ``shutdown_timeout`` bounds the whole), then drops whatever transport
-        remains. If this call is cancelled, the remaining transports are dropped at once.
-        A second call waits for the first.
+        with 1001 (:meth:`Hub.shutdown <spoc_sockets.hub.Hub.shutdown>`), and keeps
+        serving until the hub has finished (each channel's ``close_timeout`` and the
+        ``drain_timeout`` bound this, and past ``shutdown_timeout`` the hub gives up on
+        whatever remains). If this call is cancelled, the remaining transports are
+        dropped at once. A second call waits for the first.
         """
         if self._closing:
             await self._closed.wait()
             return
         self._closing = True
         try:
-            self._stop_listening()
             logger.info("shutting down (%d connections)", len(self.hub.connections))
-            self.hub.shutdown()
+            self.hub.shutdown(self._loop.time())
+            for task in self._adopting:
+                task.cancel()
             self._flush()
-            bound = self.shutdown_timeout
-            deadline = None if bound is None else self._loop.time() + bound
-            while self.hub.connections:
-                left = None if deadline is None else deadline - self._loop.time()
-                if left is not None and left <= 0:
-                    logger.warning("shutdown_timeout passed: dropping the remaining clients")
-                    break
-                await asyncio.wait({self._event_after_flush()}, timeout=left)
+            for listener in self._listeners:
+                listener.close()
+            while not self.hub.finished:
+                await self._event_after_flush()
         finally:
             try:
-                for proto in list(self._protocols):
-                    if proto.transport is not None and not proto.lost:
+                for proto in list(self._protocols):  # only when cancelled
+                    if proto.transport is not None:
                         proto.transport.abort()
                 while self._protocols:  # connection_lost follows abort within a loop turn
                     await asyncio.sleep(0)
@@ -298,21 +271,10 @@ class Server:
                 if self._timer is not None:
                     self._timer.cancel()
                     self._timer = None
-                if self._hooks:  # on_close hooks may still run: drain_timeout bounds them
-                    await asyncio.wait(set(self._hooks), timeout=self.drain_timeout)
-                for task in list(self._hooks):
+                for task in list(self._hooks):  # the hub gave up on them
                     task.cancel()
                 self._closed.set()
                 logger.info("server closed")
-
-    def _stop_listening(self) -> None:
-        for task in self._adopting:
-            task.cancel()
-        for listener in self._listeners:
-            if self._accepting:
-                self._loop.remove_reader(listener)
-            listener.close()
-        self._accepting = False
 
     async def wait_closed(self) -> None:
         """Wait until :meth:`close` has finished."""
@@ -339,15 +301,9 @@ class Server:
         """Write what the core has for each pending connection, close those it is done with."""
         now = self._loop.time()
         for conn in self.hub.take_pending():
-            proto = cast("_Protocol", conn.transport)
-            data = conn.data_to_send(now)
-            if data:
-                proto.write(data)
-            if conn.should_close:
-                proto.finish()
-            else:
-                proto.follow_input(conn.input_paused)
+            cast("_Protocol", conn.transport).obey(conn, conn.data_to_send(now))
         self._rearm()
+        self._follow_accepting()
         flushed, self._flushed = self._flushed, []
         for future in flushed:
             if not future.done():

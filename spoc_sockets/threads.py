@@ -15,12 +15,13 @@ one byte to it, and the loop flushes. That is what makes :meth:`Connection.send
 <spoc_sockets.Connection.send>` and :meth:`ChannelServer.broadcast
 <spoc_sockets.ChannelServer.broadcast>` safe from any thread. Timers are the
 ``timeout`` of :meth:`selectors.BaseSelector.select`, computed from
-:meth:`Hub.next_deadline <spoc_sockets.Hub.next_deadline>` on :func:`time.monotonic`.
+:meth:`Hub.next_deadline <spoc_sockets.Hub.next_deadline>` on :func:`time.monotonic`
+(the hub's drain, shutdown and accept back-off deadlines included; the loop keeps none).
 
 Writes are non-blocking: what the socket does not take is kept here, per connection, the
 connection is paused (the core keeps further output and applies ``max_buffered_amount``),
 and resumed once the remainder is written. When the core says a transport should close,
-its remainder gets ``drain_timeout`` seconds to leave before the socket is closed anyway.
+the socket closes once its remainder is written, or when the core gives up on it.
 
 With ``ssl`` (an :class:`ssl.SSLContext`), accepted sockets are wrapped and their TLS
 handshake runs in the same loop; the core's ``handshake_timeout`` bounds it.
@@ -31,7 +32,6 @@ Hooks run on the loop thread and must not block it.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import selectors
 import socket
@@ -40,6 +40,7 @@ import threading
 import time
 from types import TracebackType
 
+from ._listen import OUT_OF_RESOURCES
 from .connection import ServerConnection
 from .hub import Hub
 from .router import Router
@@ -52,10 +53,6 @@ _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _READ_SIZE = 65536
 _ACCEPT_BATCH = 64
-_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-#: Seconds before accepting again after running out of resources with no connection
-#: of this server's own to wait for.
-_ACCEPT_RETRY = 1.0
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, _ssl.SSLWantReadError, _ssl.SSLWantWriteError)
 
 
@@ -66,7 +63,6 @@ class _Transport:
         "closed",
         "closing",
         "conn",
-        "deadline",
         "handshaking",
         "mask",
         "out",
@@ -87,7 +83,6 @@ class _Transport:
         self.want = _READ  # what the TLS handshake waits for
         self.read_wants_write = False  # a TLS read needs the socket writable
         self.closing = False  # the core said should_close: drain, then close
-        self.deadline = 0.0  # when a closing transport is closed, drained or not
         self.closed = False
         self.mask = 0  # the events registered with the selector
 
@@ -109,7 +104,9 @@ class Server:
     ) -> None:
         #: the hub of this server (its live connections: ``hub.connections``); hooks
         #: run as plain functions here, so ``async def`` hooks are refused now
-        self.hub = Hub(router, self._wake)
+        self.hub = Hub(
+            router, self._wake, drain_timeout=drain_timeout, shutdown_timeout=shutdown_timeout
+        )
         self.router = router
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener: socket.socket | None = socket.create_server(
@@ -119,9 +116,6 @@ class Server:
         #: the port listened on (useful with port 0)
         self.port: int = self._listener.getsockname()[1]
         self._ssl = ssl
-        self._drain_timeout = drain_timeout
-        self._shutdown_timeout = shutdown_timeout
-        self._shutdown_deadline: float | None = None
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -129,14 +123,11 @@ class Server:
         self._selector.register(self._wake_r, _READ)
         self._selector.register(self._listener, _READ)
         self._transports: dict[ServerConnection, _Transport] = {}
-        self._lingering: dict[_Transport, None] = {}
         self._loop_lock = threading.Lock()
         self._loop_thread: int | None = None
-        self._accept_paused = False  # out of file descriptors: wait for a close
-        self._accept_retry: float | None = None  # or until then, with no connection
+        self._accepting = True  # the listener is registered
         self._stop_requested = False
         self._interrupted = False  # the last loop ended by an exception (Ctrl-C...)
-        self._stopping = False
         self._finished = False
         self._closed = False
 
@@ -226,24 +217,16 @@ class Server:
     def _loop(self) -> None:
         select = self._selector.select
         while True:
-            if self._stop_requested and not self._stopping:
-                self._begin_shutdown()
             now = time.monotonic()
-            if self._accept_retry is not None and now >= self._accept_retry:
-                self._resume_accepting()
+            if self._stop_requested and not self.hub.refusing:
+                self.hub.shutdown(now)
             self.hub.handle_timeouts(now)
-            for transport in [t for t in self._lingering if t.deadline <= now]:
-                logger.debug("output to %s not drained in time", transport.conn.peer)
-                self._close(transport, now)
             self._flush(now)
-            if self._stopping and self._transports and self._past_shutdown_deadline(now):
-                logger.warning("shutdown_timeout passed: dropping the remaining clients")
-                for transport in list(self._transports.values()):
-                    self._close(transport, now)
-            if self._stopping and not self._transports:
+            if self.hub.finished:
                 self._finished = True
                 return
-            for key, events in select(self._timeout(now)):
+            deadline = self.hub.next_deadline()
+            for key, events in select(None if deadline is None else max(0.0, deadline - now)):
                 now = time.monotonic()
                 transport = key.data
                 if transport is None:
@@ -258,31 +241,6 @@ class Server:
                 except Exception:
                     logger.exception("connection from %s failed", transport.conn.peer)
                     self._close(transport, now)
-
-    def _past_shutdown_deadline(self, now: float) -> bool:
-        return self._shutdown_deadline is not None and now >= self._shutdown_deadline
-
-    def _timeout(self, now: float) -> float | None:
-        deadline = self.hub.next_deadline()
-        if self._accept_retry is not None:
-            deadline = min(deadline or self._accept_retry, self._accept_retry)
-        if self._stopping and self._shutdown_deadline is not None:
-            deadline = min(deadline or self._shutdown_deadline, self._shutdown_deadline)
-        for transport in self._lingering:
-            if deadline is None or transport.deadline < deadline:
-                deadline = transport.deadline
-        return None if deadline is None else max(0.0, deadline - now)
-
-    def _begin_shutdown(self) -> None:
-        self._stopping = True
-        if self._shutdown_timeout is not None:
-            self._shutdown_deadline = time.monotonic() + self._shutdown_timeout
-        if self._listener is not None:
-            if not self._accept_paused:
-                self._selector.unregister(self._listener)
-            self._listener.close()
-            self._listener = None
-        self.hub.shutdown()
 
     def _drain_wakeups(self) -> None:
         try:
@@ -299,14 +257,10 @@ class Server:
             except _WOULD_BLOCK:
                 return
             except OSError as exc:  # out of file descriptors, aborted by the peer...
-                if exc.errno not in _OUT_OF_RESOURCES:
+                if exc.errno not in OUT_OF_RESOURCES:
                     logger.warning("accept failed: %s", exc)
                     return
-                logger.warning("accept failed (%s): not accepting until a connection closes", exc)
-                self._selector.unregister(self._listener)  # else select() returns at once
-                self._accept_paused = True
-                if not self._transports:  # no connection of ours to wait for
-                    self._accept_retry = now + _ACCEPT_RETRY
+                self.hub.pause_accepting(now, exc)  # the flush unregisters the listener
                 return
             try:
                 sock.setblocking(False)
@@ -407,6 +361,7 @@ class Server:
         return True
 
     def _flush(self, now: float) -> None:
+        self._follow_accepting()
         for conn in self.hub.take_pending():
             transport = self._transports.get(conn)
             try:
@@ -420,6 +375,9 @@ class Server:
         data = conn.data_to_send(now)
         if transport is None or transport.closed:
             return
+        if conn.should_abort:
+            self._close(transport, now)
+            return
         if data:
             if transport.sent < len(transport.out):
                 transport.out = transport.out[transport.sent :] + data
@@ -428,15 +386,9 @@ class Server:
             transport.sent = 0
             if not transport.handshaking and not self._send(transport, now):
                 return
-        if conn.should_close and not transport.closing:
-            transport.closing = True
-            transport.deadline = now + self._drain_timeout
-        if transport.closing:
-            if not transport.out or transport.handshaking:
-                self._close(transport, now)
-            else:
-                self._lingering[transport] = None
-                self._update(transport)
+        transport.closing = conn.should_close
+        if transport.closing and (not transport.out or transport.handshaking):
+            self._close(transport, now)
         else:
             self._update(transport)  # reading pauses while the core holds input
 
@@ -466,23 +418,26 @@ class Server:
         if transport.closed:
             return
         transport.closed = True
-        conn = transport.conn
-        if not conn.should_close:
-            conn.receive_data(b"", now)
-        self._transports.pop(conn, None)
-        self._lingering.pop(transport, None)
-        self._resume_accepting()
+        self._transports.pop(transport.conn, None)
         if transport.mask:
             self._selector.unregister(transport.sock)
             transport.mask = 0
         transport.out = b""
         transport.sock.close()
+        transport.conn.transport_lost(now)
 
-    def _resume_accepting(self) -> None:
-        if self._accept_paused and self._listener is not None:
-            self._accept_paused = False
-            self._accept_retry = None
+    def _follow_accepting(self) -> None:
+        """Watch the listener while the hub says to accept; close it for good at shutdown."""
+        if self._listener is None or self.hub.accepting == self._accepting:
+            return
+        self._accepting = self.hub.accepting
+        if self._accepting:
             self._selector.register(self._listener, _READ)
+        else:
+            self._selector.unregister(self._listener)  # else select() returns at once
+            if self.hub.refusing:
+                self._listener.close()
+                self._listener = None
 
 
 def serve(

@@ -409,7 +409,7 @@ def test_a_client_that_does_not_read_is_closed_with_1008(reads_later: bool) -> N
     chunk = b"\x07" * (64 * 1024)
 
     async def main() -> None:
-        async with serve(router, HOST, 0, drain_timeout=60) as server:  # not what ends it here
+        async with serve(router, HOST, 0, drain_timeout=0.5) as server:
             reader = await RawClient.connect(server.port, rcvbuf=4096)
             await reader.send(upgrade_request("/firehose"))
             assert b" 101 " in await reader.read_head()
@@ -438,7 +438,7 @@ def test_a_client_that_does_not_read_is_closed_with_1008(reads_later: bool) -> N
                     received += data
                 assert close_frame_code(b"\r\n\r\n" + received) == 1008
                 await reader.send(client_frame(0x8, struct.pack("!H", 1008)))
-            # else: the peer never reads; at close_timeout the server drops the transport
+            # else: the peer never reads; close_timeout, then drain_timeout drops the transport
             await wait_until(lambda: not server.hub.connections and not server._protocols)
             assert transport.is_closing()
             assert firehose.closed == [1008]
