@@ -2,25 +2,14 @@
 
 ::
 
-    from spoc_sockets.asyncio import serve
-
     async with serve(router, "127.0.0.1", 8765) as server:   # server.port
         await server.serve_forever()                          # until server.close()
 
-One :class:`~spoc_sockets.hub.Hub` per :class:`Server`. Each accepted transport gets an
-:class:`asyncio.Protocol` that feeds the bytes it reads to its connection; after every
-feed, every timer and every wake-up (a send from another task or thread), the server
-writes what the core returns, closes the transports the core is done with and aborts
-those it gives up on (the drain and shutdown deadlines are the hub's). One
-``loop.call_at`` timer follows the hub's earliest deadline; there is no other. The
-transport's flow control reaches the core (``pause_writing`` / ``resume_writing``), so
-a slow reader's backlog stays in the core, where the channel's ``max_buffered_amount``
-bounds it; and reading pauses while the core holds input for a connection's next turn
-(``input_paused``).
-
-The server accepts connections itself (one reader per listening socket) while
-``hub.accepting``: out of file descriptors, it reports to the hub, which says when to
-accept again.
+Each transport's :class:`asyncio.Protocol` feeds its connection; after every feed, timer
+and wake-up the server writes what the core returns and obeys its verdicts (close,
+abort, pause reading, accept or not). One ``loop.call_at`` timer follows the hub's
+earliest deadline. The transport's flow control reaches the core, where the channel's
+``max_buffered_amount`` bounds a slow reader's backlog. Options: :doc:`/serving-asyncio`.
 """
 
 from __future__ import annotations
@@ -30,8 +19,7 @@ import contextlib
 import logging
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, cast
 
 from ._listen import OUT_OF_RESOURCES, bind
@@ -73,9 +61,8 @@ class _Protocol(asyncio.Protocol):
         self.conn.receive_data(data, self.server._loop.time())
         self.server._flush()
 
-    def eof_received(self) -> bool | None:
-        self.data_received(b"")
-        return None  # the transport closes itself (after writing what it holds)
+    def eof_received(self) -> None:
+        self.data_received(b"")  # the transport closes itself (after writing what it holds)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -114,23 +101,28 @@ class _Protocol(asyncio.Protocol):
 
 
 class Server:
-    """A running asyncio server for one router: see :func:`serve`.
+    """Serve ``router`` on ``host:port`` (``0``: a free port; ``None``: no listener, for
+    :meth:`adopt`; ``host=None``: every interface) within ``async with serve(...)``,
+    then close gracefully. The options are described in :doc:`/serving-asyncio`.
 
-    :attr:`hub` is its :class:`~spoc_sockets.hub.Hub` (``hub.connections`` lists the
-    live connections). Every method runs on the server's event loop; only the core's
-    own thread-safe calls (``conn.send``, ``conn.close``, ``Deferred.accept``...) may
-    come from other threads.
+    Every method runs on the server's event loop; only the core's own thread-safe calls
+    (``conn.send``, ``conn.close``, ``Deferred.accept``...) may come from other threads.
     """
 
     def __init__(
         self,
         router: Router,
+        host: str | None,
+        port: int | None,
         *,
         ssl: SSLContext | None = None,
+        backlog: int = 100,
+        reuse_port: bool = False,
         shutdown_timeout: float | None = 30.0,
         drain_timeout: float = 5.0,
     ) -> None:
         self.router = router
+        self._address = (host, port, backlog, reuse_port)
         #: the core's side of this server (its drain and shutdown deadlines too)
         self.hub = Hub(
             router,
@@ -150,8 +142,8 @@ class Server:
         self._protocols: dict[_Protocol, None] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
+        self._finished = asyncio.Event()  # the hub has finished its shutdown
         self._closed = asyncio.Event()
-        self._flushed: list[asyncio.Future[None]] = []  # close() waits on these
 
     @property
     def port(self) -> int:
@@ -160,13 +152,19 @@ class Server:
             raise RuntimeError("this server has no listener (it was started with port=None)")
         return self._port
 
-    async def _listen(self, host: str | None, port: int, backlog: int, reuse_port: bool) -> None:
-        self._listeners = bind(host, port, backlog, reuse_port)
-        names = [s.getsockname() for s in self._listeners]
-        self._port = int(names[0][1])
-        self._follow_accepting()
-        scheme = "wss" if self._ssl is not None else "ws"
-        logger.info("serving on %s", ", ".join(f"{scheme}://{n[0]}:{n[1]}" for n in names))
+    async def __aenter__(self) -> Server:
+        host, port, backlog, reuse_port = self._address
+        if port is not None:
+            self._listeners = bind(host, port, backlog, reuse_port)
+            names = [s.getsockname() for s in self._listeners]
+            self._port = int(names[0][1])
+            self._follow_accepting()
+            scheme = "wss" if self._ssl is not None else "ws"
+            logger.info("serving on %s", ", ".join(f"{scheme}://{n[0]}:{n[1]}" for n in names))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     def _spawn(self, coroutine: Coroutine[object, None, None]) -> Callable[[], object]:
         """Run an async hook's coroutine for the core (it reports back when done)."""
@@ -213,9 +211,6 @@ class Server:
                 else:
                     self._loop.remove_reader(listener)
 
-    def _protocol(self) -> _Protocol:
-        return _Protocol(self)
-
     async def adopt(self, sock: socket.socket) -> None:
         """Serve a socket accepted elsewhere (a connected TCP socket) with this router.
 
@@ -229,7 +224,7 @@ class Server:
         # the TLS handshake is part of the opening handshake: the same bound applies
         timeout = None if self._ssl is None else self.router.handshake_timeout
         await self._loop.connect_accepted_socket(
-            self._protocol, sock, ssl=self._ssl, ssl_handshake_timeout=timeout
+            lambda: _Protocol(self), sock, ssl=self._ssl, ssl_handshake_timeout=timeout
         )
 
     async def serve_forever(self) -> None:
@@ -237,15 +232,9 @@ class Server:
         await self._closed.wait()
 
     async def close(self) -> None:
-        """Graceful shutdown; returns once every transport is closed.
-
-        Stops listening, answers new handshakes with 503 and closes open connections
-        with 1001 (:meth:`Hub.shutdown <spoc_sockets.hub.Hub.shutdown>`), and keeps
-        serving until the hub has finished (each channel's ``close_timeout`` and the
-        ``drain_timeout`` bound this, and past ``shutdown_timeout`` the hub gives up on
-        whatever remains). If this call is cancelled, the remaining transports are
-        dropped at once. A second call waits for the first.
-        """
+        """Graceful shutdown (:meth:`Hub.shutdown <spoc_sockets.hub.Hub.shutdown>`);
+        returns once the hub has finished. Cancelled, it drops the remaining transports at
+        once. A second call waits for the first."""
         if self._closing:
             await self._closed.wait()
             return
@@ -258,8 +247,7 @@ class Server:
             self._flush()
             for listener in self._listeners:
                 listener.close()
-            while not self.hub.finished:
-                await self._event_after_flush()
+            await self._finished.wait()
         finally:
             try:
                 for proto in list(self._protocols):  # only when cancelled
@@ -282,12 +270,6 @@ class Server:
 
     # -- the flush rule --------------------------------------------------------------
 
-    def _event_after_flush(self) -> asyncio.Future[None]:
-        """A future resolved by the next flush pass."""
-        future: asyncio.Future[None] = self._loop.create_future()
-        self._flushed.append(future)
-        return future
-
     def _wakeup(self) -> None:
         """Called by the hub from any thread: schedule a flush on the loop."""
         # a RuntimeError means the loop is closed: every connection is gone already
@@ -298,16 +280,14 @@ class Server:
                 self._loop.call_soon_threadsafe(self._flush)
 
     def _flush(self) -> None:
-        """Write what the core has for each pending connection, close those it is done with."""
+        """Write what the core has for each pending connection, and obey the verdicts."""
         now = self._loop.time()
         for conn in self.hub.take_pending():
             cast("_Protocol", conn.transport).obey(conn, conn.data_to_send(now))
         self._rearm()
         self._follow_accepting()
-        flushed, self._flushed = self._flushed, []
-        for future in flushed:
-            if not future.done():
-                future.set_result(None)
+        if self.hub.finished:
+            self._finished.set()
 
     def _rearm(self) -> None:
         """One timer, at the hub's earliest deadline (deadlines change only in core calls)."""
@@ -330,40 +310,5 @@ class Server:
         self._flush()
 
 
-@asynccontextmanager
-async def serve(
-    router: Router,
-    host: str | None,
-    port: int | None,
-    *,
-    ssl: SSLContext | None = None,
-    backlog: int = 100,
-    reuse_port: bool = False,
-    shutdown_timeout: float | None = 30.0,
-    drain_timeout: float = 5.0,
-) -> AsyncIterator[Server]:
-    """Serve ``router`` on ``host:port`` for the duration of the ``async with`` block.
-
-    ``port=0`` picks a free port (:attr:`Server.port` tells which); ``port=None``
-    opens no listener, for applications that accept sockets themselves and hand them
-    over with :meth:`Server.adopt`. ``host=None`` listens on every interface.
-
-    :param ssl: an :class:`ssl.SSLContext` (server side) to serve ``wss://``; the TLS
-        handshake is bounded by the router's ``handshake_timeout``.
-    :param backlog: the listen queue length.
-    :param reuse_port: set ``SO_REUSEPORT``, so that several processes serve one port
-        (where the system has it; ``ValueError`` elsewhere).
-    :param shutdown_timeout: seconds a graceful shutdown may take before the remaining
-        transports are dropped; ``None`` for no bound but the channels' ``close_timeout``.
-    :param drain_timeout: seconds a closing transport may take to write its last bytes
-        (and, with TLS, its close_notify) before it is dropped.
-
-    Leaving the block closes the server gracefully (:meth:`Server.close`).
-    """
-    server = Server(router, ssl=ssl, shutdown_timeout=shutdown_timeout, drain_timeout=drain_timeout)
-    if port is not None:
-        await server._listen(host, port, backlog, reuse_port)
-    try:
-        yield server
-    finally:
-        await server.close()
+#: ``async with serve(router, host, port, ...) as server``
+serve = Server

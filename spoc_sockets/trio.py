@@ -1,27 +1,15 @@
 """Serve a :class:`~spoc_sockets.Router` with trio (the optional extra ``trio``).
 
-Two entry points::
+::
 
-    from spoc_sockets.trio import serve, handle_stream
-
-    # a listening server: runs until cancelled (graceful shutdown) or server.aclose()
     server = await nursery.start(serve, router, "127.0.0.1", 8765)   # server.port
-
-    # one stream accepted by your own listener (a socket stream, a trio.SSLStream...)
     await trio.serve_listeners(functools.partial(handle_stream, router), listeners)
 
-The adapter only moves bytes and time: per stream, a reader task feeds
-``receive_data`` (and waits while the core holds input for the connection's next turn)
-and a writer task writes what the core returns (one ``send_all`` at a time; the core
-holds and bounds further output meanwhile). One timer task per hub honours
-``next_deadline`` (the drain, shutdown and accept back-off deadlines are the hub's);
-the stream's tasks are cancelled when the core gives up on it (``should_abort``).
-``Connection.send`` from any thread wakes the hub through the trio token
-(``run_sync_soon``).
-
-Cancellation is a graceful shutdown: stop accepting, close every client with 1001, keep
-serving until the hub has finished (``close_timeout``, ``drain_timeout`` and
-``shutdown_timeout`` bound it), then let the cancellation through.
+Per stream, a reader task feeds ``receive_data`` (waiting while the core holds input)
+and a writer task writes what the core returns, one ``send_all`` at a time (the core
+holds and bounds the rest); a verdict to abort cancels both. One timer task follows the
+hub's earliest deadline; other threads wake the hub through the trio token. Cancellation
+is a graceful shutdown, then propagates. Options: :doc:`/serving-trio`.
 """
 
 from __future__ import annotations
@@ -63,18 +51,7 @@ class _Link:
 
 
 class Server:
-    """One hub served by trio: its connections, its timer, its graceful shutdown.
-
-    Made by :func:`serve` (and by :func:`handle_stream` for one stream); not meant to
-    be constructed directly.
-
-    * ``shutdown_timeout`` (default ``30.0`` seconds, ``None`` for none): hard bound on
-      a graceful shutdown; past it the remaining transports are dropped.
-    * ``drain_timeout`` (default ``5.0`` seconds): once the core has closed a
-      connection, how long its last bytes (and, for an ``SSLStream`` given to
-      :func:`handle_stream`, its ``close_notify``) may take to leave before the
-      transport is dropped.
-    """
+    """One hub served by trio (made by :func:`serve` and :func:`handle_stream`)."""
 
     def __init__(
         self,
@@ -299,19 +276,10 @@ async def serve(
     drain_timeout: float = 5.0,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen on ``host``:``port`` and serve ``router`` until cancelled.
-
-    Use it with ``server = await nursery.start(serve, router, host, port)``: the
-    :class:`Server` it reports has ``port`` (the one chosen for ``port=0``), ``hub`` and
-    ``listeners``. ``host=None`` listens on every interface. ``ssl_context`` serves
-    ``wss://`` (each stream wrapped in a :class:`trio.SSLStream`); ``backlog`` is the
-    listen queue length (``None``: 128). ``reuse_port`` sets
-    ``SO_REUSEPORT``, so that several processes serve one port (where the system has it).
-
-    Cancelling it shuts down gracefully (see :class:`Server` for the two timeouts),
-    then the cancellation propagates; ``await server.aclose()`` does the same shutdown
-    and ``serve`` returns normally.
-    """
+    """Listen on ``host:port`` and serve ``router`` until cancelled (a graceful shutdown,
+    then the cancellation propagates) or until ``await server.aclose()``. With
+    ``nursery.start`` it reports the :class:`Server` (``port``, ``hub``, ``listeners``).
+    The options are described in :doc:`/serving-trio`."""
     server = Server(router, shutdown_timeout=shutdown_timeout, drain_timeout=drain_timeout)
     server.listeners = [
         trio.SocketListener(trio.socket.from_stdlib_socket(sock))
@@ -346,14 +314,8 @@ async def handle_stream(
     shutdown_timeout: float | None = 30.0,
     drain_timeout: float = 5.0,
 ) -> None:
-    """Serve one stream accepted by your own listener; returns once it is closed.
-
-    ``stream`` is any :class:`trio.abc.Stream` (a socket stream, a
-    :class:`trio.SSLStream` you wrapped...); it is closed on return. Each call has its
-    own :class:`~spoc_sockets.hub.Hub` and timer task (the router, its channels and
-    their broadcasts are shared as usual). Cancelling the call closes this one client
-    gracefully with 1001, like :func:`serve`.
-    """
+    """Serve one :class:`trio.abc.Stream` accepted by your own listener, with a hub of
+    its own; returns once it is closed. Cancelled, it closes its client with 1001."""
     server = Server(router, shutdown_timeout=shutdown_timeout, drain_timeout=drain_timeout)
 
     async def one(nursery: trio.Nursery) -> None:
