@@ -34,7 +34,7 @@ import struct
 from collections.abc import Hashable, Iterator
 from dataclasses import replace
 from http import HTTPStatus
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import h11
 from wsproto.connection import Connection as WSConnection
@@ -50,7 +50,7 @@ from wsproto.events import (
 )
 from wsproto.extensions import Extension
 
-from .channel import Message, Outgoing
+from .channel import Message, Outgoing, Spawn
 from .deflate import BoundedDeflate, negotiate
 from .endpoint import CLOSED, OPEN, Endpoint, core_logger
 from .errors import CloseCode, ProtocolError
@@ -59,10 +59,7 @@ from .limits import RateWindow
 from .request import Request
 from .router import Response, Router
 
-if TYPE_CHECKING:
-    from .hub import Hub
-
-__all__ = ["ServerConnection", "http_response"]
+__all__ = ["Owner", "ServerConnection", "http_response"]
 
 
 _PING = struct.Struct("!I")
@@ -98,6 +95,29 @@ def _refusal(status: int, headers: tuple[tuple[str, str], ...], body: bytes, cty
     )
 
 
+class Owner(Protocol):
+    """What a connection needs of the one that opened it (a :class:`~spoc_sockets.Hub`)."""
+
+    #: runs the coroutine of an ``async def`` hook (``None``: hooks must be plain)
+    spawn: Spawn | None
+    #: True while shutting down: new handshakes are answered with 503
+    refusing: bool
+    #: seconds a finished connection's transport may drain before the abort verdict
+    drain_timeout: float
+
+    def schedule(self, conn: ServerConnection) -> None:
+        """``conn`` has something to flush: wake the adapter."""
+
+    def rearm(self, conn: ServerConnection, deadline: float) -> None:
+        """``conn`` needs ``handle_timeout`` at ``deadline``."""
+
+    def finish(self, conn: ServerConnection) -> None:
+        """The core finished ``conn``; its transport drains."""
+
+    def forget(self, conn: ServerConnection, now: float) -> None:
+        """``conn``'s transport is gone."""
+
+
 class ServerConnection(Endpoint):
     """The sans-IO state machine of one transport (one TCP or TLS stream).
 
@@ -105,8 +125,8 @@ class ServerConnection(Endpoint):
     :meth:`handle_timeout`, writes what :meth:`data_to_send` returns, closes the
     transport once :attr:`should_close` is true (drops it once :attr:`should_abort` is),
     and reports :meth:`transport_lost` when it is gone. Output produced from elsewhere (a
-    broadcast, a send from another thread) is announced through the :class:`Hub` that
-    opened the connection; without a hub, call :meth:`data_to_send` yourself.
+    broadcast, a send from another thread) is announced through the :class:`Owner` (the
+    :class:`Hub`) that opened the connection; without a hub, call :meth:`data_to_send` yourself.
     """
 
     def __init__(
@@ -116,7 +136,7 @@ class ServerConnection(Endpoint):
         *,
         peer: tuple[str, int] | None = None,
         transport: Hashable | None = None,
-        hub: Hub | None = None,
+        hub: Owner | None = None,
     ) -> None:
         if transport is not None:
             router.claim(transport, self)
