@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, cast
 
-from ._listen import OUT_OF_RESOURCES, bind
+from ._listen import accept_waiting, bind
 from .hub import Hub
 from .router import Router
 
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["Server", "serve"]
 
 logger = logging.getLogger("spoc_sockets.server")
-
-_ACCEPT_BATCH = 64
 
 
 class _Protocol(asyncio.Protocol):
@@ -174,21 +172,11 @@ class Server:
         return task.cancel
 
     def _accept(self, listener: socket.socket) -> None:
-        for _ in range(_ACCEPT_BATCH):
-            try:
-                sock, _ = listener.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return
-            except OSError as exc:
-                if exc.errno not in OUT_OF_RESOURCES:
-                    logger.warning("accept failed: %s", exc)
-                    return
-                self.hub.pause_accepting(self._loop.time(), exc)
-                self._flush()
-                return
+        for sock, _ in accept_waiting(listener, self.hub, self._loop.time()):
             task = self._loop.create_task(self._adopt_accepted(sock))
             self._adopting.add(task)
             task.add_done_callback(self._adopting.discard)
+        self._flush()  # stop watching the listener if the hub says so
 
     async def _adopt_accepted(self, sock: socket.socket) -> None:
         try:

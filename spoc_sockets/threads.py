@@ -24,7 +24,7 @@ import threading
 import time
 from types import TracebackType
 
-from ._listen import OUT_OF_RESOURCES
+from ._listen import accept_waiting
 from .connection import ServerConnection
 from .hub import Hub
 from .router import Router
@@ -36,7 +36,6 @@ logger = logging.getLogger("spoc_sockets.server")
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _READ_SIZE = 65536
-_ACCEPT_BATCH = 64
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, _ssl.SSLWantReadError, _ssl.SSLWantWriteError)
 
 
@@ -198,17 +197,7 @@ class Server:
 
     def _accept(self, now: float) -> None:
         assert self._listener is not None
-        for _ in range(_ACCEPT_BATCH):
-            try:
-                sock, address = self._listener.accept()
-            except _WOULD_BLOCK:
-                return
-            except OSError as exc:  # out of file descriptors, aborted by the peer...
-                if exc.errno in OUT_OF_RESOURCES:
-                    self.hub.pause_accepting(now, exc)  # the flush unregisters the listener
-                else:
-                    logger.warning("accept failed: %s", exc)
-                return
+        for sock, address in accept_waiting(self._listener, self.hub, now):
             try:
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -220,7 +209,7 @@ class Server:
                 logger.warning("could not set up a socket from %s: %s", address, exc)
                 sock.close()
                 continue
-            conn = self.hub.open(now, peer=(address[0], address[1]), transport=sock)
+            conn = self.hub.open(now, peer=address, transport=sock)
             transport = self._transports[conn] = _Transport(sock, conn, self._ssl is not None)
             if transport.handshaking:
                 self._handshake(transport, now)
