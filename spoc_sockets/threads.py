@@ -42,7 +42,17 @@ _WOULD_BLOCK = (BlockingIOError, InterruptedError, _ssl.SSLWantReadError, _ssl.S
 class _Transport:
     """One accepted socket: its connection and what the socket has not taken yet."""
 
-    __slots__ = ("closed", "conn", "handshaking", "mask", "out", "paused", "sock", "want")
+    __slots__ = (
+        "closed",
+        "closing",
+        "conn",
+        "handshaking",
+        "mask",
+        "out",
+        "paused",
+        "sock",
+        "want",
+    )
 
     def __init__(self, sock: socket.socket, conn: ServerConnection, tls: bool) -> None:
         self.sock = sock
@@ -51,6 +61,7 @@ class _Transport:
         self.paused = False
         self.handshaking = tls  # TLS handshake not finished yet
         self.want = _READ  # what a TLS handshake or read waits for (_WRITE: writability)
+        self.closing = False  # the core said close and gave its last bytes
         self.closed = False
         self.mask = 0  # the events registered with the selector
 
@@ -272,7 +283,7 @@ class Server:
         elif not transport.out and transport.paused:  # the next flush writes the rest
             transport.paused = False
             transport.conn.resume_writing()
-        elif not transport.out and transport.conn.should_close:
+        elif not transport.out and transport.closing:
             self._close(transport, now)
             return False
         self._update(transport)
@@ -306,8 +317,9 @@ class Server:
             self._close(transport, now)
             return
         transport.out += data
+        transport.closing = conn.should_close
         if transport.handshaking or not transport.out or self._send(transport, now):
-            if conn.should_close and (not transport.out or transport.handshaking):
+            if transport.closing and (not transport.out or transport.handshaking):
                 self._close(transport, now)
             else:
                 self._update(transport)  # reading pauses while the core holds input
