@@ -126,7 +126,7 @@ class ServerConnection(Endpoint):
     transport once :attr:`should_close` is true (drops it once :attr:`should_abort` is),
     and reports :meth:`transport_lost` when it is gone. Output produced from elsewhere (a
     broadcast, a send from another thread) is announced through the :class:`Owner` (the
-    :class:`Hub`) that opened the connection; without a hub, call :meth:`data_to_send` yourself.
+    :class:`Hub`) that opened the connection; without one, call :meth:`data_to_send`.
     """
 
     def __init__(
