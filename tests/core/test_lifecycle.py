@@ -94,6 +94,20 @@ def test_without_an_adapter_report_a_finished_connection_is_aborted_at_the_drain
     assert hub.next_deadline() is None
 
 
+def test_a_transport_lost_while_open_finishes_with_1006_and_leaves_nothing_to_wait_for() -> None:
+    channel = quiet()
+    router = router_with("/r", channel)
+    hub = Hub(router)
+    peer = Peer(router, hub=hub)
+    peer.handshake("/r")
+    peer.server.transport_lost(1.0)
+    assert channel.closed == [(1006, "")]
+    assert peer.server.should_close and not peer.server.should_abort
+    assert hub.connections == [] and hub.next_deadline() is None
+    hub.shutdown(2.0)
+    assert hub.finished
+
+
 # -- the shutdown deadline ------------------------------------------------------------
 
 
