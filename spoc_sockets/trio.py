@@ -73,7 +73,7 @@ class Server:
         self.listeners: list[trio.SocketListener] = []
         self._token = trio.lowlevel.current_trio_token()
         self._links: dict[ServerConnection, _Link] = {}
-        self._timer_scope: trio.CancelScope | None = None
+        self._timer = trio.CancelScope()  # the one timer: its deadline is the hub's next
         self._hooks: trio.Nursery | None = None  # where async hooks run
         self._accepting = trio.CancelScope()
         self._accept_again = trio.Event()  # set while the hub says to accept
@@ -125,20 +125,16 @@ class Server:
             self._accept_again.set()
         if self.hub.finished:
             self._idle.set()
-        if self._timer_scope is not None:
-            deadline = self.hub.next_deadline()
-            self._timer_scope.deadline = math.inf if deadline is None else deadline
+        deadline = self.hub.next_deadline()
+        self._timer.deadline = math.inf if deadline is None else deadline
 
-    async def _timer(self, scope: trio.CancelScope) -> None:
-        with scope:
-            while True:
-                deadline = self.hub.next_deadline()
-                with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as wait:
-                    self._timer_scope = wait
-                    await trio.sleep_forever()
-                self._timer_scope = None
-                self.hub.handle_timeouts(trio.current_time())
-                self._flush()
+    async def _tick(self) -> None:
+        while True:
+            with self._timer:
+                await trio.sleep_forever()
+            self._timer = trio.CancelScope()
+            self.hub.handle_timeouts(trio.current_time())
+            self._flush()
 
     # -- one stream ---------------------------------------------------------------------
 
@@ -228,12 +224,11 @@ class Server:
                 with trio.CancelScope(shield=True):
                     async with trio.open_nursery() as nursery:
                         self._hooks = nursery
-                        timer = trio.CancelScope()
-                        nursery.start_soon(self._timer, timer)
+                        nursery.start_soon(self._tick)
                         await body(nursery)
                         self._begin_shutdown()
-                        await self._idle.wait()  # the hub cancelled the hooks it gave up on
-                        timer.cancel()
+                        await self._idle.wait()  # no stream, no hook left: the hub finished
+                        nursery.cancel_scope.cancel()  # the timer
                 watch.cancel_scope.cancel()
         finally:
             self._done.set()
