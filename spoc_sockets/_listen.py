@@ -2,9 +2,44 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import socket
+from typing import TYPE_CHECKING
 
-__all__ = ["bind"]
+if TYPE_CHECKING:
+    from .hub import Hub
+
+__all__ = ["OUT_OF_RESOURCES", "accept_waiting", "bind"]
+
+logger = logging.getLogger("spoc_sockets.server")
+
+#: The ``accept`` errors that mean the process ran out of descriptors or memory: the
+#: adapter reports them to :meth:`Hub.pause_accepting <spoc_sockets.hub.Hub.pause_accepting>`.
+OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: Connections accepted per readiness of a non-blocking listener, at most.
+ACCEPT_BATCH = 64
+
+
+def accept_waiting(
+    listener: socket.socket, hub: Hub, now: float
+) -> list[tuple[socket.socket, tuple[str, int]]]:
+    """The connections waiting on a non-blocking ``listener`` (at most
+    :data:`ACCEPT_BATCH`); out of descriptors, the hub hears it and stops accepting."""
+    accepted: list[tuple[socket.socket, tuple[str, int]]] = []
+    while len(accepted) < ACCEPT_BATCH:
+        try:
+            sock, address = listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            break
+        except OSError as exc:
+            if exc.errno in OUT_OF_RESOURCES:
+                hub.pause_accepting(now, exc)
+            else:
+                logger.warning("accept failed: %s", exc)
+            break
+        accepted.append((sock, (str(address[0]), int(address[1]))))
+    return accepted
 
 
 def bind(host: str | None, port: int, backlog: int, reuse_port: bool) -> list[socket.socket]:

@@ -2,38 +2,27 @@
 
 ::
 
-    from spoc_sockets.asyncio import serve
-
     async with serve(router, "127.0.0.1", 8765) as server:   # server.port
         await server.serve_forever()                          # until server.close()
 
-One :class:`~spoc_sockets.hub.Hub` per :class:`Server`. Each accepted transport gets an
-:class:`asyncio.Protocol` that feeds the bytes it reads to its connection; after every
-feed, every timer and every wake-up (a send from another task or thread), the server
-writes what the core returns and closes the transports the core is done with. One
-``loop.call_at`` timer follows the hub's earliest deadline. The transport's flow control
-reaches the core (``pause_writing`` / ``resume_writing``), so a slow reader's backlog
-stays in the core, where the channel's ``max_buffered_amount`` bounds it; and reading
-pauses while the core holds input for a connection's next turn (``input_paused``).
-
-The server accepts connections itself (one reader per listening socket): when the
-process runs out of file descriptors it stops accepting, logs one warning, and starts
-again as soon as one of its connections closes.
+Each transport's :class:`asyncio.Protocol` feeds its connection; after every feed, timer
+and wake-up the server writes what the core returns and obeys its verdicts (close,
+abort, pause reading, accept or not). One ``loop.call_at`` timer follows the hub's
+earliest deadline. The transport's flow control reaches the core, where the channel's
+``max_buffered_amount`` bounds a slow reader's backlog. Options: :doc:`/serving-asyncio`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, cast
 
-from ._listen import bind
+from ._listen import accept_waiting, bind
 from .hub import Hub
 from .router import Router
 
@@ -46,12 +35,6 @@ __all__ = ["Server", "serve"]
 
 logger = logging.getLogger("spoc_sockets.server")
 
-_ACCEPT_BATCH = 64
-_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-#: Seconds before accepting again after running out of resources with no connection
-#: of this server's own to wait for.
-_ACCEPT_RETRY = 1.0
-
 
 class _Protocol(asyncio.Protocol):
     """One transport: bytes in to its connection, end of stream as ``b""``."""
@@ -60,10 +43,7 @@ class _Protocol(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.conn: ServerConnection | None = None
-        self.paused = False
         self.reading = True
-        self.lost = False
-        self._drain: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast("asyncio.Transport", transport)
@@ -79,83 +59,76 @@ class _Protocol(asyncio.Protocol):
         self.conn.receive_data(data, self.server._loop.time())
         self.server._flush()
 
-    def eof_received(self) -> bool | None:
-        assert self.conn is not None
-        self.conn.receive_data(b"", self.server._loop.time())
-        self.server._flush()
-        return None  # the transport closes itself (after writing what it holds)
+    def eof_received(self) -> None:
+        self.data_received(b"")  # the transport closes itself (after writing what it holds)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if self._drain is not None:
-            self._drain.cancel()
+        self.transport = None
         server = self.server
-        if self.conn is not None:
-            self.conn.receive_data(b"", server._loop.time())
         server._protocols.pop(self, None)
-        server._resume_accepting()
+        if self.conn is not None:
+            self.conn.transport_lost(server._loop.time())
         server._flush()
 
     def pause_writing(self) -> None:
-        self.paused = True
         if self.conn is not None:
             self.conn.pause_writing()
 
     def resume_writing(self) -> None:
-        self.paused = False
         if self.conn is not None:
             self.conn.resume_writing()  # makes the connection pending: the hub wakes us
 
-    def follow_input(self, paused: bool) -> None:
-        """Pause reading while the core holds input for this connection's next turn."""
-        if paused == self.reading and self.transport is not None and not self.lost:
-            self.reading = not paused
-            if paused:
-                self.transport.pause_reading()
-            else:
-                self.transport.resume_reading()
-
-    def write(self, data: bytes) -> None:
-        if not self.lost and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def finish(self) -> None:
-        """The core is done: close after the last bytes, or drop a stalled transport."""
+    def obey(self, conn: ServerConnection, data: bytes) -> None:
+        """Write ``data``, then do what the core says: drop, close, or pause reading."""
         transport = self.transport
-        if self.lost or transport is None or transport.is_closing():
+        if transport is None:  # gone: the core knows
             return
-        if self.paused:  # the peer stopped reading: waiting for a drain could be forever
+        if conn.should_abort:
             transport.abort()
             return
-        transport.close()
-        self._drain = self.server._loop.call_later(self.server.drain_timeout, transport.abort)
+        if data and not transport.is_closing():
+            transport.write(data)
+        if conn.should_close:
+            transport.close()  # after the last bytes; the hub bounds the drain
+        elif conn.input_paused == self.reading:
+            self.reading = not self.reading
+            if self.reading:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
 
 
 class Server:
-    """A running asyncio server for one router: see :func:`serve`.
+    """Serve ``router`` on ``host:port`` (``0``: a free port; ``None``: no listener, for
+    :meth:`adopt`; ``host=None``: every interface) within ``async with serve(...)``,
+    then close gracefully. The options are described in :doc:`/serving-asyncio`.
 
-    :attr:`hub` is its :class:`~spoc_sockets.hub.Hub` (``hub.connections`` lists the
-    live connections). Every method runs on the server's event loop; only the core's
-    own thread-safe calls (``conn.send``, ``conn.close``, ``Deferred.accept``...) may
-    come from other threads.
+    Every method runs on the server's event loop; only the core's own thread-safe calls
+    (``conn.send``, ``conn.close``, ``Deferred.accept``...) may come from other threads.
     """
 
     def __init__(
         self,
         router: Router,
+        host: str | None,
+        port: int | None,
         *,
         ssl: SSLContext | None = None,
+        backlog: int = 100,
+        reuse_port: bool = False,
         shutdown_timeout: float | None = 30.0,
         drain_timeout: float = 5.0,
     ) -> None:
         self.router = router
-        #: the core's side of this server
-        self.hub = Hub(router, self._wakeup, self._spawn)
-        #: seconds a graceful :meth:`close` may take before the remaining transports are
-        #: dropped (``None``: no bound but the channels' ``close_timeout``)
-        self.shutdown_timeout = shutdown_timeout
-        #: seconds a closing transport may take to write its last bytes before it is dropped
-        self.drain_timeout = drain_timeout
+        self._address = (host, port, backlog, reuse_port)
+        #: the core's side of this server (its drain and shutdown deadlines too)
+        self.hub = Hub(
+            router,
+            self._wakeup,
+            self._spawn,
+            drain_timeout=drain_timeout,
+            shutdown_timeout=shutdown_timeout,
+        )
         self._ssl = ssl
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
@@ -167,8 +140,8 @@ class Server:
         self._protocols: dict[_Protocol, None] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
+        self._finished = asyncio.Event()  # the hub has finished its shutdown
         self._closed = asyncio.Event()
-        self._flushed: list[asyncio.Future[None]] = []  # close() waits on these
 
     @property
     def port(self) -> int:
@@ -177,13 +150,19 @@ class Server:
             raise RuntimeError("this server has no listener (it was started with port=None)")
         return self._port
 
-    async def _listen(self, host: str | None, port: int, backlog: int, reuse_port: bool) -> None:
-        self._listeners = bind(host, port, backlog, reuse_port)
-        names = [s.getsockname() for s in self._listeners]
-        self._port = int(names[0][1])
-        self._resume_accepting()
-        scheme = "wss" if self._ssl is not None else "ws"
-        logger.info("serving on %s", ", ".join(f"{scheme}://{n[0]}:{n[1]}" for n in names))
+    async def __aenter__(self) -> Server:
+        host, port, backlog, reuse_port = self._address
+        if port is not None:
+            self._listeners = bind(host, port, backlog, reuse_port)
+            names = [s.getsockname() for s in self._listeners]
+            self._port = int(names[0][1])
+            self._follow_accepting()
+            scheme = "wss" if self._ssl is not None else "ws"
+            logger.info("serving on %s", ", ".join(f"{scheme}://{n[0]}:{n[1]}" for n in names))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     def _spawn(self, coroutine: Coroutine[object, None, None]) -> Callable[[], object]:
         """Run an async hook's coroutine for the core (it reports back when done)."""
@@ -193,21 +172,11 @@ class Server:
         return task.cancel
 
     def _accept(self, listener: socket.socket) -> None:
-        for _ in range(_ACCEPT_BATCH):
-            try:
-                sock, _ = listener.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return
-            except OSError as exc:
-                if exc.errno not in _OUT_OF_RESOURCES:
-                    logger.warning("accept failed: %s", exc)
-                    return
-                logger.warning("accept failed (%s): not accepting until a connection closes", exc)
-                self._pause_accepting()
-                return
+        for sock, _ in accept_waiting(listener, self.hub, self._loop.time()):
             task = self._loop.create_task(self._adopt_accepted(sock))
             self._adopting.add(task)
             task.add_done_callback(self._adopting.discard)
+        self._flush()  # stop watching the listener if the hub says so
 
     async def _adopt_accepted(self, sock: socket.socket) -> None:
         try:
@@ -219,28 +188,16 @@ class Server:
             sock.close()
             raise
 
-    def _pause_accepting(self) -> None:
-        for listener in self._listeners:
-            self._loop.remove_reader(listener)
-        self._accepting = False
-        if not self._protocols:  # no connection of ours to wait for
-            self._loop.call_later(_ACCEPT_RETRY, self._resume_accepting)
-
-    def _resume_accepting(self) -> None:
-        if self._accepting or self._closing or not self._listeners:
-            return
-        self._accepting = True
-        for listener in self._listeners:
-            self._loop.add_reader(listener, self._accept, listener)
-
-    def _ssl_options(self) -> dict[str, Any]:
-        # the TLS handshake is part of the opening handshake: the same bound applies
-        if self._ssl is None:
-            return {}
-        return {"ssl_handshake_timeout": self.router.handshake_timeout}
-
-    def _protocol(self) -> _Protocol:
-        return _Protocol(self)
+    def _follow_accepting(self) -> None:
+        """Watch the listeners while the hub says to accept (a closed one never again)."""
+        accepting = self.hub.accepting and not self._closing and bool(self._listeners)
+        if accepting != self._accepting:
+            self._accepting = accepting
+            for listener in self._listeners:
+                if accepting:
+                    self._loop.add_reader(listener, self._accept, listener)
+                else:
+                    self._loop.remove_reader(listener)
 
     async def adopt(self, sock: socket.socket) -> None:
         """Serve a socket accepted elsewhere (a connected TCP socket) with this router.
@@ -252,8 +209,10 @@ class Server:
         if self._closed.is_set():
             sock.close()
             raise RuntimeError("this server is closed")
+        # the TLS handshake is part of the opening handshake: the same bound applies
+        timeout = None if self._ssl is None else self.router.handshake_timeout
         await self._loop.connect_accepted_socket(
-            self._protocol, sock, ssl=self._ssl, **self._ssl_options()
+            lambda: _Protocol(self), sock, ssl=self._ssl, ssl_handshake_timeout=timeout
         )
 
     async def serve_forever(self) -> None:
@@ -261,36 +220,26 @@ class Server:
         await self._closed.wait()
 
     async def close(self) -> None:
-        """Graceful shutdown; returns once every transport is closed.
-
-        Stops listening, answers new handshakes with 503 and closes open connections
-        with 1001 (:meth:`Hub.shutdown <spoc_sockets.hub.Hub.shutdown>`), keeps serving
-        until the hub has no connection left (each channel's ``close_timeout`` bounds
-        this, and ``shutdown_timeout`` bounds the whole), then drops whatever transport
-        remains. If this call is cancelled, the remaining transports are dropped at once.
-        A second call waits for the first.
-        """
+        """Graceful shutdown (:meth:`Hub.shutdown <spoc_sockets.hub.Hub.shutdown>`);
+        returns once the hub has finished. Cancelled, it drops the remaining transports at
+        once. A second call waits for the first."""
         if self._closing:
             await self._closed.wait()
             return
         self._closing = True
         try:
-            self._stop_listening()
             logger.info("shutting down (%d connections)", len(self.hub.connections))
-            self.hub.shutdown()
+            self.hub.shutdown(self._loop.time())
+            for task in self._adopting:
+                task.cancel()
             self._flush()
-            bound = self.shutdown_timeout
-            deadline = None if bound is None else self._loop.time() + bound
-            while self.hub.connections:
-                left = None if deadline is None else deadline - self._loop.time()
-                if left is not None and left <= 0:
-                    logger.warning("shutdown_timeout passed: dropping the remaining clients")
-                    break
-                await asyncio.wait({self._event_after_flush()}, timeout=left)
+            for listener in self._listeners:
+                listener.close()
+            await self._finished.wait()
         finally:
             try:
-                for proto in list(self._protocols):
-                    if proto.transport is not None and not proto.lost:
+                for proto in list(self._protocols):  # only when cancelled
+                    if proto.transport is not None:
                         proto.transport.abort()
                 while self._protocols:  # connection_lost follows abort within a loop turn
                     await asyncio.sleep(0)
@@ -298,33 +247,16 @@ class Server:
                 if self._timer is not None:
                     self._timer.cancel()
                     self._timer = None
-                if self._hooks:  # on_close hooks may still run: drain_timeout bounds them
-                    await asyncio.wait(set(self._hooks), timeout=self.drain_timeout)
-                for task in list(self._hooks):
+                for task in list(self._hooks):  # the hub gave up on them
                     task.cancel()
                 self._closed.set()
                 logger.info("server closed")
-
-    def _stop_listening(self) -> None:
-        for task in self._adopting:
-            task.cancel()
-        for listener in self._listeners:
-            if self._accepting:
-                self._loop.remove_reader(listener)
-            listener.close()
-        self._accepting = False
 
     async def wait_closed(self) -> None:
         """Wait until :meth:`close` has finished."""
         await self._closed.wait()
 
     # -- the flush rule --------------------------------------------------------------
-
-    def _event_after_flush(self) -> asyncio.Future[None]:
-        """A future resolved by the next flush pass."""
-        future: asyncio.Future[None] = self._loop.create_future()
-        self._flushed.append(future)
-        return future
 
     def _wakeup(self) -> None:
         """Called by the hub from any thread: schedule a flush on the loop."""
@@ -336,22 +268,14 @@ class Server:
                 self._loop.call_soon_threadsafe(self._flush)
 
     def _flush(self) -> None:
-        """Write what the core has for each pending connection, close those it is done with."""
+        """Write what the core has for each pending connection, and obey the verdicts."""
         now = self._loop.time()
         for conn in self.hub.take_pending():
-            proto = cast("_Protocol", conn.transport)
-            data = conn.data_to_send(now)
-            if data:
-                proto.write(data)
-            if conn.should_close:
-                proto.finish()
-            else:
-                proto.follow_input(conn.input_paused)
+            cast("_Protocol", conn.transport).obey(conn, conn.data_to_send(now))
         self._rearm()
-        flushed, self._flushed = self._flushed, []
-        for future in flushed:
-            if not future.done():
-                future.set_result(None)
+        self._follow_accepting()
+        if self.hub.finished:
+            self._finished.set()
 
     def _rearm(self) -> None:
         """One timer, at the hub's earliest deadline (deadlines change only in core calls)."""
@@ -374,40 +298,5 @@ class Server:
         self._flush()
 
 
-@asynccontextmanager
-async def serve(
-    router: Router,
-    host: str | None,
-    port: int | None,
-    *,
-    ssl: SSLContext | None = None,
-    backlog: int = 100,
-    reuse_port: bool = False,
-    shutdown_timeout: float | None = 30.0,
-    drain_timeout: float = 5.0,
-) -> AsyncIterator[Server]:
-    """Serve ``router`` on ``host:port`` for the duration of the ``async with`` block.
-
-    ``port=0`` picks a free port (:attr:`Server.port` tells which); ``port=None``
-    opens no listener, for applications that accept sockets themselves and hand them
-    over with :meth:`Server.adopt`. ``host=None`` listens on every interface.
-
-    :param ssl: an :class:`ssl.SSLContext` (server side) to serve ``wss://``; the TLS
-        handshake is bounded by the router's ``handshake_timeout``.
-    :param backlog: the listen queue length.
-    :param reuse_port: set ``SO_REUSEPORT``, so that several processes serve one port
-        (where the system has it; ``ValueError`` elsewhere).
-    :param shutdown_timeout: seconds a graceful shutdown may take before the remaining
-        transports are dropped; ``None`` for no bound but the channels' ``close_timeout``.
-    :param drain_timeout: seconds a closing transport may take to write its last bytes
-        (and, with TLS, its close_notify) before it is dropped.
-
-    Leaving the block closes the server gracefully (:meth:`Server.close`).
-    """
-    server = Server(router, ssl=ssl, shutdown_timeout=shutdown_timeout, drain_timeout=drain_timeout)
-    if port is not None:
-        await server._listen(host, port, backlog, reuse_port)
-    try:
-        yield server
-    finally:
-        await server.close()
+#: ``async with serve(router, host, port, ...) as server``
+serve = Server

@@ -22,7 +22,10 @@ States (:class:`~spoc_sockets.ConnectionState`) and what moves them:
     A close frame from the peer while ``OPEN`` is answered and ends it at once.
 ``CLOSED``
     :attr:`should_close` is true: the adapter writes what :meth:`data_to_send` still
-    returns, then closes the transport. Later input is ignored.
+    returns, then closes the transport. Later input is ignored. Opened by a
+    :class:`~spoc_sockets.hub.Hub`, the connection drains until the adapter reports
+    :meth:`transport_lost`; past the hub's ``drain_timeout`` (or its shutdown deadline)
+    :attr:`should_abort` turns true: the adapter drops the transport at once.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import struct
 from collections.abc import Hashable, Iterator
 from dataclasses import replace
 from http import HTTPStatus
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import h11
 from wsproto.connection import Connection as WSConnection
@@ -47,19 +50,16 @@ from wsproto.events import (
 )
 from wsproto.extensions import Extension
 
-from .channel import Message, Outgoing
+from .channel import Message, Outgoing, Spawn
 from .deflate import BoundedDeflate, negotiate
-from .endpoint import CLOSED, OPEN, Endpoint
+from .endpoint import CLOSED, OPEN, Endpoint, core_logger
 from .errors import CloseCode, ProtocolError
 from .handshake import accept_headers, check_head, check_upgrade, is_upgrade
 from .limits import RateWindow
 from .request import Request
 from .router import Response, Router
 
-if TYPE_CHECKING:
-    from .hub import Hub
-
-__all__ = ["ServerConnection", "http_response"]
+__all__ = ["Owner", "ServerConnection", "http_response"]
 
 
 _PING = struct.Struct("!I")
@@ -95,14 +95,38 @@ def _refusal(status: int, headers: tuple[tuple[str, str], ...], body: bytes, cty
     )
 
 
+class Owner(Protocol):
+    """What a connection needs of the one that opened it (a :class:`~spoc_sockets.Hub`)."""
+
+    #: runs the coroutine of an ``async def`` hook (``None``: hooks must be plain)
+    spawn: Spawn | None
+    #: True while shutting down: new handshakes are answered with 503
+    refusing: bool
+    #: seconds a finished connection's transport may drain before the abort verdict
+    drain_timeout: float
+
+    def schedule(self, conn: ServerConnection) -> None:
+        """``conn`` has something to flush: wake the adapter."""
+
+    def rearm(self, conn: ServerConnection, deadline: float) -> None:
+        """``conn`` needs ``handle_timeout`` at ``deadline``."""
+
+    def finish(self, conn: ServerConnection) -> None:
+        """The core finished ``conn``; its transport drains."""
+
+    def forget(self, conn: ServerConnection, now: float) -> None:
+        """``conn``'s transport is gone."""
+
+
 class ServerConnection(Endpoint):
     """The sans-IO state machine of one transport (one TCP or TLS stream).
 
     An adapter feeds it with :meth:`receive_data` (``b""`` for end of stream) and
-    :meth:`handle_timeout`, writes what :meth:`data_to_send` returns, and closes the
-    transport once :attr:`should_close` is true. Output produced from elsewhere (a
-    broadcast, a send from another thread) is announced through the :class:`Hub` that
-    opened the connection; without a hub, call :meth:`data_to_send` yourself.
+    :meth:`handle_timeout`, writes what :meth:`data_to_send` returns, closes the
+    transport once :attr:`should_close` is true (drops it once :attr:`should_abort` is),
+    and reports :meth:`transport_lost` when it is gone. Output produced from elsewhere (a
+    broadcast, a send from another thread) is announced through the :class:`Owner` (the
+    :class:`Hub`) that opened the connection; without one, call :meth:`data_to_send`.
     """
 
     def __init__(
@@ -112,7 +136,7 @@ class ServerConnection(Endpoint):
         *,
         peer: tuple[str, int] | None = None,
         transport: Hashable | None = None,
-        hub: Hub | None = None,
+        hub: Owner | None = None,
     ) -> None:
         if transport is not None:
             router.claim(transport, self)
@@ -133,6 +157,8 @@ class ServerConnection(Endpoint):
         self._out: list[bytes] = []  # framed pieces for the transport
         self._kept = 0  # how many of them discarding must keep (the 101 response)
         self._paused = False
+        self._aborted = False  # the verdict: drop the transport now
+        self._lost = False  # the adapter reported the transport gone
         self._events: Iterator[Event] | None = None  # events left over from the last turn
         self._first: Message | None = None  # the first fragment of the message being received
         self._rest: bytearray | None = None  # and the others' bytes (UTF-8 for text)
@@ -153,6 +179,12 @@ class ServerConnection(Endpoint):
         return self.state is CLOSED
 
     @property
+    def should_abort(self) -> bool:
+        """True once the adapter should drop the transport at once, unwritten output and
+        all: the drain deadline or the hub's shutdown deadline passed."""
+        return self._aborted
+
+    @property
     def input_paused(self) -> bool:
         """True while input read earlier waits for this connection's next turn (see
         :data:`EVENTS_PER_TURN`) or for an async hook: the adapter stops reading from
@@ -170,8 +202,39 @@ class ServerConnection(Endpoint):
             else:
                 self._receive_frames(data, now)
 
+    def handle_timeout(self, now: float) -> None:
+        """Act on a deadline that has passed (a call before it does nothing)."""
+        if self.state is not CLOSED:
+            super().handle_timeout(now)
+        elif self._deadline is not None and now >= self._deadline:
+            core_logger.debug("output to %s not drained in time", self.peer)
+            self.abort()
+
+    def abort(self) -> None:
+        """Give up on the transport: finish (1006) if not finished, and
+        :attr:`should_abort` turns true (the hub's deadlines call this)."""
+        if self._lost or self._aborted:
+            return
+        self._finish(CloseCode.ABNORMAL_CLOSURE, "")
+        self._aborted = True
+        self._deadline = None
+        self._out = []
+        self._schedule()
+
+    def transport_lost(self, now: float) -> None:
+        """The transport is gone (closed, dropped or broken): finish (1006) if not
+        finished, and stop waiting for the drain."""
+        if self._lost:
+            return
+        self.receive_data(b"", now)
+        self._lost = True
+        self._deadline = None
+        if self._hub is not None:
+            self._hub.forget(self, now)
+
     def data_to_send(self, now: float) -> bytes:
-        """Everything to write now, coalesced; ``b""`` when nothing (or while paused)."""
+        """Everything to write now, coalesced; ``b""`` when nothing, or while paused
+        (once finished, the last bytes come even then: they are bounded)."""
         self._scheduled = False
         self._clock = now
         with self._guard():
@@ -181,7 +244,7 @@ class ServerConnection(Endpoint):
                 self._handle_events(now)
             if self._mailbox:
                 self._intake(now)
-        if self._paused or not self._out:
+        if (self._paused and self.state is not CLOSED) or not self._out:
             return b""
         out = self._out
         data = out[0] if len(out) == 1 else b"".join(out)
@@ -240,8 +303,9 @@ class ServerConnection(Endpoint):
         self._first = self._rest = None
         if self.transport is not None:
             self.router.release(self.transport)
-        if self._hub is not None:
-            self._hub.forget(self)
+        if self._hub is not None and not self._lost:  # drain, bounded by drain_timeout
+            self._hub.finish(self)
+            self._set_deadline(self._clock + self._hub.drain_timeout)
 
     # -- CONNECTING ---------------------------------------------------------------------
 

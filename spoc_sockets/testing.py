@@ -74,18 +74,46 @@ class ConnectionClosed(Exception):
 
 
 class _Pipe:
-    """One in-memory transport: a ServerConnection and the client bytes for it."""
+    """One in-memory transport: a ServerConnection, and what it wrote that the client
+    has not read (while the client does not read, the server's writes are paused)."""
 
     def __init__(self, client: TestClient, server: ServerConnection) -> None:
         self.client = client
         self.server = server
-        self.received = bytearray()  # what the server wrote
-        self.closed = False  # the server closed the transport
+        self.socket: WebSocket | None = None
+        self.unread = bytearray()  # what the server wrote and the client did not read
+        self.reading = True
+        self.closing = False  # the server closes the transport after the unread bytes
+        self.closed = False  # the transport is gone
 
     def write(self, data: bytes) -> None:
         """Bytes from the client to the server (``b""``: the client closed its side)."""
         self.server.receive_data(data, self.client.now)
         self.client.pump()
+
+    def take(self, data: bytes) -> None:
+        """The server's turn: obey its verdict, then deliver what the client reads."""
+        if self.server.should_abort:
+            self.unread.clear()  # dropped: what was not read is lost
+            self.closing = True
+        self.unread += data
+        self.closing = self.closing or self.server.should_close
+        if self.reading or self.server.should_abort:
+            self.deliver()
+
+    def deliver(self) -> None:
+        data, self.unread = bytes(self.unread), bytearray()
+        if self.closing:
+            self.lose()
+        assert self.socket is not None
+        self.socket._feed(data, self.closing)
+
+    def lose(self) -> None:
+        """The transport is gone: the server hears it."""
+        if not self.closed:
+            self.closed = True
+            self.client._sockets.pop(self.server, None)
+            self.server.transport_lost(self.client.now)
 
 
 class WebSocket:
@@ -157,9 +185,25 @@ class WebSocket:
     def abort(self) -> None:
         """Drop the transport without a close frame (the server sees 1006)."""
         if not self._pipe.closed:
-            self._pipe.closed = True
-            self._pipe.write(b"")
+            self._pipe.lose()
+            self._pipe.client.pump()
             self.close_code = self.close_code or CloseCode.ABNORMAL_CLOSURE
+
+    def pause_reading(self) -> None:
+        """Stop reading, as a client whose receive buffer is full: the server's writes
+        pause, and its output stays in the core (``max_buffered_amount`` applies)."""
+        if not self._pipe.closed:
+            self._pipe.reading = False
+            self._pipe.server.pause_writing()
+
+    def resume_reading(self) -> None:
+        """Read again: what waited arrives, and the server's writes resume."""
+        pipe = self._pipe
+        if not pipe.closed and not pipe.reading:
+            pipe.reading = True
+            pipe.deliver()
+            pipe.server.resume_writing()
+            pipe.client.pump()
 
     @property
     def server(self) -> ServerConnection:
@@ -230,16 +274,30 @@ class WebSocket:
 class TestClient:
     """Drives a router in memory; a context manager that closes what it opened.
 
-    ``now`` is the starting time of the clock the test controls (see :meth:`advance`).
+    ``now`` is the starting time of the clock the test controls (see :meth:`advance`);
+    ``drain_timeout`` and ``shutdown_timeout`` are the server's, as with every adapter
+    (:class:`~spoc_sockets.hub.Hub`).
     """
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, router: Router, *, now: float = 0.0) -> None:
+    def __init__(
+        self,
+        router: Router,
+        *,
+        now: float = 0.0,
+        drain_timeout: float = 5.0,
+        shutdown_timeout: float | None = 30.0,
+    ) -> None:
         self.router = router
         #: the current time of this client's clock, in seconds
         self.now = now
-        self.hub = Hub(router, spawn=self._spawn)
+        self.hub = Hub(
+            router,
+            spawn=self._spawn,
+            drain_timeout=drain_timeout,
+            shutdown_timeout=shutdown_timeout,
+        )
         self._sockets: dict[ServerConnection, WebSocket] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -262,7 +320,7 @@ class TestClient:
         server = self.hub.open(self.now, peer=peer)
         pipe = _Pipe(self, server)
         ws = WSConnection(ConnectionType.CLIENT)
-        socket = WebSocket(pipe, ws, answer_pings)
+        socket = pipe.socket = WebSocket(pipe, ws, answer_pings)
         self._sockets[server] = socket
         request = WSRequest(
             host="testserver",
@@ -295,13 +353,15 @@ class TestClient:
                 return
             for server in pending:
                 socket = self._sockets.get(server)
-                if socket is None:
-                    continue  # not opened by connect(): its owner reads it
-                data = server.data_to_send(self.now)
-                if server.should_close:
-                    socket._pipe.closed = True
-                    self._sockets.pop(server)
-                socket._feed(data, server.should_close)
+                if socket is not None:  # else not opened by connect(): its owner reads it
+                    socket._pipe.take(server.data_to_send(self.now))
+
+    def shutdown(self) -> None:
+        """Shut the server down gracefully (:meth:`Hub.shutdown
+        <spoc_sockets.hub.Hub.shutdown>`) at :attr:`now`; :meth:`advance` runs its
+        deadlines, and ``client.hub.finished`` says when nothing is left."""
+        self.hub.shutdown(self.now)
+        self.pump()
 
     def _spawn(self, coroutine: Coroutine[object, None, None]) -> Callable[[], object]:
         if self._loop is None:

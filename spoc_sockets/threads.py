@@ -1,37 +1,21 @@
-"""Serve a router with plain threads: one selector loop, non-blocking sockets.
+"""Serve a router with plain threads: one selector loop over non-blocking sockets.
 
 ::
-
-    from spoc_sockets.threads import serve
 
     with serve(router, "127.0.0.1", 8765) as server:   # server.port, server.shutdown()
         server.serve_forever()
 
-Design: a single loop thread (the one calling :meth:`Server.serve_forever`) owns every
-socket, non-blocking, watched by one :class:`selectors.DefaultSelector` (epoll, kqueue...).
-Holding a thousand idle connections therefore costs a thousand sockets, not a thousand
-threads. Other threads reach the loop through a socketpair: the hub's wake-up call writes
-one byte to it, and the loop flushes. That is what makes :meth:`Connection.send
-<spoc_sockets.Connection.send>` and :meth:`ChannelServer.broadcast
-<spoc_sockets.ChannelServer.broadcast>` safe from any thread. Timers are the
-``timeout`` of :meth:`selectors.BaseSelector.select`, computed from
-:meth:`Hub.next_deadline <spoc_sockets.Hub.next_deadline>` on :func:`time.monotonic`.
-
-Writes are non-blocking: what the socket does not take is kept here, per connection, the
-connection is paused (the core keeps further output and applies ``max_buffered_amount``),
-and resumed once the remainder is written. When the core says a transport should close,
-its remainder gets ``drain_timeout`` seconds to leave before the socket is closed anyway.
-
-With ``ssl`` (an :class:`ssl.SSLContext`), accepted sockets are wrapped and their TLS
-handshake runs in the same loop; the core's ``handshake_timeout`` bounds it.
-
-Hooks run on the loop thread and must not block it.
+The loop thread (the one in :meth:`Server.serve_forever`) owns every socket; other
+threads wake it through a socketpair (the hub's ``wakeup``), so ``conn.send`` and
+broadcasts work from anywhere. Its one timer is the ``select`` timeout, at the hub's
+earliest deadline. What a socket does not take is kept here and the connection paused
+(the core bounds the rest). With ``ssl``, the TLS handshake runs in the same loop.
+Hooks run on the loop thread and must not block it. Options: :doc:`/serving-threads`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import selectors
 import socket
@@ -40,6 +24,7 @@ import threading
 import time
 from types import TracebackType
 
+from ._listen import accept_waiting
 from .connection import ServerConnection
 from .hub import Hub
 from .router import Router
@@ -51,11 +36,6 @@ logger = logging.getLogger("spoc_sockets.server")
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _READ_SIZE = 65536
-_ACCEPT_BATCH = 64
-_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-#: Seconds before accepting again after running out of resources with no connection
-#: of this server's own to wait for.
-_ACCEPT_RETRY = 1.0
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, _ssl.SSLWantReadError, _ssl.SSLWantWriteError)
 
 
@@ -66,13 +46,10 @@ class _Transport:
         "closed",
         "closing",
         "conn",
-        "deadline",
         "handshaking",
         "mask",
         "out",
         "paused",
-        "read_wants_write",
-        "sent",
         "sock",
         "want",
     )
@@ -80,20 +57,17 @@ class _Transport:
     def __init__(self, sock: socket.socket, conn: ServerConnection, tls: bool) -> None:
         self.sock = sock
         self.conn = conn
-        self.out = b""  # the unsent remainder is out[sent:]
-        self.sent = 0
+        self.out = b""  # not sent yet
         self.paused = False
         self.handshaking = tls  # TLS handshake not finished yet
-        self.want = _READ  # what the TLS handshake waits for
-        self.read_wants_write = False  # a TLS read needs the socket writable
-        self.closing = False  # the core said should_close: drain, then close
-        self.deadline = 0.0  # when a closing transport is closed, drained or not
+        self.want = _READ  # what a TLS handshake or read waits for (_WRITE: writability)
+        self.closing = False  # the core said close and gave its last bytes
         self.closed = False
         self.mask = 0  # the events registered with the selector
 
 
 class Server:
-    """A listening socket served by one selector loop; see :func:`serve`."""
+    """A listening socket served by one selector loop (made by :func:`serve`)."""
 
     def __init__(
         self,
@@ -107,67 +81,50 @@ class Server:
         shutdown_timeout: float | None = 30.0,
         drain_timeout: float = 5.0,
     ) -> None:
-        #: the hub of this server (its live connections: ``hub.connections``); hooks
-        #: run as plain functions here, so ``async def`` hooks are refused now
-        self.hub = Hub(router, self._wake)
+        #: the core's side (``hub.connections``); ``async def`` hooks are refused here
+        self.hub = Hub(
+            router, self._wake, drain_timeout=drain_timeout, shutdown_timeout=shutdown_timeout
+        )
         self.router = router
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._listener: socket.socket | None = socket.create_server(
+        listener = socket.create_server(
             (host, port), family=family, backlog=backlog, reuse_port=reuse_port
         )
-        self._listener.setblocking(False)
+        listener.setblocking(False)
+        self._listener: socket.socket | None = listener
         #: the port listened on (useful with port 0)
-        self.port: int = self._listener.getsockname()[1]
+        self.port: int = listener.getsockname()[1]
         self._ssl = ssl
-        self._drain_timeout = drain_timeout
-        self._shutdown_timeout = shutdown_timeout
-        self._shutdown_deadline: float | None = None
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        for sock in (self._wake_r, self._wake_w):
+            sock.setblocking(False)
         self._selector.register(self._wake_r, _READ)
-        self._selector.register(self._listener, _READ)
+        self._selector.register(listener, _READ)
         self._transports: dict[ServerConnection, _Transport] = {}
-        self._lingering: dict[_Transport, None] = {}
         self._loop_lock = threading.Lock()
         self._loop_thread: int | None = None
-        self._accept_paused = False  # out of file descriptors: wait for a close
-        self._accept_retry: float | None = None  # or until then, with no connection
+        self._accepting = True  # the listener is registered
         self._stop_requested = False
-        self._interrupted = False  # the last loop ended by an exception (Ctrl-C...)
-        self._stopping = False
-        self._finished = False
         self._closed = False
-
-    # -- public -----------------------------------------------------------------------
 
     def serve_forever(self) -> None:
         """Run the loop in the calling thread until :meth:`shutdown` has finished."""
         with self._loop_lock:
-            self._run()
+            self._loop()
 
     def shutdown(self) -> None:
-        """Stop gracefully; from any thread, returns once :meth:`serve_forever` returned.
-
-        The listening socket closes, new handshakes get 503, open connections are closed
-        with 1001, and the loop runs until every connection is gone (each channel's
-        ``close_timeout`` bounds it). Called from the loop thread (from a hook), it only
-        asks, and :meth:`serve_forever` returns once done.
-        """
+        """Stop gracefully (503, close 1001, the hub's deadlines); from any thread,
+        returns once :meth:`serve_forever` returned. From the loop thread it only asks."""
         self._stop_requested = True
         self._wake()
-        if self._loop_thread == threading.get_ident():
-            return
-        with self._loop_lock:  # waits for a running loop; runs it here if none ran
-            self._run()
+        if self._loop_thread != threading.get_ident():
+            with self._loop_lock:  # waits for a running loop; runs it here if none ran
+                self._loop()
 
     def close(self) -> None:
-        """Free every socket; connections still open are dropped (no close frame).
-
-        A loop running in another thread is first asked to shut down gracefully, and
-        waited for. Not callable from the loop thread (use :meth:`shutdown` there).
-        """
+        """Free every socket, after a graceful :meth:`shutdown` of a loop still running
+        elsewhere; connections still open are dropped. Not from the loop thread."""
         if self._loop_thread == threading.get_ident():
             raise RuntimeError("close() from the loop thread: call shutdown()")
         self._stop_requested = True
@@ -175,26 +132,21 @@ class Server:
         with self._loop_lock:
             if self._closed:
                 return
-            self._closed = self._finished = True
+            self._closed = True
             now = time.monotonic()
             for transport in list(self._transports.values()):
                 self._close(transport, now)
             self.hub.take_pending()
-            if self._listener is not None:
-                self._listener.close()
-                self._listener = None
+            for sock in (self._listener, self._wake_r, self._wake_w):
+                if sock is not None:
+                    sock.close()
             self._selector.close()
-            self._wake_r.close()
-            self._wake_w.close()
 
     def __enter__(self) -> Server:
         return self
 
     def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         try:
             self.shutdown()
@@ -208,106 +160,55 @@ class Server:
         with contextlib.suppress(OSError):  # full (a wake-up is pending already), or closed
             self._wake_w.send(b"\0")
 
-    def _run(self) -> None:
-        if self._finished:
+    def _loop(self) -> None:
+        if self._closed:
             return
         self._loop_thread = threading.get_ident()
         try:
-            if self._interrupted:  # a flush may have been cut short: flush everyone
+            now = time.monotonic()  # a flush an exception (Ctrl-C) cut short: flush everyone
+            for conn, transport in list(self._transports.items()):
+                self._flush_one(conn, transport, now)
+            while True:
                 now = time.monotonic()
-                for conn, transport in list(self._transports.items()):
-                    self._flush_one(conn, transport, now)
-            self._interrupted = True
-            self._loop()
-            self._interrupted = False
+                if self._stop_requested:
+                    self.hub.shutdown(now)
+                self.hub.handle_timeouts(now)
+                self._flush(now)
+                if self.hub.finished:
+                    return
+                deadline = self.hub.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - now)
+                for key, events in self._selector.select(timeout):
+                    self._ready(key.fileobj, key.data, events, time.monotonic())
         finally:
             self._loop_thread = None
 
-    def _loop(self) -> None:
-        select = self._selector.select
-        while True:
-            if self._stop_requested and not self._stopping:
-                self._begin_shutdown()
-            now = time.monotonic()
-            if self._accept_retry is not None and now >= self._accept_retry:
-                self._resume_accepting()
-            self.hub.handle_timeouts(now)
-            for transport in [t for t in self._lingering if t.deadline <= now]:
-                logger.debug("output to %s not drained in time", transport.conn.peer)
-                self._close(transport, now)
-            self._flush(now)
-            if self._stopping and self._transports and self._past_shutdown_deadline(now):
-                logger.warning("shutdown_timeout passed: dropping the remaining clients")
-                for transport in list(self._transports.values()):
-                    self._close(transport, now)
-            if self._stopping and not self._transports:
-                self._finished = True
-                return
-            for key, events in select(self._timeout(now)):
-                now = time.monotonic()
-                transport = key.data
-                if transport is None:
-                    if key.fileobj is self._listener:
-                        self._accept(now)
-                    else:
-                        self._drain_wakeups()
-                    continue
-                assert isinstance(transport, _Transport)
-                try:
-                    self._handle(transport, events, now)
-                except Exception:
-                    logger.exception("connection from %s failed", transport.conn.peer)
-                    self._close(transport, now)
-
-    def _past_shutdown_deadline(self, now: float) -> bool:
-        return self._shutdown_deadline is not None and now >= self._shutdown_deadline
-
-    def _timeout(self, now: float) -> float | None:
-        deadline = self.hub.next_deadline()
-        if self._accept_retry is not None:
-            deadline = min(deadline or self._accept_retry, self._accept_retry)
-        if self._stopping and self._shutdown_deadline is not None:
-            deadline = min(deadline or self._shutdown_deadline, self._shutdown_deadline)
-        for transport in self._lingering:
-            if deadline is None or transport.deadline < deadline:
-                deadline = transport.deadline
-        return None if deadline is None else max(0.0, deadline - now)
-
-    def _begin_shutdown(self) -> None:
-        self._stopping = True
-        if self._shutdown_timeout is not None:
-            self._shutdown_deadline = time.monotonic() + self._shutdown_timeout
-        if self._listener is not None:
-            if not self._accept_paused:
-                self._selector.unregister(self._listener)
-            self._listener.close()
-            self._listener = None
-        self.hub.shutdown()
-
-    def _drain_wakeups(self) -> None:
+    def _ready(
+        self, fileobj: object, transport: _Transport | None, events: int, now: float
+    ) -> None:
+        if transport is None:
+            if fileobj is self._listener:
+                self._accept(now)
+            else:
+                with contextlib.suppress(OSError):
+                    while self._wake_r.recv(4096):
+                        pass
+            return
         try:
-            while self._wake_r.recv(4096):
-                pass
-        except OSError:
-            pass
+            if transport.handshaking:
+                self._handshake(transport, now)
+                return
+            if transport.out and events & _WRITE and not self._send(transport, now):
+                return
+            if events & _READ or (transport.want == _WRITE and events & _WRITE):
+                self._read(transport, now)
+        except Exception:
+            logger.exception("connection from %s failed", transport.conn.peer)
+            self._close(transport, now)
 
     def _accept(self, now: float) -> None:
         assert self._listener is not None
-        for _ in range(_ACCEPT_BATCH):
-            try:
-                sock, address = self._listener.accept()
-            except _WOULD_BLOCK:
-                return
-            except OSError as exc:  # out of file descriptors, aborted by the peer...
-                if exc.errno not in _OUT_OF_RESOURCES:
-                    logger.warning("accept failed: %s", exc)
-                    return
-                logger.warning("accept failed (%s): not accepting until a connection closes", exc)
-                self._selector.unregister(self._listener)  # else select() returns at once
-                self._accept_paused = True
-                if not self._transports:  # no connection of ours to wait for
-                    self._accept_retry = now + _ACCEPT_RETRY
-                return
+        for sock, address in accept_waiting(self._listener, self.hub, now):
             try:
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -319,23 +220,12 @@ class Server:
                 logger.warning("could not set up a socket from %s: %s", address, exc)
                 sock.close()
                 continue
-            conn = self.hub.open(now, peer=(address[0], address[1]), transport=sock)
-            transport = _Transport(sock, conn, self._ssl is not None)
-            self._transports[conn] = transport
+            conn = self.hub.open(now, peer=address, transport=sock)
+            transport = self._transports[conn] = _Transport(sock, conn, self._ssl is not None)
             if transport.handshaking:
                 self._handshake(transport, now)
             else:
                 self._update(transport)
-
-    def _handle(self, transport: _Transport, events: int, now: float) -> None:
-        if transport.handshaking:
-            self._handshake(transport, now)
-            return
-        if transport.out:
-            self._send(transport, now)
-        readable = events & _READ or (transport.read_wants_write and events & _WRITE)
-        if readable and not transport.closed and not transport.closing:
-            self._read(transport, now)
 
     def _handshake(self, transport: _Transport, now: float) -> None:
         sock = transport.sock
@@ -351,23 +241,23 @@ class Server:
             self._close(transport, now)
             return
         else:
-            transport.handshaking = False
-            if transport.out:
-                self._send(transport, now)
-            if not transport.closed and not transport.closing:
+            transport.handshaking, transport.want = False, _READ
+            if not transport.out or self._send(transport, now):
                 self._read(transport, now)  # the request may already be there
         self._update(transport)
 
     def _read(self, transport: _Transport, now: float) -> None:
         sock = transport.sock
-        transport.read_wants_write = False
+        transport.want = _READ
+        if transport.conn.should_close:
+            return
         try:
             data = sock.recv(_READ_SIZE)
             if data and isinstance(sock, _ssl.SSLSocket):
                 while sock.pending():  # decrypted bytes the selector cannot see
                     data += sock.recv(_READ_SIZE)
         except _ssl.SSLWantWriteError:
-            transport.read_wants_write = True
+            transport.want = _WRITE  # a TLS read needs the socket writable
             self._update(transport)
             return
         except _WOULD_BLOCK:
@@ -377,36 +267,39 @@ class Server:
         transport.conn.receive_data(data, now)  # b"": the core finishes, the flush closes
 
     def _send(self, transport: _Transport, now: float) -> bool:
-        """Write what the socket takes; False if the transport closed meanwhile."""
-        sock, out = transport.sock, transport.out
-        view = memoryview(out)
+        """Write what the socket takes; False if the transport is closed now."""
         try:
-            while transport.sent < len(out):
-                transport.sent += sock.send(view[transport.sent :])
+            sent = transport.sock.send(transport.out)
         except _WOULD_BLOCK:
-            pass
+            sent = 0
         except OSError as exc:
             logger.debug("writing to %s failed: %s", transport.conn.peer, exc)
             self._close(transport, now)
             return False
-        finally:
-            view.release()
-        if transport.sent < len(out):
-            if not transport.paused:
-                transport.paused = True
-                transport.conn.pause_writing()
-        else:
-            transport.out, transport.sent = b"", 0
-            if transport.paused:  # the flush that follows writes the rest, or closes
-                transport.paused = False
-                transport.conn.resume_writing()
-            elif transport.closing:
-                self._close(transport, now)
-                return False
+        transport.out = transport.out[sent:]
+        if transport.out and not transport.paused:
+            transport.paused = True
+            transport.conn.pause_writing()
+        elif not transport.out and transport.paused:  # the next flush writes the rest
+            transport.paused = False
+            transport.conn.resume_writing()
+        elif not transport.out and transport.closing:
+            self._close(transport, now)
+            return False
         self._update(transport)
         return True
 
     def _flush(self, now: float) -> None:
+        listener = self._listener
+        if listener is not None and self.hub.accepting != self._accepting:
+            self._accepting = self.hub.accepting
+            if self._accepting:
+                self._selector.register(listener, _READ)
+            else:
+                self._selector.unregister(listener)  # else select() returns at once
+        if listener is not None and self.hub.refusing:
+            self._listener = None
+            listener.close()
         for conn in self.hub.take_pending():
             transport = self._transports.get(conn)
             try:
@@ -420,36 +313,26 @@ class Server:
         data = conn.data_to_send(now)
         if transport is None or transport.closed:
             return
-        if data:
-            if transport.sent < len(transport.out):
-                transport.out = transport.out[transport.sent :] + data
-            else:
-                transport.out = data
-            transport.sent = 0
-            if not transport.handshaking and not self._send(transport, now):
-                return
-        if conn.should_close and not transport.closing:
-            transport.closing = True
-            transport.deadline = now + self._drain_timeout
-        if transport.closing:
-            if not transport.out or transport.handshaking:
+        if conn.should_abort:
+            self._close(transport, now)
+            return
+        transport.out += data
+        transport.closing = conn.should_close
+        if transport.handshaking or not transport.out or self._send(transport, now):
+            if transport.closing and (not transport.out or transport.handshaking):
                 self._close(transport, now)
             else:
-                self._lingering[transport] = None
-                self._update(transport)
-        else:
-            self._update(transport)  # reading pauses while the core holds input
+                self._update(transport)  # reading pauses while the core holds input
 
     def _update(self, transport: _Transport) -> None:
         """Register the events this transport waits for now."""
         if transport.closed:
             return
-        if transport.handshaking:
-            mask = transport.want
-        else:
-            reading = not transport.closing and not transport.conn.input_paused
-            mask = _READ if reading else 0
-            if transport.out or transport.read_wants_write:
+        mask = transport.want
+        if not transport.handshaking:
+            conn = transport.conn
+            mask = 0 if conn.should_close or conn.input_paused else mask
+            if transport.out:
                 mask |= _WRITE
         if mask == transport.mask:
             return
@@ -462,27 +345,16 @@ class Server:
         transport.mask = mask
 
     def _close(self, transport: _Transport, now: float) -> None:
-        """Close the socket; the core learns the transport is lost if it did not know."""
+        """Close the socket, and tell the core the transport is gone."""
         if transport.closed:
             return
         transport.closed = True
-        conn = transport.conn
-        if not conn.should_close:
-            conn.receive_data(b"", now)
-        self._transports.pop(conn, None)
-        self._lingering.pop(transport, None)
-        self._resume_accepting()
+        self._transports.pop(transport.conn, None)
         if transport.mask:
             self._selector.unregister(transport.sock)
-            transport.mask = 0
         transport.out = b""
         transport.sock.close()
-
-    def _resume_accepting(self) -> None:
-        if self._accept_paused and self._listener is not None:
-            self._accept_paused = False
-            self._accept_retry = None
-            self._selector.register(self._listener, _READ)
+        transport.conn.transport_lost(now)
 
 
 def serve(
@@ -496,23 +368,9 @@ def serve(
     shutdown_timeout: float | None = 30.0,
     drain_timeout: float = 5.0,
 ) -> Server:
-    """A :class:`Server` listening on ``host:port`` (port 0: any free port).
-
-    Use it as a context manager; leaving the block shuts down gracefully if the server
-    still runs, then frees every socket::
-
-        with serve(router, "127.0.0.1", 8765) as server:
-            server.serve_forever()
-
-    :param ssl: serve TLS (``wss://``) with this context; ``None`` (default) serves plain TCP.
-    :param backlog: the listen backlog (default 128).
-    :param reuse_port: set ``SO_REUSEPORT``, so that several processes serve one port
-        (where the system has it; ``ValueError`` elsewhere).
-    :param shutdown_timeout: seconds a graceful shutdown may take before the remaining
-        clients are dropped (``None``: only each channel's ``close_timeout`` bounds it)
-    :param drain_timeout: seconds a closing connection's unsent output gets to leave
-        before the socket is closed anyway (default 5.0).
-    """
+    """A :class:`Server` listening on ``host:port`` (port 0: any free port); leaving its
+    ``with`` block shuts it down gracefully, then frees every socket. The options are
+    described in :doc:`/serving-threads`."""
     return Server(
         router,
         host,

@@ -1,31 +1,20 @@
 """Serve a :class:`~spoc_sockets.Router` with trio (the optional extra ``trio``).
 
-Two entry points::
+::
 
-    from spoc_sockets.trio import serve, handle_stream
-
-    # a listening server: runs until cancelled (graceful shutdown) or server.aclose()
     server = await nursery.start(serve, router, "127.0.0.1", 8765)   # server.port
-
-    # one stream accepted by your own listener (a socket stream, a trio.SSLStream...)
     await trio.serve_listeners(functools.partial(handle_stream, router), listeners)
 
-The adapter only moves bytes and time: per stream, a reader task feeds
-``receive_data`` (and waits while the core holds input for the connection's next turn)
-and a writer task writes what the core returns (one ``send_all`` at a time; the core
-holds and bounds further output meanwhile). One timer task per hub
-honours ``next_deadline``. ``Connection.send`` from any thread wakes the hub through
-the trio token (``run_sync_soon``).
-
-Cancellation is a graceful shutdown: stop accepting, close every client with 1001, keep
-serving until the core has finished every connection (``close_timeout`` bounds it),
-then let the cancellation through. ``shutdown_timeout`` is a hard bound on top.
+Per stream, a reader task feeds ``receive_data`` (waiting while the core holds input)
+and a writer task writes what the core returns, one ``send_all`` at a time (the core
+holds and bounds the rest); a verdict to abort cancels both. One timer task follows the
+hub's earliest deadline; other threads wake the hub through the trio token. Cancellation
+is a graceful shutdown, then propagates. Options: :doc:`/serving-trio`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import math
 import ssl
@@ -33,7 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 
 import trio
 
-from ._listen import bind
+from ._listen import OUT_OF_RESOURCES, bind
 from .connection import ServerConnection
 from .hub import Hub
 from .router import Router
@@ -45,52 +34,24 @@ READ_SIZE = 65536
 
 logger = logging.getLogger("spoc_sockets.server")
 
-_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-#: Seconds before accepting again after running out of resources with no connection
-#: of this server's own to wait for.
-_ACCEPT_RETRY = 1.0
-
 
 class _Link:
     """The adapter's side of one stream: output in flight and the writer's wake-up."""
 
-    __slots__ = (
-        "closing",
-        "conn",
-        "drop_at",
-        "event",
-        "out",
-        "paused",
-        "readable",
-        "sending",
-        "stream",
-    )
+    __slots__ = ("closing", "conn", "event", "out", "readable", "scope", "stream")
 
     def __init__(self, stream: trio.abc.Stream, conn: ServerConnection) -> None:
         self.stream = stream
         self.conn = conn
         self.out: list[bytes] = []
-        self.paused = False  # a write is in flight: the core keeps (and bounds) the rest
-        self.closing = False  # the core said close and gave its last bytes
+        self.closing = False  # the core said close: write the rest, then close
         self.event = trio.Event()
         self.readable = trio.Event()  # set when the core wants input again
-        self.sending: trio.CancelScope | None = None  # the write in flight
-        self.drop_at = math.inf  # when to give up on it
+        self.scope = trio.CancelScope()  # cancelled when the core gives up on the stream
 
 
 class Server:
-    """One hub served by trio: its connections, its timer, its graceful shutdown.
-
-    Made by :func:`serve` (and by :func:`handle_stream` for one stream); not meant to
-    be constructed directly.
-
-    * ``shutdown_timeout`` (default ``30.0`` seconds, ``None`` for none): hard bound on
-      a graceful shutdown; past it the remaining transports are dropped.
-    * ``drain_timeout`` (default ``5.0`` seconds): once the core has closed a
-      connection, how long its last bytes (and, for an ``SSLStream`` given to
-      :func:`handle_stream`, its ``close_notify``) may take to leave before the
-      transport is dropped.
-    """
+    """One hub served by trio (made by :func:`serve` and :func:`handle_stream`)."""
 
     def __init__(
         self,
@@ -100,21 +61,23 @@ class Server:
         drain_timeout: float = 5.0,
     ) -> None:
         self.router = router
-        self.shutdown_timeout = shutdown_timeout
-        self.drain_timeout = drain_timeout
-        #: the core's side of this server
-        self.hub = Hub(router, self._wakeup, self._spawn)
+        #: the core's side of this server (its drain and shutdown deadlines too)
+        self.hub = Hub(
+            router,
+            self._wakeup,
+            self._spawn,
+            drain_timeout=drain_timeout,
+            shutdown_timeout=shutdown_timeout,
+        )
         #: the listeners (empty for :func:`handle_stream`)
         self.listeners: list[trio.SocketListener] = []
         self._token = trio.lowlevel.current_trio_token()
         self._links: dict[ServerConnection, _Link] = {}
-        self._timer_scope: trio.CancelScope | None = None
+        self._timer = trio.CancelScope()  # the one timer: its deadline is the hub's next
         self._hooks: trio.Nursery | None = None  # where async hooks run
         self._accepting = trio.CancelScope()
-        self._shield = trio.CancelScope(shield=True)
-        self._stopping = False
-        self._idle = trio.Event()  # set once stopping and no stream is left
-        self._freed = trio.Event()  # set when a stream closes (to accept again)
+        self._accept_again = trio.Event()  # set while the hub says to accept
+        self._idle = trio.Event()  # set once the hub has finished
         self._done = trio.Event()
 
     @property
@@ -144,40 +107,34 @@ class Server:
     def _flush(self) -> None:  # the trio thread
         now = trio.current_time()
         for conn in self.hub.take_pending():
+            data = conn.data_to_send(now)  # b"" while a write is in flight
             link = self._links.get(conn)
             if link is None:  # its stream is gone: late sends are discarded by the core
-                conn.data_to_send(now)
                 continue
-            was_paused = link.paused
-            data = conn.data_to_send(now)  # b"" while a write is in flight
+            if conn.should_abort:
+                link.scope.cancel()
+                continue
             if not conn.input_paused:
                 link.readable.set()
             if data:
                 link.out.append(data)
-                link.paused = True
                 conn.pause_writing()
-            if conn.should_close:
-                if not was_paused:
-                    link.closing = True  # the resumed write brings the rest otherwise
-                else:  # and if the write in flight never ends, drop the transport
-                    link.drop_at = min(link.drop_at, now + self.drain_timeout)
-                    if link.sending is not None:
-                        link.sending.deadline = link.drop_at
+            link.closing = conn.should_close
             link.event.set()
-        if self._timer_scope is not None:
-            deadline = self.hub.next_deadline()
-            self._timer_scope.deadline = math.inf if deadline is None else deadline
+        if self.hub.accepting:
+            self._accept_again.set()
+        if self.hub.finished:
+            self._idle.set()
+        deadline = self.hub.next_deadline()
+        self._timer.deadline = math.inf if deadline is None else deadline
 
-    async def _timer(self, scope: trio.CancelScope) -> None:
-        with scope:
-            while True:
-                deadline = self.hub.next_deadline()
-                with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as wait:
-                    self._timer_scope = wait
-                    await trio.sleep_forever()
-                self._timer_scope = None
-                self.hub.handle_timeouts(trio.current_time())
-                self._flush()
+    async def _tick(self) -> None:
+        while True:
+            with self._timer:
+                await trio.sleep_forever()
+            self._timer = trio.CancelScope()
+            self.hub.handle_timeouts(trio.current_time())
+            self._flush()
 
     # -- one stream ---------------------------------------------------------------------
 
@@ -186,20 +143,17 @@ class Server:
         conn = self.hub.open(trio.current_time(), peer=_peer(stream), transport=stream)
         link = self._links[conn] = _Link(stream, conn)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read, link)
-                await self._write(link)
-                nursery.cancel_scope.cancel()
+            with link.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read, link)
+                    await self._write(link)
+                    nursery.cancel_scope.cancel()
+                await stream.aclose()  # after the last bytes (a TLS close_notify too)
         finally:
-            if not conn.should_close:  # transport lost, or a hard stop
-                conn.receive_data(b"", trio.current_time())
-                self._flush()
             del self._links[conn]
-            with trio.move_on_after(self.drain_timeout):
-                await stream.aclose()  # forceful when cancelled
-            self._freed.set()
-            if self._stopping and not self._links:
-                self._idle.set()
+            await trio.aclose_forcefully(stream)  # nothing left to do if closed already
+            conn.transport_lost(trio.current_time())
+            self._flush()
 
     async def _read(self, link: _Link) -> None:
         conn = link.conn
@@ -222,15 +176,10 @@ class Server:
             if link.out:
                 data = b"".join(link.out) if len(link.out) > 1 else link.out[0]
                 link.out.clear()
-                with trio.CancelScope(deadline=link.drop_at) as link.sending:
-                    try:
-                        await link.stream.send_all(data)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        return  # transport lost: handle_stream tells the core
-                if link.sending.cancelled_caught:
-                    return  # closed by the core, and the last bytes could not leave
-                link.sending = None
-                link.paused = False
+                try:
+                    await link.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return  # transport lost: handle_stream tells the core
                 conn.resume_writing()  # schedules a flush of what waited meanwhile
                 continue
             if link.closing:
@@ -244,49 +193,42 @@ class Server:
         handler: Callable[[trio.SocketStream], Awaitable[None]],
         nursery: trio.Nursery,
     ) -> None:
-        """Accept streams for ``handler``; out of descriptors, wait for one to close."""
+        """Accept streams for ``handler`` while the hub says to accept."""
         while True:
             try:
                 stream = await listener.accept()
             except OSError as exc:
-                if exc.errno not in _OUT_OF_RESOURCES:
+                if exc.errno not in OUT_OF_RESOURCES:
                     raise
-                logger.warning("accept failed (%s): not accepting until a connection closes", exc)
-                self._freed = trio.Event()
-                with trio.move_on_after(math.inf if self._links else _ACCEPT_RETRY):
-                    await self._freed.wait()
+                if self._accept_again.is_set():
+                    self._accept_again = trio.Event()
+                self.hub.pause_accepting(trio.current_time(), exc)
+                self._flush()
+                await self._accept_again.wait()
                 continue
             nursery.start_soon(handler, stream)
 
     # -- shutdown -------------------------------------------------------------------------
 
     def _begin_shutdown(self) -> None:
-        if self._stopping:
-            return
-        self._stopping = True
-        self._accepting.cancel()
-        if self.shutdown_timeout is not None:
-            self._shield.deadline = trio.current_time() + self.shutdown_timeout
-        self.hub.shutdown()
-        self._flush()
-        if not self._links:
-            self._idle.set()
+        if not self.hub.refusing:
+            self._accepting.cancel()
+            self.hub.shutdown(trio.current_time())
+            self._flush()
 
     async def _run(self, body: Callable[[trio.Nursery], Awaitable[None]]) -> None:
         """Run ``body`` and the timer; an outer cancellation becomes a graceful shutdown."""
         try:
             async with trio.open_nursery() as watch:
                 watch.start_soon(self._watch_cancellation)
-                with self._shield:
+                with trio.CancelScope(shield=True):
                     async with trio.open_nursery() as nursery:
                         self._hooks = nursery
-                        timer = trio.CancelScope()
-                        nursery.start_soon(self._timer, timer)
+                        nursery.start_soon(self._tick)
                         await body(nursery)
                         self._begin_shutdown()
-                        await self._idle.wait()
-                        timer.cancel()  # async hooks still running get drain_timeout
-                        nursery.cancel_scope.deadline = trio.current_time() + self.drain_timeout
+                        await self._idle.wait()  # no stream, no hook left: the hub finished
+                        nursery.cancel_scope.cancel()  # the timer
                 watch.cancel_scope.cancel()
         finally:
             self._done.set()
@@ -329,19 +271,10 @@ async def serve(
     drain_timeout: float = 5.0,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen on ``host``:``port`` and serve ``router`` until cancelled.
-
-    Use it with ``server = await nursery.start(serve, router, host, port)``: the
-    :class:`Server` it reports has ``port`` (the one chosen for ``port=0``), ``hub`` and
-    ``listeners``. ``host=None`` listens on every interface. ``ssl_context`` serves
-    ``wss://`` (each stream wrapped in a :class:`trio.SSLStream`); ``backlog`` is the
-    listen queue length (``None``: 128). ``reuse_port`` sets
-    ``SO_REUSEPORT``, so that several processes serve one port (where the system has it).
-
-    Cancelling it shuts down gracefully (see :class:`Server` for the two timeouts),
-    then the cancellation propagates; ``await server.aclose()`` does the same shutdown
-    and ``serve`` returns normally.
-    """
+    """Listen on ``host:port`` and serve ``router`` until cancelled (a graceful shutdown,
+    then the cancellation propagates) or until ``await server.aclose()``. With
+    ``nursery.start`` it reports the :class:`Server` (``port``, ``hub``, ``listeners``).
+    The options are described in :doc:`/serving-trio`."""
     server = Server(router, shutdown_timeout=shutdown_timeout, drain_timeout=drain_timeout)
     server.listeners = [
         trio.SocketListener(trio.socket.from_stdlib_socket(sock))
@@ -376,14 +309,8 @@ async def handle_stream(
     shutdown_timeout: float | None = 30.0,
     drain_timeout: float = 5.0,
 ) -> None:
-    """Serve one stream accepted by your own listener; returns once it is closed.
-
-    ``stream`` is any :class:`trio.abc.Stream` (a socket stream, a
-    :class:`trio.SSLStream` you wrapped...); it is closed on return. Each call has its
-    own :class:`~spoc_sockets.hub.Hub` and timer task (the router, its channels and
-    their broadcasts are shared as usual). Cancelling the call closes this one client
-    gracefully with 1001, like :func:`serve`.
-    """
+    """Serve one :class:`trio.abc.Stream` accepted by your own listener, with a hub of
+    its own; returns once it is closed. Cancelled, it closes its client with 1001."""
     server = Server(router, shutdown_timeout=shutdown_timeout, drain_timeout=drain_timeout)
 
     async def one(nursery: trio.Nursery) -> None:

@@ -282,7 +282,7 @@ def test_the_backlog_of_a_client_that_does_not_read_stays_in_the_core() -> None:
     chunk = b"\x07" * (64 * 1024)
 
     async def main() -> None:
-        async with serve(router, HOST, 0) as server:
+        async with serve(router, HOST, 0, drain_timeout=0.5) as server:
             reader = await RawClient.connect(server.port, rcvbuf=4096)
             await reader.send(upgrade_request("/firehose"))
             assert b" 101 " in await reader.read_head()

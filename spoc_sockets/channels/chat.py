@@ -480,9 +480,7 @@ class ChatServer(ChannelServer):
             else:
                 conn.send(_page({"type": "history", "room": room}, page))
 
-        self.broker.history(
-            room, since, self.max_history_messages, self.history_page_bytes, answer
-        )
+        self.broker.history(room, since, self.max_history_messages, self.history_page_bytes, answer)
 
     def _leave(self, conn: Connection, room: str, data: Event) -> None:
         if room not in self._joined[conn]:

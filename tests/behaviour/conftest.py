@@ -71,12 +71,12 @@ def serve_tls(request: pytest.FixtureRequest) -> Harness:
 @pytest.fixture(params=taking("shutdown_timeout"))
 def serve_shutdown_timeout(request: pytest.FixtureRequest) -> Harness:
     """Harnesses whose adapter takes ``shutdown_timeout`` (``ASGIApp`` does not: the ASGI
-    server owns that deadline; ``memory``: its hub has none)."""
+    server owns that deadline; ``memory`` runs it in virtual time)."""
     return HARNESSES[request.param]
 
 
 @pytest.fixture(params=taking("drain_timeout"))
 def serve_drain_timeout(request: pytest.FixtureRequest) -> Harness:
     """Harnesses whose adapter takes ``drain_timeout`` (``ASGIApp`` does not: the ASGI
-    server writes the bytes; ``memory``: a finished connection has no transport left)."""
+    server writes the bytes; ``memory`` runs it in virtual time)."""
     return HARNESSES[request.param]

@@ -178,15 +178,29 @@ class MemoryRaw:
         self.server = client.hub.open(client.now, peer=("127.0.0.1", 50001))
         self.output = bytearray()
         self.window = window
+        self.gone = False  # the transport, closed or dropped as the core said
 
     def send(self, data: bytes) -> None:
         self.server.receive_data(data, self.client.now)
         self._collect()
 
     def _collect(self) -> None:
-        self.output += self.server.data_to_send(self.client.now)
-        if self.window is not None and len(self.output) >= self.window:
+        if self.gone:
+            return
+        now = self.client.now
+        data = self.server.data_to_send(now)
+        if self.server.should_abort:  # dropped: what was not read is lost
+            self._lose(now)
+            return
+        self.output += data
+        if self.server.should_close and self.window is None:  # all read: closed
+            self._lose(now)
+        elif self.window is not None and len(self.output) >= self.window:
             self.server.pause_writing()
+
+    def _lose(self, now: float) -> None:
+        self.gone = True
+        self.server.transport_lost(now)
 
     def read_all(self) -> bytes:
         if self.window is not None:  # the reader is back
@@ -195,7 +209,7 @@ class MemoryRaw:
         # virtual time runs until the server closes the transport
         for _ in range(10_000):
             self._collect()
-            if self.server.should_close:
+            if self.gone:
                 break
             self.client.advance(0.5)
         return bytes(self.output)
@@ -239,11 +253,11 @@ class MemoryServed:
             waited += 0.05
 
     def shutdown(self) -> None:
-        self.client.hub.shutdown()
-        self.wait_for(lambda: not self.client.hub.connections, timeout=60)
+        self.client.shutdown()
+        self.wait_for(lambda: self.client.hub.finished, timeout=60)
 
     def held(self) -> int:
-        return len(self.client.hub.connections)
+        return len(self.client.hub.connections) + len(self.client.hub.draining)
 
 
 @contextmanager
@@ -254,12 +268,17 @@ def memory(
     shutdown_timeout: float | None = None,
     drain_timeout: float | None = None,
 ) -> Iterator[Served]:
-    """The in-memory harness: a :class:`TestClient` (no transport to encrypt; a finished
-    connection's output goes nowhere, so it has nothing to drain)."""
+    """The in-memory harness: a :class:`TestClient` (no transport to encrypt), with the
+    core's drain and shutdown deadlines in virtual time."""
     Options(tls, shutdown_timeout, drain_timeout).check(OPTIONS, "memory")
-    with TestClient(router) as client:
+    timeouts: dict[str, Any] = {}
+    if shutdown_timeout is not None:
+        timeouts["shutdown_timeout"] = shutdown_timeout
+    if drain_timeout is not None:
+        timeouts["drain_timeout"] = drain_timeout
+    with TestClient(router, **timeouts) as client:
         yield MemoryServed(router, client)
 
 
 #: the adapter options the in-memory harness honours
-OPTIONS: frozenset[str] = frozenset()
+OPTIONS: frozenset[str] = frozenset({"shutdown_timeout", "drain_timeout"})

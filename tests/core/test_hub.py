@@ -17,13 +17,16 @@ def test_next_deadline_is_the_earliest_live_one() -> None:
     first.receive_data(upgrade_request("/r"), 1.0)  # its handshake deadline is now stale
     assert first.next_deadline() == 26.0
     assert hub.next_deadline() == 13.0
-    second.receive_data(b"", 4.0)  # gone: its deadline goes with it
+    second.receive_data(b"", 4.0)  # finished: its transport drains, bounded
+    assert hub.next_deadline() == 4.0 + hub.drain_timeout
+    second.transport_lost(4.5)  # gone: its deadline goes with it
     assert hub.next_deadline() == 26.0
     hub.handle_timeouts(25.9)
     assert hub.next_deadline() == 26.0
     hub.handle_timeouts(26.0)  # the ping goes out; the pong is due by ping_timeout
     assert hub.next_deadline() == 26.0 + 20.0
     first.receive_data(b"", 27.0)
+    first.transport_lost(27.0)
     assert hub.next_deadline() is None
 
 

@@ -186,6 +186,7 @@ def test_stale_timers_do_not_keep_finished_connections() -> None:
     for peer in peers:
         peer.handshake("/r")
         peer.eof()
+        peer.server.transport_lost(peer.now)  # the adapter closed it
     assert len(hub._timers) <= 64 + 4 * len(hub.connections)
 
 

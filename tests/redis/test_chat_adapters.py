@@ -97,5 +97,3 @@ def test_a_notification_reaches_the_user(redis_server: RedisServer) -> None:
             assert notification == {"type": "notification", "payload": {"grade": "A"}}
     finally:
         broker.close()
-
-

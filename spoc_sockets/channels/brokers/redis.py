@@ -60,7 +60,9 @@ end
 
 # KEYS: meta, log. ARGV: message (JSON object without id), max messages, max bytes,
 # history TTL (ms), channel. Returns the stored text.
-_POST = _NOW_MS + """
+_POST = (
+    _NOW_MS
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local base = string.format('%.0f', now_ms() * 1000)
   redis.call('DEL', KEYS[2])
@@ -82,6 +84,7 @@ redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[5], stored)
 return stored
 """
+)
 
 # KEYS: meta, log. ARGV: since (-1: the last messages), count. Returns {} when the room
 # has no history, else {base, last, oldest id or '', texts...}: the last `count` newest
@@ -106,7 +109,9 @@ for _, entry in ipairs(entries) do out[#out + 1] = entry[2][2] end
 return out
 """
 
-_LIVE_NODES = _NOW_MS + """
+_LIVE_NODES = (
+    _NOW_MS
+    + """
 local function live_nodes()
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms())
   return redis.call('ZRANGE', KEYS[2], 0, -1)
@@ -120,9 +125,12 @@ local function elsewhere(node, user)
   return false
 end
 """
+)
 
 # KEYS: members, nodes. ARGV: node, user, presence TTL (ms). 1 if the user's first.
-_JOIN = _LIVE_NODES + """
+_JOIN = (
+    _LIVE_NODES
+    + """
 local others = elsewhere(ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[3]), ARGV[1])
 local count = redis.call('HINCRBY', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 1)
@@ -131,9 +139,12 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 if count == 1 and not others then return 1 end
 return 0
 """
+)
 
 # KEYS: members, nodes. ARGV: node, user. 1 if it was the user's last connection.
-_LEAVE = _LIVE_NODES + """
+_LEAVE = (
+    _LIVE_NODES
+    + """
 local field = ARGV[1] .. '|' .. ARGV[2]
 if redis.call('HEXISTS', KEYS[1], field) == 0 then return 0 end
 if redis.call('HINCRBY', KEYS[1], field, -1) > 0 then return 0 end
@@ -141,10 +152,13 @@ redis.call('HDEL', KEYS[1], field)
 if elsewhere(ARGV[1], ARGV[2]) then return 0 end
 return 1
 """
+)
 
 # KEYS: members, nodes. The users present through a live node (the fields of dead
 # nodes are dropped on the way).
-_MEMBERS = _LIVE_NODES + """
+_MEMBERS = (
+    _LIVE_NODES
+    + """
 local live = {}
 for _, node in ipairs(live_nodes()) do live[node] = true end
 local users, seen = {}, {}
@@ -159,10 +173,13 @@ for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
 end
 return users
 """
+)
 
 # KEYS: members, nodes. ARGV: node, presence TTL (ms), then user, count pairs: this
 # node's members of the room, written again (a Redis that lost them gets them back).
-_REFRESH = _NOW_MS + """
+_REFRESH = (
+    _NOW_MS
+    + """
 local prefix = ARGV[1] .. '|'
 local want = {}
 for i = 3, #ARGV, 2 do want[prefix .. ARGV[i]] = ARGV[i + 1] end
@@ -177,6 +194,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 0
 """
+)
 
 #: seconds waited, at most, for the subscription a join needs before its history is read
 SUBSCRIBE_TIMEOUT = 5.0

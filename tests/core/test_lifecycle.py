@@ -1,0 +1,295 @@
+"""The transport's whole life in the core, in virtual time: the drain deadline after a
+connection finished, the shutdown deadline, the abort verdict, the accept back-off."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable, Coroutine, Generator
+
+import pytest
+
+from spoc_sockets import Connection, Hub, UsageError
+from spoc_sockets.hub import ACCEPT_RETRY
+from spoc_sockets.testing import TestClient
+
+from .wire import Peer, Recorder, router_with
+
+EMFILE = OSError(errno.EMFILE, "Too many open files")
+
+
+def quiet(**options: object) -> Recorder:
+    return Recorder(ping_interval=None, **options)
+
+
+# -- the drain deadline ---------------------------------------------------------------
+
+
+def test_a_transport_that_does_not_drain_gets_the_abort_verdict_at_the_drain_deadline() -> None:
+    channel = quiet(close_timeout=1.0)
+    with TestClient(router_with("/r", channel), drain_timeout=3.0) as client:
+        ws = client.connect("/r")
+        server = ws.server
+        ws.pause_reading()  # the client's buffer is full from now on
+        assert server.connection is not None
+        server.connection.close(4000, "bye")
+        client.pump()
+        client.advance(1.0)  # close_timeout: the core is done with the connection
+        assert server.should_close and not server.should_abort
+        assert channel.closed == [(4000, "bye")]
+        assert client.hub.next_deadline() == 4.0  # finished at 1.0, plus drain_timeout
+        client.advance(2.9)
+        assert not server.should_abort and ws.close_code is None
+        client.advance(0.1)
+        assert server.should_abort
+        assert ws.close_code == 1006  # dropped: the close frame never arrived
+        assert client.hub.next_deadline() is None
+        assert client.hub.connections == []
+
+
+def test_a_transport_gone_before_the_drain_deadline_gets_no_verdict() -> None:
+    with TestClient(router_with("/r", quiet(close_timeout=1.0)), drain_timeout=3.0) as client:
+        ws = client.connect("/r")
+        server = ws.server
+        ws.pause_reading()
+        assert server.connection is not None
+        server.connection.close(4000, "bye")
+        client.pump()
+        client.advance(1.0)
+        client.advance(2.0)
+        ws.resume_reading()  # the last bytes leave, and the transport closes
+        assert ws.close_code == 4000
+        assert client.hub.next_deadline() is None
+        client.advance(60)
+        assert not server.should_abort
+
+
+def test_the_last_bytes_leave_even_while_writes_are_paused() -> None:
+    with TestClient(router_with("/r", quiet(close_timeout=1.0))) as client:
+        ws = client.connect("/r")
+        ws.pause_reading()
+        assert ws.server.connection is not None
+        ws.server.connection.send("last words")
+        ws.server.connection.close(4000, "bye")
+        client.pump()
+        client.advance(1.0)
+        ws.resume_reading()
+        assert ws.receive() == "last words"
+        assert ws.close_code == 4000
+
+
+def test_without_an_adapter_report_a_finished_connection_is_aborted_at_the_drain_deadline() -> None:
+    router = router_with("/r", quiet())
+    hub = Hub(router, drain_timeout=2.0)
+    peer = Peer(router, hub=hub, now=10.0)
+    peer.handshake("/r")
+    peer.eof()
+    assert peer.server.should_close and not peer.server.should_abort
+    assert hub.next_deadline() == 12.0
+    hub.take_pending()
+    peer.advance(2.0)
+    assert peer.server.should_abort
+    assert peer.server in hub.take_pending()  # the adapter hears the verdict
+    peer.server.transport_lost(12.0)
+    assert hub.next_deadline() is None
+
+
+def test_a_transport_lost_while_open_finishes_with_1006_and_leaves_nothing_to_wait_for() -> None:
+    channel = quiet()
+    router = router_with("/r", channel)
+    hub = Hub(router)
+    peer = Peer(router, hub=hub)
+    peer.handshake("/r")
+    peer.server.transport_lost(1.0)
+    assert channel.closed == [(1006, "")]
+    assert peer.server.should_close and not peer.server.should_abort
+    assert hub.connections == [] and hub.next_deadline() is None
+    hub.shutdown(2.0)
+    assert hub.finished
+
+
+# -- the shutdown deadline ------------------------------------------------------------
+
+
+def test_the_shutdown_deadline_aborts_what_remains_and_the_hub_finishes() -> None:
+    channel = quiet(close_timeout=60.0)
+    with TestClient(router_with("/r", channel), shutdown_timeout=2.0) as client:
+        mute = client.connect("/r", answer_pings=False)
+        mute.pause_reading()  # never answers the close frame
+        polite = client.connect("/r")
+        client.shutdown()
+        assert polite.close_code == 1001  # answered at once: gone
+        assert client.hub.connections == [mute.server]
+        assert not client.hub.finished
+        assert client.hub.next_deadline() == 2.0  # before the channel's close_timeout
+        client.advance(1.9)
+        assert not mute.server.should_abort and not client.hub.finished
+        client.advance(0.1)
+        assert mute.server.should_abort
+        assert mute.close_code == 1006
+        assert client.hub.finished
+        assert client.hub.connections == []
+        assert sorted(code for code, _ in channel.closed) == [1001, 1006]
+
+
+def test_a_shutdown_with_nothing_left_finishes_before_its_deadline() -> None:
+    channel = quiet()
+    with TestClient(router_with("/r", channel), shutdown_timeout=2.0) as client:
+        ws = client.connect("/r")
+        assert not client.hub.finished
+        client.shutdown()
+        assert ws.close_code == 1001
+        assert client.hub.finished
+        assert client.hub.next_deadline() is None
+        assert channel.closed == [(1001, "server shutting down")]
+
+
+def test_shutdown_timeout_none_leaves_the_bound_to_close_and_drain_timeouts() -> None:
+    channel = quiet(close_timeout=5.0)
+    with TestClient(router_with("/r", channel), shutdown_timeout=None, drain_timeout=1.0) as client:
+        ws = client.connect("/r")
+        ws.pause_reading()
+        client.shutdown()
+        assert client.hub.next_deadline() == 5.0
+        client.advance(5.0)  # close_timeout: finished, now draining
+        assert not client.hub.finished and client.hub.next_deadline() == 6.0
+        client.advance(1.0)
+        assert ws.server.should_abort and client.hub.finished
+
+
+def test_a_new_handshake_during_the_shutdown_is_refused_with_503() -> None:
+    with TestClient(router_with("/r", quiet(close_timeout=60.0))) as client:
+        ws = client.connect("/r", answer_pings=False)
+        ws.pause_reading()
+        client.shutdown()
+        late = Peer(client.router, hub=client.hub, now=client.now)
+        late.send(b"GET /r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")
+        assert late.out.startswith(b"HTTP/1.1 503 ")
+
+
+# -- async hooks at the end -----------------------------------------------------------
+
+
+class _Spawner:
+    """An adapter's ``spawn`` that never runs the coroutines: hooks that hang."""
+
+    def __init__(self) -> None:
+        self.cancelled: list[Coroutine[object, None, None]] = []
+        self.running: list[Coroutine[object, None, None]] = []
+
+    def __call__(self, coroutine: Coroutine[object, None, None]) -> Callable[[], object]:
+        self.running.append(coroutine)
+        coroutine.send(None)  # runs until it waits for ever
+
+        def cancel() -> None:
+            self.cancelled.append(coroutine)
+            coroutine.close()
+
+        return cancel
+
+
+class _Never:
+    """An awaitable that never completes (the spawner below never resumes it)."""
+
+    def __await__(self) -> Generator[None, None, None]:
+        yield
+
+
+class _SlowGoodbye(Recorder):
+    async def on_close(self, conn: Connection, code: int, reason: str) -> None:
+        self.closed.append((code, reason))
+        await _Never()
+
+
+def test_async_hooks_still_running_after_the_last_transport_get_drain_timeout() -> None:
+    router = router_with("/r", _SlowGoodbye(ping_interval=None))
+    spawner = _Spawner()
+    hub = Hub(router, spawn=spawner, drain_timeout=2.0, shutdown_timeout=None)
+    peer = Peer(router, hub=hub)
+    peer.handshake("/r")
+    peer.eof()
+    peer.server.transport_lost(0.0)
+    assert len(spawner.running) == 1  # on_close, never ending
+    hub.shutdown(0.0)
+    assert not hub.finished
+    assert hub.next_deadline() == 2.0
+    hub.handle_timeouts(1.9)
+    assert not hub.finished and spawner.cancelled == []
+    hub.handle_timeouts(2.0)
+    assert spawner.cancelled == spawner.running
+    assert hub.finished
+    assert hub.next_deadline() is None
+
+
+# -- accept back-off ------------------------------------------------------------------
+
+
+def test_out_of_descriptors_with_no_connection_accepting_resumes_at_the_retry_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    woken: list[None] = []
+    hub = Hub(router_with("/r", quiet()), lambda: woken.append(None))
+    assert hub.accepting
+    with caplog.at_level(logging.WARNING, logger="spoc_sockets.server"):
+        hub.pause_accepting(10.0, EMFILE)
+        hub.pause_accepting(10.1, EMFILE)  # a second listener fails too: one warning
+    assert [r.getMessage() for r in caplog.records] == [
+        f"accept failed ({EMFILE}): not accepting until a connection closes"
+    ]
+    assert not hub.accepting
+    assert hub.next_deadline() == 10.0 + ACCEPT_RETRY
+    hub.take_pending()
+    woken.clear()
+    hub.handle_timeouts(10.0 + ACCEPT_RETRY - 0.01)
+    assert not hub.accepting and woken == []
+    hub.handle_timeouts(10.0 + ACCEPT_RETRY)
+    assert hub.accepting and woken == [None]
+    assert hub.next_deadline() is None
+
+
+def test_out_of_descriptors_with_connections_accepting_resumes_when_one_is_gone() -> None:
+    router = router_with("/r", quiet())
+    hub = Hub(router)
+    peer = Peer(router, hub=hub)
+    peer.handshake("/r")
+    hub.pause_accepting(1.0, EMFILE)
+    assert not hub.accepting
+    assert hub.next_deadline() is None  # no retry: a closing connection frees a descriptor
+    peer.eof()
+    assert not hub.accepting  # finished, but its descriptor is still held
+    peer.server.transport_lost(2.0)
+    assert hub.accepting
+
+
+def test_no_accepting_after_shutdown() -> None:
+    hub = Hub(router_with("/r", quiet()))
+    hub.shutdown(0.0)
+    assert not hub.accepting and hub.finished
+    hub.pause_accepting(0.0, EMFILE)
+    assert hub.next_deadline() is None
+
+
+# -- the options ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("drain_timeout", 0),
+        ("drain_timeout", -1.0),
+        ("drain_timeout", "5"),
+        ("drain_timeout", None),
+        ("drain_timeout", float("nan")),
+        ("shutdown_timeout", 0),
+        ("shutdown_timeout", "30"),
+        ("shutdown_timeout", [30]),
+        ("shutdown_timeout", True),
+        ("shutdown_timeout", float("inf")),
+    ],
+)
+def test_bad_lifecycle_options_are_refused_by_name(option: str, value: object) -> None:
+    with pytest.raises(UsageError, match=f"^{option} is a positive number") as refused:
+        Hub(router_with("/r", quiet()), **{option: value})  # type: ignore[arg-type]
+    assert repr(value) in str(refused.value)
+    with pytest.raises(UsageError, match=f"^{option} "):
+        TestClient(router_with("/r", quiet()), **{option: value})  # type: ignore[arg-type]
