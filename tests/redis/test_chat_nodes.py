@@ -70,6 +70,18 @@ def messages_until(ws: ClientConnection, last: set[str]) -> list[str]:
     raise AssertionError(f"never got {last}")
 
 
+def exchange_exactly_once(one: ClientConnection, other: ClientConnection, room: str) -> None:
+    """Each of two members of ``room`` posts; each gets both posts, once."""
+    one.send(json.dumps({"type": "post", "room": room, "text": "from one"}))
+    other.send(json.dumps({"type": "post", "room": room, "text": "from other"}))
+    ends = {"end one", "end other"}  # posted after: a duplicate would come before them
+    for ws, end in ((one, "end one"), (other, "end other")):
+        ws.send(json.dumps({"type": "post", "room": room, "text": end}))
+    for ws in (one, other):
+        texts = messages_until(ws, ends)
+        assert sorted(texts) == sorted(["from one", "from other", *ends])
+
+
 def test_a_message_crosses_processes_exactly_once(redis_server: RedisServer) -> None:
     with (
         chat_nodes(redis_server, 2) as ((_, port_a), (_, port_b)),
@@ -82,14 +94,7 @@ def test_a_message_crosses_processes_exactly_once(redis_server: RedisServer) -> 
         presence = {"type": "presence", "room": "lobby", "user": "bob", "event": "joined"}
         assert next(e for e in iter(lambda: receive(ada), None) if e["type"] == "presence"
                     and e["user"] == "bob") == presence  # fmt: skip
-        ada.send(json.dumps({"type": "post", "room": "lobby", "text": "from ada"}))
-        bob.send(json.dumps({"type": "post", "room": "lobby", "text": "from bob"}))
-        ends = {"end ada", "end bob"}  # posted after: a duplicate would come before them
-        for ws, end in ((ada, "end ada"), (bob, "end bob")):
-            ws.send(json.dumps({"type": "post", "room": "lobby", "text": end}))
-        for ws in (ada, bob):
-            texts = messages_until(ws, ends)
-            assert sorted(texts) == sorted(["from ada", "from bob", *ends])
+        exchange_exactly_once(ada, bob, "lobby")
         assert request(bob, "members", type="who", room="lobby")["members"] == ["ada", "bob"]
 
 
@@ -156,3 +161,21 @@ def test_the_users_of_a_killed_process_leave_within_the_presence_ttl(
                 break
             pause.wait(0.05)
         assert request(ada, "members", type="who", room="r")["members"] == ["ada"]
+
+
+def test_workers_of_one_serve_command_share_rooms(redis_server: RedisServer) -> None:
+    """``spoc-sockets serve --workers 2``: the app (and its broker) is made before the
+    workers are forked; each worker is a node of its own all the same."""
+    env = {"SPOC_TEST_REDIS_URL": redis_server.url}
+    command = [*SERVE, "tests.redis.chatapp:router", "--port", "0", "--workers", "2"]
+    users = [f"u{index}" for index in range(6)]  # spread over the workers by the kernel
+    with running(command, ROOT, env) as server, ExitStack() as stack:
+        port = int(server.wait_for_line(r"on http://127\.0\.0\.1:(\d+)/").group(1))
+        clients = [stack.enter_context(client(port, user)) for user in users]
+        for ws in clients:
+            request(ws, "joined", type="join", room="lobby")
+        for ws, user in zip(clients, users, strict=True):
+            ws.send(json.dumps({"type": "post", "room": "lobby", "text": user}))
+        for ws in clients:
+            assert sorted(messages_until(ws, set(users))) == users  # each once
+        assert request(clients[0], "members", type="who", room="lobby")["members"] == users

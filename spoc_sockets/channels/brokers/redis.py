@@ -26,11 +26,13 @@ after ``base``, the Redis time in milliseconds times 1000, so ids never restart 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 import secrets
 import threading
 import time
+import weakref
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -258,7 +260,6 @@ class RedisBroker(Broker):
         self.history_ttl, self.presence_ttl = history_ttl, presence_ttl
         self.max_pending, self.timeout = max_pending, timeout
         check_numbers(self, self.NUMBERS)
-        self.node = secrets.token_hex(8)  # this process, in the members hashes
         self._client: redis.Redis = redis.Redis.from_url(
             url,
             decode_responses=True,
@@ -266,16 +267,11 @@ class RedisBroker(Broker):
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),  # a script is never sent twice: a post, twice stored
         )
-        self._lock = threading.Condition()
-        self._ops: deque[_Op] = deque()
         self._deliver: list[Deliver] = []
-        self._wanted: set[str] = set()  # topics this process subscribes to
-        self._confirmed: set[str] = set()  # ... and Redis confirmed
-        self._listening = True  # False while the listener waits to connect again (backoff)
-        self._local: dict[str, Counter[str]] = {}  # room -> user -> connections here
-        self._last: dict[str, int] = {}  # room topic -> the last message id delivered here
-        self._threads: list[threading.Thread] = []
         self._closed = False
+        self._start_afresh()
+        after_fork = weakref.WeakMethod(self._start_afresh)
+        os.register_at_fork(after_in_child=lambda: _call_weak(after_fork))
         #: publications dropped because ``max_pending`` operations were waiting
         self.dropped = 0
         #: round trips (pipelines) to Redis that failed
@@ -286,21 +282,40 @@ class RedisBroker(Broker):
         #: made again (posted while there was none)
         self.repaired = 0
 
+    def _start_afresh(self) -> None:
+        """The state of one process: set when made, and again in a child process made
+        by ``fork`` (``spoc-sockets serve --workers N``), which has none of its
+        parent's threads, connections or members, and is a node of its own."""
+        self.node = secrets.token_hex(8)  # this process, in the members hashes
+        self._lock = threading.Condition()
+        self._ops: deque[_Op] = deque()
+        self._wanted: set[str] = set()  # topics this process subscribes to
+        self._confirmed: set[str] = set()  # topics Redis confirmed
+        self._listening = True  # False while the listener waits to connect again (backoff)
+        self._local: dict[str, Counter[str]] = {}  # room -> user -> connections here
+        self._last: dict[str, int] = {}  # room topic -> the last message id delivered here
+        self._threads: list[threading.Thread] = []
+
+    def _start(self) -> None:
+        """Start the broker's threads in this process, on first use (with the lock)."""
+        if self._threads or self._closed:
+            return
+        for target, name in ((self._run, "broker"), (self._listen, "listener")):
+            thread = threading.Thread(target=target, name=f"spoc-redis-{name}")
+            thread.daemon = True
+            self._threads.append(thread)
+            thread.start()
+
     # -- the seam ----------------------------------------------------------------------
 
     def attach(self, deliver: Deliver) -> None:
         with self._lock:
             self._deliver.append(deliver)
-            if not self._threads:
-                for target, name in ((self._run, "broker"), (self._listen, "listener")):
-                    thread = threading.Thread(target=target, name=f"spoc-redis-{name}")
-                    thread.daemon = True
-                    self._threads.append(thread)
-                    thread.start()
 
     def subscribe(self, topic: str) -> None:
         with self._lock:
             self._wanted.add(topic)
+            self._start()
 
     def unsubscribe(self, topic: str) -> None:
         with self._lock:
@@ -412,6 +427,7 @@ class RedisBroker(Broker):
         with self._lock:
             if self._closed or len(self._ops) >= self.max_pending:
                 return False
+            self._start()
             self._ops.append(op)
             self._lock.notify_all()
             return True
@@ -625,6 +641,12 @@ def _complete(callback: Callable[..., None], *args: Any) -> None:
         callback(*args)
     except Exception:
         logger.exception("a broker callback failed")
+
+
+def _call_weak(method: weakref.WeakMethod[Callable[[], None]]) -> None:
+    function = method()
+    if function is not None:
+        function()
 
 
 def _ignore(replies: list[Any]) -> None:
