@@ -111,64 +111,94 @@ for _, entry in ipairs(entries) do out[#out + 1] = entry[2][2] end
 return out
 """
 
-_LIVE_NODES = (
+# The presence scripts. KEYS: members, nodes. ARGV: room, channel, this node, then their
+# own. Any of them may find nodes whose presence expired (dead processes): it drops their
+# members and publishes a `left` presence event for each user present through no live
+# node, once (the script is atomic).
+_PRESENCE = (
     _NOW_MS
     + """
-local function live_nodes()
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms())
-  return redis.call('ZRANGE', KEYS[2], 0, -1)
-end
-local function elsewhere(node, user)
-  for _, other in ipairs(live_nodes()) do
+local room, channel, node = ARGV[1], ARGV[2], ARGV[3]
+local function present(user, nodes)
+  for _, other in ipairs(nodes) do
     if other ~= node and redis.call('HEXISTS', KEYS[1], other .. '|' .. user) == 1 then
       return true
     end
   end
   return false
 end
+local function live_nodes()
+  local now = now_ms()
+  local dead = {}
+  for _, other in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
+    if other ~= node then dead[other] = true end
+  end
+  if next(dead) == nil then return redis.call('ZRANGE', KEYS[2], 0, -1) end
+  local gone, seen = {}, {}
+  for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+    local owner, user = string.match(field, '^([^|]*)|(.*)$')
+    if dead[owner] then
+      redis.call('HDEL', KEYS[1], field)
+      if not seen[user] then
+        seen[user] = true
+        gone[#gone + 1] = user
+      end
+    end
+  end
+  for other in pairs(dead) do redis.call('ZREM', KEYS[2], other) end
+  local live = redis.call('ZRANGE', KEYS[2], 0, -1)
+  for _, user in ipairs(gone) do
+    if redis.call('HEXISTS', KEYS[1], node .. '|' .. user) == 0 and not present(user, live) then
+      redis.call('PUBLISH', channel, '{"type":"presence","room":' .. cjson.encode(room)
+        .. ',"user":' .. cjson.encode(user) .. ',"event":"left"}')
+    end
+  end
+  return live
+end
+local function elsewhere(user)
+  return present(user, live_nodes())
+end
 """
 )
 
-# KEYS: members, nodes. ARGV: node, user, presence TTL (ms). 1 if the user's first.
+# ARGV: ..., user, presence TTL (ms). 1 if the user's first connection in the room.
 _JOIN = (
-    _LIVE_NODES
+    _PRESENCE
     + """
-local others = elsewhere(ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[3]), ARGV[1])
-local count = redis.call('HINCRBY', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 1)
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local user, ttl = ARGV[4], tonumber(ARGV[5])
+redis.call('ZADD', KEYS[2], now_ms() + ttl, node)
+local others = elsewhere(user)
+local count = redis.call('HINCRBY', KEYS[1], node .. '|' .. user, 1)
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
 if count == 1 and not others then return 1 end
 return 0
 """
 )
 
-# KEYS: members, nodes. ARGV: node, user. 1 if it was the user's last connection.
+# ARGV: ..., user. 1 if it was the user's last connection.
 _LEAVE = (
-    _LIVE_NODES
+    _PRESENCE
     + """
-local field = ARGV[1] .. '|' .. ARGV[2]
+local field = node .. '|' .. ARGV[4]
 if redis.call('HEXISTS', KEYS[1], field) == 0 then return 0 end
 if redis.call('HINCRBY', KEYS[1], field, -1) > 0 then return 0 end
 redis.call('HDEL', KEYS[1], field)
-if elsewhere(ARGV[1], ARGV[2]) then return 0 end
+if elsewhere(ARGV[4]) then return 0 end
 return 1
 """
 )
 
-# KEYS: members, nodes. The users present through a live node (the fields of dead
-# nodes are dropped on the way).
+# The users present through a live node.
 _MEMBERS = (
-    _LIVE_NODES
+    _PRESENCE
     + """
 local live = {}
-for _, node in ipairs(live_nodes()) do live[node] = true end
+for _, other in ipairs(live_nodes()) do live[other] = true end
 local users, seen = {}, {}
 for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
-  local node, user = string.match(field, '^([^|]*)|(.*)$')
-  if not live[node] then
-    redis.call('HDEL', KEYS[1], field)
-  elseif not seen[user] then
+  local owner, user = string.match(field, '^([^|]*)|(.*)$')
+  if live[owner] and not seen[user] then
     seen[user] = true
     users[#users + 1] = user
   end
@@ -177,23 +207,25 @@ return users
 """
 )
 
-# KEYS: members, nodes. ARGV: node, presence TTL (ms), then user, count pairs: this
-# node's members of the room, written again (a Redis that lost them gets them back).
+# ARGV: ..., presence TTL (ms), then user, count pairs: this node's members of the room,
+# written again (a Redis that lost them gets them back); the dead nodes are found here.
 _REFRESH = (
-    _NOW_MS
+    _PRESENCE
     + """
-local prefix = ARGV[1] .. '|'
+local ttl = tonumber(ARGV[4])
+local prefix = node .. '|'
 local want = {}
-for i = 3, #ARGV, 2 do want[prefix .. ARGV[i]] = ARGV[i + 1] end
+for i = 5, #ARGV, 2 do want[prefix .. ARGV[i]] = ARGV[i + 1] end
 for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
   if string.sub(field, 1, #prefix) == prefix and not want[field] then
     redis.call('HDEL', KEYS[1], field)
   end
 end
 for field, count in pairs(want) do redis.call('HSET', KEYS[1], field, count) end
-redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[2], now_ms() + ttl, node)
+live_nodes()
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
 return 0
 """
 )
@@ -229,7 +261,8 @@ class RedisBroker(Broker):
     ``url`` is a redis-py URL (``redis://127.0.0.1:6379/0``). ``history_ttl``: seconds a
     room's history (and its ids) is kept after its last post. ``presence_ttl``: seconds
     after which the users of a process that stopped refreshing them (it died) no longer
-    count as members; each process refreshes its own every third of it.
+    count as members, and their rooms get a ``left`` presence event for each (within a
+    third more); each process refreshes its own every third of it.
     ``max_pending``: operations waiting for the broker thread, at most (past it, an
     operation fails with :class:`~spoc_sockets.channels.brokers.BrokerUnavailable`, and
     a publication is dropped and counted in :attr:`dropped`). ``timeout``: seconds a
@@ -369,18 +402,15 @@ class RedisBroker(Broker):
                 self._count(room, user, -1)
             done(exc)
 
-        keys = (self._key(room, "members"), self._key(room, "nodes"))
-        command = ("EVAL", _JOIN, 2, *keys, self.node, user, _ms(self.presence_ttl))
+        command = ("EVAL", _JOIN, *self._presence(room), user, _ms(self.presence_ttl))
         self._call(_Op([command], lambda r: done(r[0] == 1), fail, f"room:{room}", apply))
 
     def leave(self, room: str, user: str, now: float, done: Done[bool]) -> None:
-        keys = (self._key(room, "members"), self._key(room, "nodes"))
-        command = ("EVAL", _LEAVE, 2, *keys, self.node, user)
+        command = ("EVAL", _LEAVE, *self._presence(room), user)
         self._call(_Op([command], lambda r: done(r[0] == 1), done, apply=self._leaving(room, user)))
 
     def members(self, room: str, done: Done[list[str]]) -> None:
-        keys = (self._key(room, "members"), self._key(room, "nodes"))
-        command = ("EVAL", _MEMBERS, 2, *keys)
+        command = ("EVAL", _MEMBERS, *self._presence(room))
         self._call(_Op([command], lambda r: done(sorted(r[0])), done))
 
     def expire(self, now: float, after: float) -> float | None:
@@ -409,6 +439,11 @@ class RedisBroker(Broker):
 
     def _channel(self, topic: str) -> str:
         return f"{self.prefix}:{topic}"
+
+    def _presence(self, room: str) -> tuple[object, ...]:
+        """The head of every presence script's arguments (see ``_PRESENCE``)."""
+        keys = (self._key(room, "members"), self._key(room, "nodes"))
+        return (2, *keys, room, self._channel(f"room:{room}"), self.node)
 
     def _leaving(self, room: str, user: str) -> Callable[[], None]:
         """A leave counts here when sent, whatever Redis answers: the connection left."""
@@ -488,9 +523,9 @@ class RedisBroker(Broker):
         """This process's presence in each of its rooms, written again (with the lock)."""
         ops = []
         for room, users in self._local.items():
-            keys = (self._key(room, "members"), self._key(room, "nodes"))
             pairs = [item for user, count in users.items() for item in (user, count)]
-            command = ("EVAL", _REFRESH, 2, *keys, self.node, _ms(self.presence_ttl), *pairs)
+            ttl = _ms(self.presence_ttl)
+            command = ("EVAL", _REFRESH, *self._presence(room), ttl, *pairs)
             ops.append(_Op([command], _ignore, _refresh_failed))
         return ops
 
