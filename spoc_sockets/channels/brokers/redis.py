@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ...errors import UsageError
-from ...limits import Number, check_numbers
+from ...limits import Number, check_numbers, shown
+from ..chat import dump_json, notification, room_problem, utf8_size
 from . import Broker, BrokerUnavailable, Deliver, Done, HistoryPage, RoomsFull, fit
 
 try:
@@ -49,7 +50,7 @@ try:
 except ImportError as exc:  # pragma: no cover - the extra is installed with the tests
     raise ImportError("RedisBroker needs redis-py: pip install 'spoc-sockets[redis]'") from exc
 
-__all__ = ["RedisBroker"]
+__all__ = ["Publisher", "RedisBroker"]
 
 logger = logging.getLogger("spoc_sockets.channels")
 
@@ -293,13 +294,7 @@ class RedisBroker(Broker):
         self.history_ttl, self.presence_ttl = history_ttl, presence_ttl
         self.max_pending, self.timeout = max_pending, timeout
         check_numbers(self, self.NUMBERS)
-        self._client: redis.Redis = redis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),  # a script is never sent twice: a post, twice stored
-        )
+        self._client = _connect(url, timeout)
         self._deliver: list[Deliver] = []
         self._closed = False
         self._start_afresh()
@@ -330,8 +325,9 @@ class RedisBroker(Broker):
         self._threads: list[threading.Thread] = []
 
     def _start(self) -> None:
-        """Start the broker's threads in this process, on first use (with the lock)."""
-        if self._threads or self._closed:
+        """Start the broker's threads in this process, on first use once attached (with
+        the lock)."""
+        if self._threads or self._closed or not self._deliver:
             return
         for target, name in ((self._run, "broker"), (self._listen, "listener")):
             thread = threading.Thread(target=target, name=f"spoc-redis-{name}")
@@ -344,6 +340,8 @@ class RedisBroker(Broker):
     def attach(self, deliver: Deliver) -> None:
         with self._lock:
             self._deliver.append(deliver)
+            if self._ops or self._wanted:  # used before: start now
+                self._start()
 
     def subscribe(self, topic: str) -> None:
         with self._lock:
@@ -366,9 +364,7 @@ class RedisBroker(Broker):
     def post(
         self, room: str, message: str, max_messages: int, max_bytes: int, done: Done[str]
     ) -> None:
-        meta, log = self._key(room, "meta"), self._key(room, "log")
-        ttl, channel = _ms(self.history_ttl), self._channel(f"room:{room}")
-        command = ("EVAL", _POST, 2, meta, log, message, max_messages, max_bytes, ttl, channel)
+        command = _post(self.prefix, room, message, max_messages, max_bytes, self.history_ttl)
         self._call(_Op([command], lambda r: done(str(r[0])), done, f"room:{room}"))
 
     def history(
@@ -435,7 +431,7 @@ class RedisBroker(Broker):
     # -- keys, queue -------------------------------------------------------------------
 
     def _key(self, room: str, kind: str) -> str:
-        return f"{self.prefix}:{{{room}}}:{kind}"
+        return _key(self.prefix, room, kind)
 
     def _channel(self, topic: str) -> str:
         return f"{self.prefix}:{topic}"
@@ -653,6 +649,122 @@ class RedisBroker(Broker):
         for _, fields in entries:
             if self._relay_one(deliver, topic, str(fields["m"])):
                 self.repaired += 1
+
+
+class Publisher:
+    """Posts to rooms and notifies users of the chats on a Redis, from a process that
+    serves no WebSocket (a Django or Flask view, a worker, a script).
+
+    Give it what the serving processes' :class:`RedisBroker` and chat have: the same
+    ``url`` and ``prefix``, ``history_ttl``, and the chat's ``max_history_messages``,
+    ``max_history_bytes`` and ``max_text_bytes`` (the defaults are theirs). Its calls
+    wait for Redis (at most ``timeout`` seconds): do not call them on an event loop.
+    A call Redis did not carry out raises
+    :class:`~spoc_sockets.channels.brokers.BrokerUnavailable` (a post was not stored);
+    a bad argument raises :class:`~spoc_sockets.UsageError`.
+    """
+
+    NUMBERS: ClassVar[dict[str, Number]] = {
+        "history_ttl": Number(integer=False, minimum=1),
+        "timeout": Number(integer=False, minimum=0.01),
+        "max_history_messages": Number(integer=True),
+        "max_history_bytes": Number(integer=True),
+        "max_text_bytes": Number(integer=True),
+        "max_room_name_bytes": Number(integer=True),
+    }
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "spoc",
+        history_ttl: float = 3600.0,
+        timeout: float = 5.0,
+        max_history_messages: int = 1000,
+        max_history_bytes: int = 256 * 1024,
+        max_text_bytes: int = 4000,
+        max_room_name_bytes: int = 100,
+    ) -> None:
+        _check_url("url", url)
+        _check_url("prefix", prefix)
+        self.url, self.prefix, self.history_ttl, self.timeout = url, prefix, history_ttl, timeout
+        self.max_history_messages, self.max_history_bytes = max_history_messages, max_history_bytes
+        self.max_text_bytes, self.max_room_name_bytes = max_text_bytes, max_room_name_bytes
+        check_numbers(self, self.NUMBERS)
+        self._client = _connect(url, timeout)
+
+    def post(self, room: str, user: str, text: str) -> int:
+        """Post ``text`` to ``room`` as ``user``, as a member of the room would: stored
+        in its history, and delivered to its members on every process. The message's id."""
+        problem = room_problem(room, self.max_room_name_bytes)
+        if problem is not None:
+            raise UsageError(f"{problem}, not {shown(room)}")
+        if not isinstance(user, str) or not user:
+            raise UsageError(f"user is a non-empty string, not {shown(user)}")
+        if not isinstance(text, str) or utf8_size(text) > self.max_text_bytes:
+            raise UsageError(f"text is a string of at most {self.max_text_bytes} bytes")
+        try:
+            message = dump_json(
+                {"type": "message", "room": room, "user": user, "text": text, "ts": time.time()}
+            )
+        except ValueError:
+            raise UsageError("user and text are valid Unicode (no lone surrogate)") from None
+        command = _post(
+            self.prefix, room, message, self.max_history_messages, self.max_history_bytes,
+            self.history_ttl,
+        )  # fmt: skip
+        stored = str(self._call(*command))
+        match = _ID.search(stored)
+        assert match is not None
+        return int(match[1])
+
+    def notify(self, user: str, payload: Any) -> int:
+        """Send ``payload`` (anything JSON can encode) to every connection of ``user``,
+        as ``ChatServer.notify`` does. How many processes had a connection of the user
+        (Redis's count of the subscribers that got it)."""
+        if not isinstance(user, str) or not user:
+            raise UsageError(f"user is a non-empty string, not {shown(user)}")
+        return int(self._call("PUBLISH", f"{self.prefix}:user:{user}", notification(payload)))
+
+    def close(self) -> None:
+        """Close the connections to Redis."""
+        self._client.close()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _call(self, *command: Any) -> Any:
+        try:
+            return self._client.execute_command(*command)  # type: ignore[no-untyped-call]
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"Redis at {self.url} failed: {exc}") from exc
+
+
+def _connect(url: str, timeout: float) -> redis.Redis:
+    """A client of ``url`` whose round trips take at most ``timeout`` seconds."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),  # a script is never sent twice: a post, twice stored
+    )
+
+
+def _key(prefix: str, room: str, kind: str) -> str:
+    return f"{prefix}:{{{room}}}:{kind}"
+
+
+def _post(
+    prefix: str, room: str, message: str, max_messages: int, max_bytes: int, history_ttl: float
+) -> tuple[Any, ...]:
+    """The command that stores and publishes a room message (see ``_POST``)."""
+    keys = (_key(prefix, room, "meta"), _key(prefix, room, "log"))
+    channel = f"{prefix}:room:{room}"
+    return ("EVAL", _POST, 2, *keys, message, max_messages, max_bytes, _ms(history_ttl), channel)
 
 
 def _page(reply: list[str], since: int | None, max_messages: int, max_bytes: int) -> HistoryPage:
