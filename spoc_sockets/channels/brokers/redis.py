@@ -267,7 +267,9 @@ class RedisBroker(Broker):
     ``max_pending``: operations waiting for the broker thread, at most (past it, an
     operation fails with :class:`~spoc_sockets.channels.brokers.BrokerUnavailable`, and
     a publication is dropped and counted in :attr:`dropped`). ``timeout``: seconds a
-    Redis round trip may take before it fails.
+    Redis round trip may take before it fails. ``probe_interval``: seconds of silence on
+    the subscription connection after which it is probed with a PING (no answer within
+    ``timeout``: it is dead, and made again).
     """
 
     #: the numeric options (checked by :func:`~spoc_sockets.limits.check_numbers`)
@@ -276,6 +278,7 @@ class RedisBroker(Broker):
         "presence_ttl": Number(integer=False, minimum=1),
         "max_pending": Number(integer=True),
         "timeout": Number(integer=False, minimum=0.01),
+        "probe_interval": Number(integer=False, minimum=0.01),
     }
 
     def __init__(
@@ -287,12 +290,14 @@ class RedisBroker(Broker):
         presence_ttl: float = 30.0,
         max_pending: int = 10_000,
         timeout: float = 5.0,
+        probe_interval: float = 5.0,
     ) -> None:
         _check_url("url", url)
         _check_url("prefix", prefix)
         self.url, self.prefix = url, prefix
         self.history_ttl, self.presence_ttl = history_ttl, presence_ttl
         self.max_pending, self.timeout = max_pending, timeout
+        self.probe_interval = probe_interval
         check_numbers(self, self.NUMBERS)
         self._client = _connect(url, timeout)
         self._deliver: list[Deliver] = []
@@ -580,6 +585,7 @@ class RedisBroker(Broker):
         """Keep ``pubsub`` subscribed to the topics wanted; deliver their events."""
         sent: set[str] = set()  # the topics subscribed on this connection
         skip = len(self.prefix) + 1
+        probe = _Probe(self.probe_interval, self.timeout)
         with self._lock:  # what was unsubscribed while there was no connection
             for topic in set(self._last) - self._wanted:
                 del self._last[topic]
@@ -597,8 +603,10 @@ class RedisBroker(Broker):
                     for topic in sent - wanted:
                         self._last.pop(topic, None)
             sent = wanted
+            probe.check(pubsub, bool(sent))
             message = pubsub.get_message(timeout=LISTEN_INTERVAL)
             while message is not None:
+                probe.heard()
                 topic = str(message["channel"])[skip:]
                 if message["type"] == "message":
                     self._relay_one(deliver, topic, str(message["data"]))
@@ -765,6 +773,33 @@ def _post(
     keys = (_key(prefix, room, "meta"), _key(prefix, room, "log"))
     channel = f"{prefix}:room:{room}"
     return ("EVAL", _POST, 2, *keys, message, max_messages, max_bytes, _ms(history_ttl), channel)
+
+
+class _Probe:
+    """The liveness probe of a subscription connection: after ``interval`` seconds
+    without a word from Redis, a PING; no answer (nor anything else) within ``timeout``
+    seconds, and the connection is dead, even if its socket says nothing (a failover, a
+    network that drops packets silently): :class:`ConnectionError`."""
+
+    def __init__(self, interval: float, timeout: float) -> None:
+        self.interval, self.timeout = interval, timeout
+        self.last = time.monotonic()  # when Redis last said something
+        self.sent: float | None = None  # when the PING not answered yet went
+
+    def heard(self) -> None:
+        self.last, self.sent = time.monotonic(), None
+
+    def check(self, pubsub: Any, subscribed: bool) -> None:
+        now = time.monotonic()
+        if not subscribed:  # nothing to lose, and nothing to read a PONG with
+            self.last, self.sent = now, None
+        elif self.sent is not None and now - self.sent > self.timeout:
+            raise ConnectionError(
+                f"no answer to PING in {self.timeout} s: the subscription is dead"
+            )
+        elif self.sent is None and now - self.last >= self.interval:
+            pubsub.ping()
+            self.sent = now
 
 
 def _page(reply: list[str], since: int | None, max_messages: int, max_bytes: int) -> HistoryPage:
