@@ -21,8 +21,8 @@ publisher = Publisher(REDIS_URL)
 
 def order_shipped(user: str, order: str) -> bool:
     """What a view calls when an order ships: tell the buyer (on whatever process and
-    connection they are), and say it in the shop's room. False if Redis was unreachable
-    (nothing was posted: try again later)."""
+    connection they are), and say it in the shop's room. False if Redis did not answer
+    (the notification or the post may not have gone out)."""
     try:
         publisher.notify(user, {"event": "shipped", "order": order})
         publisher.post("shop", "shop-bot", f"order {order} is on its way")

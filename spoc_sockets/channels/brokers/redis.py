@@ -4,8 +4,10 @@ Nothing here makes a loop or a hook wait on Redis. Every operation is queued (a 
 queue) for one *broker thread*, which sends what is waiting as one pipeline and calls
 each operation's ``done`` with its result; a *listener thread* holds the pub/sub
 connection, subscribed to the topics this process has local members for, and hands each
-event to the chat's ``deliver``. Both call back into the chat, whose send paths are
-thread-safe, so the same broker serves the asyncio, trio, threads and ASGI adapters.
+event to the chat's ``deliver`` (and probes that connection with a PING when it has been
+silent). Both call back into the chat, whose send paths are thread-safe, so the same
+broker serves the asyncio, trio, threads and ASGI adapters. :class:`Publisher` posts and
+notifies from a process that serves no WebSocket, with the same scripts.
 
 The Redis layout of a room ``R`` (every key of a room carries the hash tag ``{R}``, so
 each script touches one slot)::
@@ -667,9 +669,10 @@ class Publisher:
     ``url`` and ``prefix``, ``history_ttl``, and the chat's ``max_history_messages``,
     ``max_history_bytes`` and ``max_text_bytes`` (the defaults are theirs). Its calls
     wait for Redis (at most ``timeout`` seconds): do not call them on an event loop.
-    A call Redis did not carry out raises
-    :class:`~spoc_sockets.channels.brokers.BrokerUnavailable` (a post was not stored);
-    a bad argument raises :class:`~spoc_sockets.UsageError`.
+    A call Redis did not answer raises
+    :class:`~spoc_sockets.channels.brokers.BrokerUnavailable` (a post whose answer was lost
+    to the ``timeout`` may have been stored all the same); a bad argument raises
+    :class:`~spoc_sockets.UsageError`.
     """
 
     NUMBERS: ClassVar[dict[str, Number]] = {
