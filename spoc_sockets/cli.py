@@ -283,8 +283,9 @@ def _shared_state_warning(router: Router) -> str | None:
     return (
         f"each worker process has its own rooms and streams for {', '.join(local)}: clients "
         "of different workers do not see each other. Give ChatServer a shared broker "
-        "(a spoc_sockets.channels.brokers.Broker shared by the workers), and serve streams with "
-        "workers=1 (a stream's publisher and viewers must meet in one process)"
+        "(broker=spoc_sockets.channels.brokers.redis.RedisBroker(url), see the docs' "
+        '"Scale out on Redis"), and serve streams with workers=1 (a stream\'s publisher and '
+        "viewers must meet in one process)"
     )
 
 

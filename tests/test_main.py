@@ -13,6 +13,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,12 +58,13 @@ def _pump(stream: object, lines: queue.Queue[str | None]) -> None:
     lines.put(None)
 
 
-def start_demo(adapter: str, tmp_path: Path) -> Demo:
+def start_demo(adapter: str, tmp_path: Path, *options: str) -> Demo:
     stderr = tmp_path / f"demo-{adapter}.stderr"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("SPOC_DEMO_SECRET", None)
     with stderr.open("w") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "spoc_sockets", "--port", "0", "--adapter", adapter],
+            [sys.executable, "-m", "spoc_sockets", "--port", "0", "--adapter", adapter, *options],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -94,9 +96,10 @@ def close_code(ws: ClientConnection) -> int | None:
     return None if closed.value.rcvd is None else closed.value.rcvd.code
 
 
-@pytest.fixture(params=ADAPTERS)
-def demo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Demo]:
-    server = start_demo(request.param, tmp_path)
+@contextmanager
+def demo_running(adapter: str, tmp_path: Path, *options: str) -> Iterator[Demo]:
+    """The demo, killed on the way out if it still runs."""
+    server = start_demo(adapter, tmp_path, *options)
     try:
         yield server
     finally:
@@ -105,6 +108,12 @@ def demo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Demo]:
             server.process.wait(timeout=STOP_TIMEOUT)
         assert server.process.stdout is not None
         server.process.stdout.close()
+
+
+@pytest.fixture(params=ADAPTERS)
+def demo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Demo]:
+    with demo_running(request.param, tmp_path) as server:
+        yield server
 
 
 def test_serves_page_and_channels_then_stops_with_1001(demo: Demo) -> None:
@@ -159,28 +168,52 @@ def test_demo_router_mounts_real_channels() -> None:
 
 
 def test_static_route_refuses_other_methods(tmp_path: Path) -> None:
-    demo = start_demo("threads", tmp_path)
-    try:
+    with demo_running("threads", tmp_path) as demo:
         request = urllib.request.Request(demo.http + "/", data=b"x", method="POST")
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=10)
         assert refused.value.code == 405
         assert demo.stop() == 0
-    finally:
-        if demo.process.poll() is None:
-            demo.process.kill()
-            demo.process.wait(timeout=STOP_TIMEOUT)
-        assert demo.process.stdout is not None
-        demo.process.stdout.close()
 
 
-def test_bad_arguments_are_refused() -> None:
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        (["--log-level", "LOUD"], "unknown log level"),
+        (["--secret", "short"], "the secret is at least 16 bytes of UTF-8, not 5"),
+        (["--secret", ""], "the secret is at least 16 bytes of UTF-8, not 0"),
+        (["--redis", "http://127.0.0.1:6379/0"], "a Redis URL starts with redis://"),
+        (["--redis"], "expected one argument"),
+    ],
+)
+def test_bad_arguments_are_refused(options: list[str], error: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "spoc_sockets", "--log-level", "LOUD"],
+        [sys.executable, "-m", "spoc_sockets", *options],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert result.returncode == 2
-    assert "unknown log level" in result.stderr
+    assert error in result.stderr
+
+
+def test_a_short_secret_in_the_environment_is_refused() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "spoc_sockets"],
+        cwd=ROOT,
+        env={**os.environ, "SPOC_DEMO_SECRET": "0123456789"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "the secret is at least 16 bytes of UTF-8, not 10" in result.stderr
+
+
+def test_redis_without_a_secret_warns_that_tokens_will_not_move(tmp_path: Path) -> None:
+    # Nothing listens on port 1: the demo starts all the same (the broker connects on use).
+    with demo_running("threads", tmp_path, "--redis", "redis://127.0.0.1:1/0") as demo:
+        assert demo.stop() == 0
+    warning = "other demo processes on this Redis will refuse its users' tokens (401)"
+    assert warning in demo.stderr.read_text()

@@ -44,6 +44,8 @@ __all__ = [
     "dump_json",
     "is_loopback",
     "load_json",
+    "notification",
+    "room_problem",
     "utf8_size",
 ]
 
@@ -102,6 +104,27 @@ def utf8_size(text: str) -> int:
     """Bytes of ``text`` in UTF-8, what the wire and the limits named ``_bytes`` or
     ``_size`` count (a lone surrogate, refused elsewhere, counts 3)."""
     return len(text.encode("utf-8", "surrogatepass"))
+
+
+def room_problem(room: object, max_bytes: int) -> str | None:
+    """What is wrong with ``room`` as a room name (``None``: nothing): a string of 1 to
+    ``max_bytes`` bytes of UTF-8, printable, NFC, without spaces at either end."""
+    if not isinstance(room, str) or not room or utf8_size(room) > max_bytes:
+        return f"room is a string of 1 to {max_bytes} bytes"
+    if not room.isprintable():
+        return "room has only printable characters"
+    if room != room.strip() or not unicodedata.is_normalized("NFC", room):
+        return "room is NFC, without spaces at either end"
+    return None
+
+
+def notification(payload: Any) -> str:
+    """The ``notification`` event carrying ``payload``; :class:`UsageError` if the
+    payload cannot be encoded as JSON."""
+    try:
+        return dump_json({"type": "notification", "payload": payload})
+    except ValueError:
+        raise UsageError(f"the payload is not encodable as JSON: {payload!r:.80}") from None
 
 
 def is_loopback(request: Request) -> bool:
@@ -301,11 +324,7 @@ class ChatServer(ChannelServer):
         broker. Safe from any task or thread. :class:`UsageError` if ``payload`` cannot
         be encoded as JSON."""
         assert self.broker is not None
-        try:
-            event = dump_json({"type": "notification", "payload": payload})
-        except ValueError:
-            raise UsageError(f"the payload is not encodable as JSON: {payload!r:.80}") from None
-        self.broker.publish(f"user:{user}", event)
+        self.broker.publish(f"user:{user}", notification(payload))
 
     def expire(self) -> None:
         """Free the rooms empty for ``empty_room_timeout`` seconds. Runs on every client
@@ -361,13 +380,10 @@ class ChatServer(ChannelServer):
             if handler is None:
                 raise ProtocolMistake("unknown_type", f"unknown type {kind!r:.40}")
             room = data.get("room")
-            limit = self.max_room_name_bytes
-            if not isinstance(room, str) or not room or utf8_size(room) > limit:
-                raise ProtocolMistake("bad_field", f"room is a string of 1 to {limit} bytes")
-            if not room.isprintable():
-                raise ProtocolMistake("bad_field", "room has only printable characters")
-            if room != room.strip() or not unicodedata.is_normalized("NFC", room):
-                raise ProtocolMistake("bad_field", "room is NFC, without spaces at either end")
+            problem = room_problem(room, self.max_room_name_bytes)
+            if problem is not None:
+                raise ProtocolMistake("bad_field", problem)
+            assert isinstance(room, str)
             handler(conn, room, data)
         except ProtocolMistake as mistake:
             self._error(conn, mistake.code, str(mistake), ref)

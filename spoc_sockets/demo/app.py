@@ -8,8 +8,12 @@ needs no build step and loads nothing from elsewhere, so it works offline.
 
 Identity works as on a real platform, in miniature: the page asks ``/token`` for a user
 and gets a user id the server chose (the name asked for, plus a random suffix) signed
-with HMAC-SHA256 under a secret made for this process; the chat trusts only that token.
-Both channels accept browsers only from the page's own origin.
+with HMAC-SHA256 under a secret (made for this process, unless given); the chat trusts
+only that token. Both channels accept browsers only from the page's own origin.
+
+With a Redis URL the chat keeps its rooms on Redis
+(:class:`~spoc_sockets.channels.brokers.redis.RedisBroker`), so several demo processes
+share them; given the same secret, each accepts the tokens the others issued.
 """
 
 from __future__ import annotations
@@ -25,12 +29,13 @@ from importlib import resources
 
 from ..channels.chat import USER_NAME, ChatServer
 from ..channels.stream import StreamServer
-from ..errors import Reject
+from ..errors import Reject, UsageError
 from ..node_compat import setup_websocket_handlers
 from ..request import Request
 from ..router import HTTPHandler, Response, Router
 
 __all__ = [
+    "MIN_SECRET_BYTES",
     "STATIC_FILES",
     "TOKEN_LIFETIME",
     "DemoChat",
@@ -51,6 +56,9 @@ STATIC_FILES: dict[str, tuple[str, str]] = {
 
 #: seconds a demo token stays valid
 TOKEN_LIFETIME = 12 * 3600.0
+
+#: the shortest secret a :class:`TokenIssuer` accepts, in bytes
+MIN_SECRET_BYTES = 16
 
 _HEADERS = (("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"))
 _NO_STORE = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
@@ -87,13 +95,21 @@ def check_same_origin(request: Request) -> None:
 class TokenIssuer:
     """Signs and checks user tokens: ``<user>.<expiry>.<HMAC-SHA256>``, base64url.
 
-    The secret is random and lives in this process only: a restart logs everyone out.
+    ``secret`` (at least :data:`MIN_SECRET_BYTES` bytes) signs the tokens: processes
+    given the same one accept each other's tokens. ``None`` (the default): a random
+    secret that lives in this process only, so a restart logs everyone out.
     """
 
     def __init__(
-        self, lifetime: float = TOKEN_LIFETIME, clock: Callable[[], float] = time.time
+        self,
+        lifetime: float = TOKEN_LIFETIME,
+        clock: Callable[[], float] = time.time,
+        secret: bytes | None = None,
     ) -> None:
-        self._secret = secrets.token_bytes(32)
+        if secret is not None and (not isinstance(secret, bytes) or len(secret) < MIN_SECRET_BYTES):
+            what = f"{len(secret)} bytes" if isinstance(secret, bytes) else type(secret).__name__
+            raise UsageError(f"secret is at least {MIN_SECRET_BYTES} bytes, not {what}")
+        self._secret = secrets.token_bytes(32) if secret is None else secret
         self.lifetime = lifetime
         self.clock = clock
 
@@ -172,11 +188,22 @@ class DemoStream(StreamServer):
         return True
 
 
-def demo_router() -> Router:
+def demo_router(redis_url: str | None = None, secret: bytes | None = None) -> Router:
     """The demo's router: the real chat and stream channels, the page at ``/``, and the
-    token route at ``/token``."""
-    tokens = TokenIssuer()
-    router = setup_websocket_handlers(DemoChat(tokens), DemoStream())
+    token route at ``/token``.
+
+    ``redis_url``: keep the chat's rooms on that Redis (a
+    :class:`~spoc_sockets.channels.brokers.redis.RedisBroker`), shared by every demo
+    process using it; ``None``: in this process. ``secret``: what signs the tokens (see
+    :class:`TokenIssuer`)."""
+    tokens = TokenIssuer(secret=secret)
+    if redis_url is None:
+        chat = DemoChat(tokens)
+    else:
+        from ..channels.brokers.redis import RedisBroker  # needs the redis extra
+
+        chat = DemoChat(tokens, broker=RedisBroker(redis_url))
+    router = setup_websocket_handlers(chat, DemoStream())
     for path, (name, content_type) in STATIC_FILES.items():
         router.add_http(path, static_handler(name, content_type))
     router.add_http("/token", tokens.handler)

@@ -197,6 +197,9 @@ def test_a_new_room_past_max_rooms_is_refused(broker: Broker) -> None:
         ("max_pending", 1.5),
         ("max_pending", True),
         ("timeout", float("nan")),
+        ("probe_interval", 0),
+        ("probe_interval", "5s"),
+        ("probe_interval", float("inf")),
     ],
 )
 def test_bad_redis_broker_options_are_refused_by_name(option: str, value: object) -> None:

@@ -70,6 +70,27 @@ def messages_until(ws: ClientConnection, last: set[str]) -> list[str]:
     raise AssertionError(f"never got {last}")
 
 
+def presence(ws: ClientConnection, user: str, kind: str) -> dict[str, Any]:
+    """The first presence event of ``kind`` about ``user`` received."""
+    for _ in range(10_000):
+        event = receive(ws)
+        if event["type"] == "presence" and event["user"] == user and event["event"] == kind:
+            return event
+    raise AssertionError(f"no {kind} of {user}")
+
+
+def exchange_exactly_once(one: ClientConnection, other: ClientConnection, room: str) -> None:
+    """Each of two members of ``room`` posts; each gets both posts, once."""
+    one.send(json.dumps({"type": "post", "room": room, "text": "from one"}))
+    other.send(json.dumps({"type": "post", "room": room, "text": "from other"}))
+    ends = {"end one", "end other"}  # posted after: a duplicate would come before them
+    for ws, end in ((one, "end one"), (other, "end other")):
+        ws.send(json.dumps({"type": "post", "room": room, "text": end}))
+    for ws in (one, other):
+        texts = messages_until(ws, ends)
+        assert sorted(texts) == sorted(["from one", "from other", *ends])
+
+
 def test_a_message_crosses_processes_exactly_once(redis_server: RedisServer) -> None:
     with (
         chat_nodes(redis_server, 2) as ((_, port_a), (_, port_b)),
@@ -79,17 +100,9 @@ def test_a_message_crosses_processes_exactly_once(redis_server: RedisServer) -> 
         assert request(ada, "joined", type="join", room="lobby")["members"] == ["ada"]
         joined = request(bob, "joined", type="join", room="lobby")
         assert joined["members"] == ["ada", "bob"]  # ada, on the other process, is there
-        presence = {"type": "presence", "room": "lobby", "user": "bob", "event": "joined"}
-        assert next(e for e in iter(lambda: receive(ada), None) if e["type"] == "presence"
-                    and e["user"] == "bob") == presence  # fmt: skip
-        ada.send(json.dumps({"type": "post", "room": "lobby", "text": "from ada"}))
-        bob.send(json.dumps({"type": "post", "room": "lobby", "text": "from bob"}))
-        ends = {"end ada", "end bob"}  # posted after: a duplicate would come before them
-        for ws, end in ((ada, "end ada"), (bob, "end bob")):
-            ws.send(json.dumps({"type": "post", "room": "lobby", "text": end}))
-        for ws in (ada, bob):
-            texts = messages_until(ws, ends)
-            assert sorted(texts) == sorted(["from ada", "from bob", *ends])
+        joined = {"type": "presence", "room": "lobby", "user": "bob", "event": "joined"}
+        assert presence(ada, "bob", "joined") == joined
+        exchange_exactly_once(ada, bob, "lobby")
         assert request(bob, "members", type="who", room="lobby")["members"] == ["ada", "bob"]
 
 
@@ -143,16 +156,45 @@ def test_the_users_of_a_killed_process_leave_within_the_presence_ttl(
     redis_server: RedisServer,
 ) -> None:
     with (
-        chat_nodes(redis_server, 2, presence_ttl=1.0) as ((_, port_a), (node_b, port_b)),
-        client(port_a, "ada") as ada,
-        client(port_b, "bob") as bob,
+        chat_nodes(redis_server, 3, presence_ttl=1.0) as nodes,
+        client(nodes[0][1], "ada") as ada,
+        client(nodes[1][1], "bob") as bob,
+        client(nodes[2][1], "cy") as cy,
     ):
-        request(ada, "joined", type="join", room="r")
-        assert request(bob, "joined", type="join", room="r")["members"] == ["ada", "bob"]
-        node_b.kill()  # kill -9: bob's process never says bob left
+        for ws in (ada, bob, cy):
+            request(ws, "joined", type="join", room="r")
+        assert request(cy, "members", type="who", room="r")["members"] == ["ada", "bob", "cy"]
+        nodes[2][0].kill()  # kill -9: cy's process never says cy left
+        left = {"type": "presence", "room": "r", "user": "cy", "event": "left"}
+        for ws in (ada, bob):  # each told once, by whichever process found cy's dead first
+            assert presence(ws, "cy", "left") == left
+        assert request(ada, "members", type="who", room="r")["members"] == ["ada", "bob"]
         pause = threading.Event()
-        for _ in range(400):  # bounded: 20 s, for a presence_ttl of 1 s
-            if request(ada, "members", type="who", room="r")["members"] == ["ada"]:
-                break
-            pause.wait(0.05)
-        assert request(ada, "members", type="who", room="r")["members"] == ["ada"]
+        pause.wait(2.5)  # more than two presence refreshes of each live process
+        for ws in (ada, bob):  # nothing about cy came since: the one "left" was all
+            ws.send(json.dumps({"type": "post", "room": "r", "text": "end"}))
+        for ws in (ada, bob):
+            events = []
+            for _ in range(100):
+                events.append(receive(ws))
+                if [e.get("text") for e in events].count("end") == 2:
+                    break
+            assert [e for e in events if e.get("user") == "cy"] == []
+
+
+def test_workers_of_one_serve_command_share_rooms(redis_server: RedisServer) -> None:
+    """``spoc-sockets serve --workers 2``: the app (and its broker) is made before the
+    workers are forked; each worker is a node of its own all the same."""
+    env = {"SPOC_TEST_REDIS_URL": redis_server.url}
+    command = [*SERVE, "tests.redis.chatapp:router", "--port", "0", "--workers", "2"]
+    users = [f"u{index}" for index in range(6)]  # spread over the workers by the kernel
+    with running(command, ROOT, env) as server, ExitStack() as stack:
+        port = int(server.wait_for_line(r"on http://127\.0\.0\.1:(\d+)/").group(1))
+        clients = [stack.enter_context(client(port, user)) for user in users]
+        for ws in clients:
+            request(ws, "joined", type="join", room="lobby")
+        for ws, user in zip(clients, users, strict=True):
+            ws.send(json.dumps({"type": "post", "room": "lobby", "text": user}))
+        for ws in clients:
+            assert sorted(messages_until(ws, set(users))) == users  # each once
+        assert request(clients[0], "members", type="who", room="lobby")["members"] == users

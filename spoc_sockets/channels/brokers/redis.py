@@ -4,8 +4,10 @@ Nothing here makes a loop or a hook wait on Redis. Every operation is queued (a 
 queue) for one *broker thread*, which sends what is waiting as one pipeline and calls
 each operation's ``done`` with its result; a *listener thread* holds the pub/sub
 connection, subscribed to the topics this process has local members for, and hands each
-event to the chat's ``deliver``. Both call back into the chat, whose send paths are
-thread-safe, so the same broker serves the asyncio, trio, threads and ASGI adapters.
+event to the chat's ``deliver`` (and probes that connection with a PING when it has been
+silent). Both call back into the chat, whose send paths are thread-safe, so the same
+broker serves the asyncio, trio, threads and ASGI adapters. :class:`Publisher` posts and
+notifies from a process that serves no WebSocket, with the same scripts.
 
 The Redis layout of a room ``R`` (every key of a room carries the hash tag ``{R}``, so
 each script touches one slot)::
@@ -26,18 +28,21 @@ after ``base``, the Redis time in milliseconds times 1000, so ids never restart 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 import secrets
 import threading
 import time
+import weakref
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ...errors import UsageError
-from ...limits import Number, check_numbers
+from ...limits import Number, check_numbers, shown
+from ..chat import dump_json, notification, room_problem, utf8_size
 from . import Broker, BrokerUnavailable, Deliver, Done, HistoryPage, RoomsFull, fit
 
 try:
@@ -47,7 +52,7 @@ try:
 except ImportError as exc:  # pragma: no cover - the extra is installed with the tests
     raise ImportError("RedisBroker needs redis-py: pip install 'spoc-sockets[redis]'") from exc
 
-__all__ = ["RedisBroker"]
+__all__ = ["Publisher", "RedisBroker"]
 
 logger = logging.getLogger("spoc_sockets.channels")
 
@@ -109,64 +114,94 @@ for _, entry in ipairs(entries) do out[#out + 1] = entry[2][2] end
 return out
 """
 
-_LIVE_NODES = (
+# The presence scripts. KEYS: members, nodes. ARGV: room, channel, this node, then their
+# own. Any of them may find nodes whose presence expired (dead processes): it drops their
+# members and publishes a `left` presence event for each user present through no live
+# node, once (the script is atomic).
+_PRESENCE = (
     _NOW_MS
     + """
-local function live_nodes()
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms())
-  return redis.call('ZRANGE', KEYS[2], 0, -1)
-end
-local function elsewhere(node, user)
-  for _, other in ipairs(live_nodes()) do
+local room, channel, node = ARGV[1], ARGV[2], ARGV[3]
+local function present(user, nodes)
+  for _, other in ipairs(nodes) do
     if other ~= node and redis.call('HEXISTS', KEYS[1], other .. '|' .. user) == 1 then
       return true
     end
   end
   return false
 end
+local function live_nodes()
+  local now = now_ms()
+  local dead = {}
+  for _, other in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
+    if other ~= node then dead[other] = true end
+  end
+  if next(dead) == nil then return redis.call('ZRANGE', KEYS[2], 0, -1) end
+  local gone, seen = {}, {}
+  for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+    local owner, user = string.match(field, '^([^|]*)|(.*)$')
+    if dead[owner] then
+      redis.call('HDEL', KEYS[1], field)
+      if not seen[user] then
+        seen[user] = true
+        gone[#gone + 1] = user
+      end
+    end
+  end
+  for other in pairs(dead) do redis.call('ZREM', KEYS[2], other) end
+  local live = redis.call('ZRANGE', KEYS[2], 0, -1)
+  for _, user in ipairs(gone) do
+    if redis.call('HEXISTS', KEYS[1], node .. '|' .. user) == 0 and not present(user, live) then
+      redis.call('PUBLISH', channel, '{"type":"presence","room":' .. cjson.encode(room)
+        .. ',"user":' .. cjson.encode(user) .. ',"event":"left"}')
+    end
+  end
+  return live
+end
+local function elsewhere(user)
+  return present(user, live_nodes())
+end
 """
 )
 
-# KEYS: members, nodes. ARGV: node, user, presence TTL (ms). 1 if the user's first.
+# ARGV: ..., user, presence TTL (ms). 1 if the user's first connection in the room.
 _JOIN = (
-    _LIVE_NODES
+    _PRESENCE
     + """
-local others = elsewhere(ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[3]), ARGV[1])
-local count = redis.call('HINCRBY', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 1)
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local user, ttl = ARGV[4], tonumber(ARGV[5])
+redis.call('ZADD', KEYS[2], now_ms() + ttl, node)
+local others = elsewhere(user)
+local count = redis.call('HINCRBY', KEYS[1], node .. '|' .. user, 1)
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
 if count == 1 and not others then return 1 end
 return 0
 """
 )
 
-# KEYS: members, nodes. ARGV: node, user. 1 if it was the user's last connection.
+# ARGV: ..., user. 1 if it was the user's last connection.
 _LEAVE = (
-    _LIVE_NODES
+    _PRESENCE
     + """
-local field = ARGV[1] .. '|' .. ARGV[2]
+local field = node .. '|' .. ARGV[4]
 if redis.call('HEXISTS', KEYS[1], field) == 0 then return 0 end
 if redis.call('HINCRBY', KEYS[1], field, -1) > 0 then return 0 end
 redis.call('HDEL', KEYS[1], field)
-if elsewhere(ARGV[1], ARGV[2]) then return 0 end
+if elsewhere(ARGV[4]) then return 0 end
 return 1
 """
 )
 
-# KEYS: members, nodes. The users present through a live node (the fields of dead
-# nodes are dropped on the way).
+# The users present through a live node.
 _MEMBERS = (
-    _LIVE_NODES
+    _PRESENCE
     + """
 local live = {}
-for _, node in ipairs(live_nodes()) do live[node] = true end
+for _, other in ipairs(live_nodes()) do live[other] = true end
 local users, seen = {}, {}
 for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
-  local node, user = string.match(field, '^([^|]*)|(.*)$')
-  if not live[node] then
-    redis.call('HDEL', KEYS[1], field)
-  elseif not seen[user] then
+  local owner, user = string.match(field, '^([^|]*)|(.*)$')
+  if live[owner] and not seen[user] then
     seen[user] = true
     users[#users + 1] = user
   end
@@ -175,23 +210,25 @@ return users
 """
 )
 
-# KEYS: members, nodes. ARGV: node, presence TTL (ms), then user, count pairs: this
-# node's members of the room, written again (a Redis that lost them gets them back).
+# ARGV: ..., presence TTL (ms), then user, count pairs: this node's members of the room,
+# written again (a Redis that lost them gets them back); the dead nodes are found here.
 _REFRESH = (
-    _NOW_MS
+    _PRESENCE
     + """
-local prefix = ARGV[1] .. '|'
+local ttl = tonumber(ARGV[4])
+local prefix = node .. '|'
 local want = {}
-for i = 3, #ARGV, 2 do want[prefix .. ARGV[i]] = ARGV[i + 1] end
+for i = 5, #ARGV, 2 do want[prefix .. ARGV[i]] = ARGV[i + 1] end
 for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
   if string.sub(field, 1, #prefix) == prefix and not want[field] then
     redis.call('HDEL', KEYS[1], field)
   end
 end
 for field, count in pairs(want) do redis.call('HSET', KEYS[1], field, count) end
-redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[2], now_ms() + ttl, node)
+live_nodes()
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
 return 0
 """
 )
@@ -227,11 +264,14 @@ class RedisBroker(Broker):
     ``url`` is a redis-py URL (``redis://127.0.0.1:6379/0``). ``history_ttl``: seconds a
     room's history (and its ids) is kept after its last post. ``presence_ttl``: seconds
     after which the users of a process that stopped refreshing them (it died) no longer
-    count as members; each process refreshes its own every third of it.
+    count as members, and their rooms get a ``left`` presence event for each (within a
+    third more); each process refreshes its own every third of it.
     ``max_pending``: operations waiting for the broker thread, at most (past it, an
     operation fails with :class:`~spoc_sockets.channels.brokers.BrokerUnavailable`, and
     a publication is dropped and counted in :attr:`dropped`). ``timeout``: seconds a
-    Redis round trip may take before it fails.
+    Redis round trip may take before it fails. ``probe_interval``: seconds of silence on
+    the subscription connection after which it is probed with a PING (no answer within
+    ``timeout``: it is dead, and made again).
     """
 
     #: the numeric options (checked by :func:`~spoc_sockets.limits.check_numbers`)
@@ -240,6 +280,7 @@ class RedisBroker(Broker):
         "presence_ttl": Number(integer=False, minimum=1),
         "max_pending": Number(integer=True),
         "timeout": Number(integer=False, minimum=0.01),
+        "probe_interval": Number(integer=False, minimum=0.01),
     }
 
     def __init__(
@@ -251,31 +292,21 @@ class RedisBroker(Broker):
         presence_ttl: float = 30.0,
         max_pending: int = 10_000,
         timeout: float = 5.0,
+        probe_interval: float = 5.0,
     ) -> None:
         _check_url("url", url)
         _check_url("prefix", prefix)
         self.url, self.prefix = url, prefix
         self.history_ttl, self.presence_ttl = history_ttl, presence_ttl
         self.max_pending, self.timeout = max_pending, timeout
+        self.probe_interval = probe_interval
         check_numbers(self, self.NUMBERS)
-        self.node = secrets.token_hex(8)  # this process, in the members hashes
-        self._client: redis.Redis = redis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),  # a script is never sent twice: a post, twice stored
-        )
-        self._lock = threading.Condition()
-        self._ops: deque[_Op] = deque()
+        self._client = _connect(url, timeout)
         self._deliver: list[Deliver] = []
-        self._wanted: set[str] = set()  # topics this process subscribes to
-        self._confirmed: set[str] = set()  # ... and Redis confirmed
-        self._listening = True  # False while the listener waits to connect again (backoff)
-        self._local: dict[str, Counter[str]] = {}  # room -> user -> connections here
-        self._last: dict[str, int] = {}  # room topic -> the last message id delivered here
-        self._threads: list[threading.Thread] = []
         self._closed = False
+        self._start_afresh()
+        after_fork = weakref.WeakMethod(self._start_afresh)
+        os.register_at_fork(after_in_child=lambda: _call_weak(after_fork))
         #: publications dropped because ``max_pending`` operations were waiting
         self.dropped = 0
         #: round trips (pipelines) to Redis that failed
@@ -286,21 +317,43 @@ class RedisBroker(Broker):
         #: made again (posted while there was none)
         self.repaired = 0
 
+    def _start_afresh(self) -> None:
+        """The state of one process: set when made, and again in a child process made
+        by ``fork`` (``spoc-sockets serve --workers N``), which has none of its
+        parent's threads, connections or members, and is a node of its own."""
+        self.node = secrets.token_hex(8)  # this process, in the members hashes
+        self._lock = threading.Condition()
+        self._ops: deque[_Op] = deque()
+        self._wanted: set[str] = set()  # topics this process subscribes to
+        self._confirmed: set[str] = set()  # topics Redis confirmed
+        self._listening = True  # False while the listener waits to connect again (backoff)
+        self._local: dict[str, Counter[str]] = {}  # room -> user -> connections here
+        self._last: dict[str, int] = {}  # room topic -> the last message id delivered here
+        self._threads: list[threading.Thread] = []
+
+    def _start(self) -> None:
+        """Start the broker's threads in this process, on first use once attached (with
+        the lock)."""
+        if self._threads or self._closed or not self._deliver:
+            return
+        for target, name in ((self._run, "broker"), (self._listen, "listener")):
+            thread = threading.Thread(target=target, name=f"spoc-redis-{name}")
+            thread.daemon = True
+            self._threads.append(thread)
+            thread.start()
+
     # -- the seam ----------------------------------------------------------------------
 
     def attach(self, deliver: Deliver) -> None:
         with self._lock:
             self._deliver.append(deliver)
-            if not self._threads:
-                for target, name in ((self._run, "broker"), (self._listen, "listener")):
-                    thread = threading.Thread(target=target, name=f"spoc-redis-{name}")
-                    thread.daemon = True
-                    self._threads.append(thread)
-                    thread.start()
+            if self._ops or self._wanted:  # used before: start now
+                self._start()
 
     def subscribe(self, topic: str) -> None:
         with self._lock:
             self._wanted.add(topic)
+            self._start()
 
     def unsubscribe(self, topic: str) -> None:
         with self._lock:
@@ -318,9 +371,7 @@ class RedisBroker(Broker):
     def post(
         self, room: str, message: str, max_messages: int, max_bytes: int, done: Done[str]
     ) -> None:
-        meta, log = self._key(room, "meta"), self._key(room, "log")
-        ttl, channel = _ms(self.history_ttl), self._channel(f"room:{room}")
-        command = ("EVAL", _POST, 2, meta, log, message, max_messages, max_bytes, ttl, channel)
+        command = _post(self.prefix, room, message, max_messages, max_bytes, self.history_ttl)
         self._call(_Op([command], lambda r: done(str(r[0])), done, f"room:{room}"))
 
     def history(
@@ -354,18 +405,15 @@ class RedisBroker(Broker):
                 self._count(room, user, -1)
             done(exc)
 
-        keys = (self._key(room, "members"), self._key(room, "nodes"))
-        command = ("EVAL", _JOIN, 2, *keys, self.node, user, _ms(self.presence_ttl))
+        command = ("EVAL", _JOIN, *self._presence(room), user, _ms(self.presence_ttl))
         self._call(_Op([command], lambda r: done(r[0] == 1), fail, f"room:{room}", apply))
 
     def leave(self, room: str, user: str, now: float, done: Done[bool]) -> None:
-        keys = (self._key(room, "members"), self._key(room, "nodes"))
-        command = ("EVAL", _LEAVE, 2, *keys, self.node, user)
+        command = ("EVAL", _LEAVE, *self._presence(room), user)
         self._call(_Op([command], lambda r: done(r[0] == 1), done, apply=self._leaving(room, user)))
 
     def members(self, room: str, done: Done[list[str]]) -> None:
-        keys = (self._key(room, "members"), self._key(room, "nodes"))
-        command = ("EVAL", _MEMBERS, 2, *keys)
+        command = ("EVAL", _MEMBERS, *self._presence(room))
         self._call(_Op([command], lambda r: done(sorted(r[0])), done))
 
     def expire(self, now: float, after: float) -> float | None:
@@ -390,10 +438,15 @@ class RedisBroker(Broker):
     # -- keys, queue -------------------------------------------------------------------
 
     def _key(self, room: str, kind: str) -> str:
-        return f"{self.prefix}:{{{room}}}:{kind}"
+        return _key(self.prefix, room, kind)
 
     def _channel(self, topic: str) -> str:
         return f"{self.prefix}:{topic}"
+
+    def _presence(self, room: str) -> tuple[object, ...]:
+        """The head of every presence script's arguments (see ``_PRESENCE``)."""
+        keys = (self._key(room, "members"), self._key(room, "nodes"))
+        return (2, *keys, room, self._channel(f"room:{room}"), self.node)
 
     def _leaving(self, room: str, user: str) -> Callable[[], None]:
         """A leave counts here when sent, whatever Redis answers: the connection left."""
@@ -412,6 +465,7 @@ class RedisBroker(Broker):
         with self._lock:
             if self._closed or len(self._ops) >= self.max_pending:
                 return False
+            self._start()
             self._ops.append(op)
             self._lock.notify_all()
             return True
@@ -472,9 +526,9 @@ class RedisBroker(Broker):
         """This process's presence in each of its rooms, written again (with the lock)."""
         ops = []
         for room, users in self._local.items():
-            keys = (self._key(room, "members"), self._key(room, "nodes"))
             pairs = [item for user, count in users.items() for item in (user, count)]
-            command = ("EVAL", _REFRESH, 2, *keys, self.node, _ms(self.presence_ttl), *pairs)
+            ttl = _ms(self.presence_ttl)
+            command = ("EVAL", _REFRESH, *self._presence(room), ttl, *pairs)
             ops.append(_Op([command], _ignore, _refresh_failed))
         return ops
 
@@ -533,6 +587,7 @@ class RedisBroker(Broker):
         """Keep ``pubsub`` subscribed to the topics wanted; deliver their events."""
         sent: set[str] = set()  # the topics subscribed on this connection
         skip = len(self.prefix) + 1
+        probe = _Probe(self.probe_interval, self.timeout)
         with self._lock:  # what was unsubscribed while there was no connection
             for topic in set(self._last) - self._wanted:
                 del self._last[topic]
@@ -550,8 +605,10 @@ class RedisBroker(Broker):
                     for topic in sent - wanted:
                         self._last.pop(topic, None)
             sent = wanted
+            probe.check(pubsub, bool(sent))
             message = pubsub.get_message(timeout=LISTEN_INTERVAL)
             while message is not None:
+                probe.heard()
                 topic = str(message["channel"])[skip:]
                 if message["type"] == "message":
                     self._relay_one(deliver, topic, str(message["data"]))
@@ -604,6 +661,150 @@ class RedisBroker(Broker):
                 self.repaired += 1
 
 
+class Publisher:
+    """Posts to rooms and notifies users of the chats on a Redis, from a process that
+    serves no WebSocket (a Django or Flask view, a worker, a script).
+
+    Give it what the serving processes' :class:`RedisBroker` and chat have: the same
+    ``url`` and ``prefix``, ``history_ttl``, and the chat's ``max_history_messages``,
+    ``max_history_bytes`` and ``max_text_bytes`` (the defaults are theirs). Its calls
+    wait for Redis (at most ``timeout`` seconds): do not call them on an event loop.
+    A call Redis did not answer raises
+    :class:`~spoc_sockets.channels.brokers.BrokerUnavailable` (a post whose answer was lost
+    to the ``timeout`` may have been stored all the same); a bad argument raises
+    :class:`~spoc_sockets.UsageError`.
+    """
+
+    NUMBERS: ClassVar[dict[str, Number]] = {
+        "history_ttl": Number(integer=False, minimum=1),
+        "timeout": Number(integer=False, minimum=0.01),
+        "max_history_messages": Number(integer=True),
+        "max_history_bytes": Number(integer=True),
+        "max_text_bytes": Number(integer=True),
+        "max_room_name_bytes": Number(integer=True),
+    }
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "spoc",
+        history_ttl: float = 3600.0,
+        timeout: float = 5.0,
+        max_history_messages: int = 1000,
+        max_history_bytes: int = 256 * 1024,
+        max_text_bytes: int = 4000,
+        max_room_name_bytes: int = 100,
+    ) -> None:
+        _check_url("url", url)
+        _check_url("prefix", prefix)
+        self.url, self.prefix, self.history_ttl, self.timeout = url, prefix, history_ttl, timeout
+        self.max_history_messages, self.max_history_bytes = max_history_messages, max_history_bytes
+        self.max_text_bytes, self.max_room_name_bytes = max_text_bytes, max_room_name_bytes
+        check_numbers(self, self.NUMBERS)
+        self._client = _connect(url, timeout)
+
+    def post(self, room: str, user: str, text: str) -> int:
+        """Post ``text`` to ``room`` as ``user``, as a member of the room would: stored
+        in its history, and delivered to its members on every process. The message's id."""
+        problem = room_problem(room, self.max_room_name_bytes)
+        if problem is not None:
+            raise UsageError(f"{problem}, not {shown(room)}")
+        if not isinstance(user, str) or not user:
+            raise UsageError(f"user is a non-empty string, not {shown(user)}")
+        if not isinstance(text, str) or utf8_size(text) > self.max_text_bytes:
+            raise UsageError(f"text is a string of at most {self.max_text_bytes} bytes")
+        try:
+            message = dump_json(
+                {"type": "message", "room": room, "user": user, "text": text, "ts": time.time()}
+            )
+        except ValueError:
+            raise UsageError("user and text are valid Unicode (no lone surrogate)") from None
+        command = _post(
+            self.prefix, room, message, self.max_history_messages, self.max_history_bytes,
+            self.history_ttl,
+        )  # fmt: skip
+        stored = str(self._call(*command))
+        match = _ID.search(stored)
+        assert match is not None
+        return int(match[1])
+
+    def notify(self, user: str, payload: Any) -> int:
+        """Send ``payload`` (anything JSON can encode) to every connection of ``user``,
+        as ``ChatServer.notify`` does. How many processes had a connection of the user
+        (Redis's count of the subscribers that got it)."""
+        if not isinstance(user, str) or not user:
+            raise UsageError(f"user is a non-empty string, not {shown(user)}")
+        return int(self._call("PUBLISH", f"{self.prefix}:user:{user}", notification(payload)))
+
+    def close(self) -> None:
+        """Close the connections to Redis."""
+        self._client.close()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _call(self, *command: Any) -> Any:
+        try:
+            return self._client.execute_command(*command)  # type: ignore[no-untyped-call]
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"Redis at {self.url} failed: {exc}") from exc
+
+
+def _connect(url: str, timeout: float) -> redis.Redis:
+    """A client of ``url`` whose round trips take at most ``timeout`` seconds."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),  # a script is never sent twice: a post, twice stored
+    )
+
+
+def _key(prefix: str, room: str, kind: str) -> str:
+    return f"{prefix}:{{{room}}}:{kind}"
+
+
+def _post(
+    prefix: str, room: str, message: str, max_messages: int, max_bytes: int, history_ttl: float
+) -> tuple[Any, ...]:
+    """The command that stores and publishes a room message (see ``_POST``)."""
+    keys = (_key(prefix, room, "meta"), _key(prefix, room, "log"))
+    channel = f"{prefix}:room:{room}"
+    return ("EVAL", _POST, 2, *keys, message, max_messages, max_bytes, _ms(history_ttl), channel)
+
+
+class _Probe:
+    """The liveness probe of a subscription connection: after ``interval`` seconds
+    without a word from Redis, a PING; no answer (nor anything else) within ``timeout``
+    seconds, and the connection is dead, even if its socket says nothing (a failover, a
+    network that drops packets silently): :class:`ConnectionError`."""
+
+    def __init__(self, interval: float, timeout: float) -> None:
+        self.interval, self.timeout = interval, timeout
+        self.last = time.monotonic()  # when Redis last said something
+        self.sent: float | None = None  # when the PING not answered yet went
+
+    def heard(self) -> None:
+        self.last, self.sent = time.monotonic(), None
+
+    def check(self, pubsub: Any, subscribed: bool) -> None:
+        now = time.monotonic()
+        if not subscribed:  # nothing to lose, and nothing to read a PONG with
+            self.last, self.sent = now, None
+        elif self.sent is not None and now - self.sent > self.timeout:
+            raise ConnectionError(
+                f"no answer to PING in {self.timeout} s: the subscription is dead"
+            )
+        elif self.sent is None and now - self.last >= self.interval:
+            pubsub.ping()
+            self.sent = now
+
+
 def _page(reply: list[str], since: int | None, max_messages: int, max_bytes: int) -> HistoryPage:
     """The page the history script's ``reply`` makes (see ``_HISTORY``)."""
     if not reply:  # no history (never, expired, or lost by Redis): whatever since saw is gone
@@ -625,6 +826,12 @@ def _complete(callback: Callable[..., None], *args: Any) -> None:
         callback(*args)
     except Exception:
         logger.exception("a broker callback failed")
+
+
+def _call_weak(method: weakref.WeakMethod[Callable[[], None]]) -> None:
+    function = method()
+    if function is not None:
+        function()
 
 
 def _ignore(replies: list[Any]) -> None:
