@@ -17,6 +17,7 @@ from types import ModuleType
 import pytest
 
 from spoc_sockets import ChannelServer, Router
+from spoc_sockets.channels.brokers.redis import RedisBroker
 from spoc_sockets.channels.chat import ChatServer
 from spoc_sockets.channels.stream import StreamServer
 
@@ -117,6 +118,17 @@ def test_a_documented_default_is_the_code_default(owner: str, option: str) -> No
     _unit, default, *_ = TABLES[owner][option]
     value = code_default(owner, option)
     assert agrees(default, value), f"{owner}.{option}: docs say {default!r}, code {value!r}"
+
+
+def test_the_redis_brokers_documented_defaults_are_the_code() -> None:
+    table = reference("RedisBroker")
+    parameters = inspect.signature(RedisBroker).parameters
+    options = {name: p.default for name, p in parameters.items() if name != "url"}
+    assert sorted(table) == sorted(options)
+    for option, default in options.items():
+        documented = table[option][1]
+        assert agrees(documented, default), f"RedisBroker.{option}: docs say {documented!r}"
+    assert sorted(RedisBroker.NUMBERS) == sorted(set(options) - {"prefix"})
 
 
 def test_every_option_is_in_the_reference() -> None:
