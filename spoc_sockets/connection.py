@@ -111,7 +111,8 @@ class Owner(Protocol):
         """``conn`` needs ``handle_timeout`` at ``deadline``."""
 
     def finish(self, conn: ServerConnection) -> None:
-        """The core finished ``conn``; its transport drains."""
+        """The core finished ``conn``; its transport drains (and may carry a new
+        connection)."""
 
     def forget(self, conn: ServerConnection, now: float) -> None:
         """``conn``'s transport is gone."""
@@ -137,8 +138,6 @@ class ServerConnection(Endpoint):
         transport: Hashable | None = None,
         hub: Owner | None = None,
     ) -> None:
-        if transport is not None:
-            router.claim(transport, self)
         self.peer = peer
         self.transport = transport
         #: the last protocol fault of the peer (for logs), or None
@@ -300,8 +299,6 @@ class ServerConnection(Endpoint):
         # free what the connection holds now, whatever keeps the connection object alive
         self._h11 = self._ws = self._extension = self._events = self._head = None
         self._first = self._rest = None
-        if self.transport is not None:
-            self.router.release(self.transport)
         if self._hub is not None and not self._lost:  # drain, bounded by drain_timeout
             self._hub.finish(self)
             self._set_deadline(self._clock + self._hub.drain_timeout)
