@@ -286,6 +286,7 @@ class ServerConnection(Endpoint):
         extensions: list[Extension] | None = [extension] if extension is not None else None
         self._ws = WSConnection(ConnectionType.SERVER, extensions=extensions)
         self._compressed = extension is not None
+        self._ping_base = now  # the next ping is due ping_interval after this
 
     def _send_close(self, code: int, reason: str) -> None:
         assert self._ws is not None
@@ -543,9 +544,6 @@ class ServerConnection(Endpoint):
         self._finish(self._close_code, self._close_reason)
 
     # -- keepalive ------------------------------------------------------------------------
-
-    def _opened(self, now: float) -> None:
-        self._ping_base = now  # the next ping is due ping_interval after this
 
     def _keepalive_due(self) -> float | None:
         assert self._channel is not None

@@ -320,7 +320,6 @@ class Endpoint(ABC):
             "open %s peer=%s user=%s conn=%d", request.path, _peer(self.peer), _who(user), conn.id
         )
         self._last_input = now
-        self._opened(now)
         self._arm_open()
         self._after_hook(channel._opened(conn), now)
 
@@ -337,9 +336,6 @@ class Endpoint(ABC):
             self._refuse(503, (), b"the handshake was not decided in time\n")
         else:
             self._finish(CloseCode.ABNORMAL_CLOSURE, "")
-
-    def _opened(self, now: float) -> None:  # noqa: B027 - an optional hook
-        """Just accepted, before ``on_connect`` (keepalive starts here, where there is one)."""
 
     # -- messages -------------------------------------------------------------------------
 
