@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Hashable, Iterator
-from dataclasses import replace
 from http import HTTPStatus
 from typing import Protocol, cast
 
@@ -112,7 +111,8 @@ class Owner(Protocol):
         """``conn`` needs ``handle_timeout`` at ``deadline``."""
 
     def finish(self, conn: ServerConnection) -> None:
-        """The core finished ``conn``; its transport drains."""
+        """The core finished ``conn``; its transport drains (and may carry a new
+        connection)."""
 
     def forget(self, conn: ServerConnection, now: float) -> None:
         """``conn``'s transport is gone."""
@@ -138,8 +138,6 @@ class ServerConnection(Endpoint):
         transport: Hashable | None = None,
         hub: Owner | None = None,
     ) -> None:
-        if transport is not None:
-            router.claim(transport, self)
         self.peer = peer
         self.transport = transport
         #: the last protocol fault of the peer (for logs), or None
@@ -288,6 +286,7 @@ class ServerConnection(Endpoint):
         extensions: list[Extension] | None = [extension] if extension is not None else None
         self._ws = WSConnection(ConnectionType.SERVER, extensions=extensions)
         self._compressed = extension is not None
+        self._ping_base = now  # the next ping is due ping_interval after this
 
     def _send_close(self, code: int, reason: str) -> None:
         assert self._ws is not None
@@ -301,8 +300,6 @@ class ServerConnection(Endpoint):
         # free what the connection holds now, whatever keeps the connection object alive
         self._h11 = self._ws = self._extension = self._events = self._head = None
         self._first = self._rest = None
-        if self.transport is not None:
-            self.router.release(self.transport)
         if self._hub is not None and not self._lost:  # drain, bounded by drain_timeout
             self._hub.finish(self)
             self._set_deadline(self._clock + self._hub.drain_timeout)
@@ -339,7 +336,7 @@ class ServerConnection(Endpoint):
             self._refuse(status, (), f"{exc}\n".encode())
         except ProtocolError as exc:
             self.error = exc
-            self._refuse(exc.status or 400, exc.headers, f"{exc}\n".encode())
+            self._refuse_for(exc)
 
     def _handle_request(self, event: h11.Request, now: float) -> None:
         """Route and validate the request (raising ProtocolError), then decide."""
@@ -352,11 +349,7 @@ class ServerConnection(Endpoint):
             [(name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers],
             self.peer,
         )
-        if self._hub is not None and self._hub.refusing:
-            raise ProtocolError("the server is shutting down", status=503)
-        route = self.router.resolve(request.target.partition("?")[0])
-        if route is not None:
-            self._route = route.path
+        route = self._resolve(request, self._hub is not None and self._hub.refusing)
         if not is_upgrade(request):
             response = self.router.answer_http(request)
             if response is not None:
@@ -364,12 +357,9 @@ class ServerConnection(Endpoint):
                     self.router.refused(route.path, response.status)
                 self._respond(response)
                 return
-        if route is None:
-            raise ProtocolError(f"no channel at {request.path}", status=404)
-        channel = route.channel
+        channel, request = self._routed(route, request)
         self._key = check_upgrade(request, event.http_version.decode())
         self._h11.next_event()  # the EndOfMessage of a bodiless GET
-        request = replace(request, path_params=route.params)
         if channel.compression:
             self._extension = negotiate(request, channel.max_message_size)
         self._decide(channel, request, now)
@@ -485,9 +475,10 @@ class ServerConnection(Endpoint):
     def _over_limits(self) -> str | None:
         """Why the message being received breaks a limit, or None."""
         assert self._channel is not None
-        limit, most = self._channel.max_message_size, self._channel.max_fragments
-        if limit is not None and self._size > limit:
-            return f"message over {limit} bytes"
+        most = self._channel.max_fragments
+        too_big = self._too_big(self._size)
+        if too_big is not None:
+            return too_big
         if most is not None and self._fragments > most:
             return f"message in over {most} fragments"
         return None
@@ -553,9 +544,6 @@ class ServerConnection(Endpoint):
         self._finish(self._close_code, self._close_reason)
 
     # -- keepalive ------------------------------------------------------------------------
-
-    def _opened(self, now: float) -> None:
-        self._ping_base = now  # the next ping is due ping_interval after this
 
     def _keepalive_due(self) -> float | None:
         assert self._channel is not None

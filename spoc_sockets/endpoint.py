@@ -4,8 +4,10 @@ Two kinds of connection share it: :class:`~spoc_sockets.ServerConnection` (the l
 parses bytes with h11 and wsproto) and :class:`~spoc_sockets.session.MessageSession` (an
 ASGI server parses them). What they share lives here, once:
 
-* the handshake decision: the channel's checks, ``authenticate``, a :class:`Deferred`
-  decided later from any thread, within ``router.handshake_timeout`` (else 503);
+* the handshake decision: 503 while the server shuts down, routing (404, path params),
+  the channel's checks, ``authenticate``, a :class:`Deferred` decided later from any
+  thread, within ``router.handshake_timeout`` (else 503);
+* ``max_message_size`` (bytes, as UTF-8 for text: 1009 past it);
 * the :class:`Connection` handle, the upgraded set, and the mailbox other threads post to
   (:meth:`post`), with one wake-up until the owner flushes;
 * the output limit (``max_buffered_amount``) and the channel's ``overflow`` policy;
@@ -25,6 +27,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 from .channel import (
     ChannelServer,
@@ -40,11 +43,11 @@ from .channel import (
     settle,
     verdict,
 )
-from .errors import CloseCode, Reject
+from .errors import CloseCode, ProtocolError, Reject
 from .request import Request
-from .router import Router
+from .router import Route, Router
 
-__all__ = ["CLOSED", "CLOSING", "CONNECTING", "OPEN", "Endpoint"]
+__all__ = ["CLOSED", "CLOSING", "CONNECTING", "OPEN", "SHUTTING_DOWN", "SLOW_CONSUMER", "Endpoint"]
 
 #: Errors of application code: hooks and HTTP routes (with their traceback).
 logger = logging.getLogger("spoc_sockets.hooks")
@@ -57,6 +60,11 @@ CONNECTING = ConnectionState.CONNECTING
 OPEN = ConnectionState.OPEN
 CLOSING = ConnectionState.CLOSING
 CLOSED = ConnectionState.CLOSED
+
+#: What the ``overflow="close"`` policy does: close with 1008, dropping the queued output.
+SLOW_CONSUMER = CloseRequest(CloseCode.POLICY_VIOLATION, "slow consumer", discard=True)
+#: Why a handshake is refused with 503 once the server is shutting down.
+SHUTTING_DOWN = "the server is shutting down"
 
 
 class Endpoint(ABC):
@@ -143,14 +151,13 @@ class Endpoint(ABC):
         if conn is None or channel is None or self.state is CLOSED or self._overflowed:
             return  # discarded, and nothing accumulates on a dead connection
         if isinstance(item, Outgoing):
-            if self.buffered_amount + item.size > channel.max_buffered_amount:
-                if channel.overflow == "drop":
-                    conn.dropped += 1
-                    return
-                self._overflowed = True
-                item = CloseRequest(CloseCode.POLICY_VIOLATION, "slow consumer", discard=True)
-            else:
+            fits = self._fits(channel, conn, item.size)
+            if fits is False:
+                return  # dropped (and counted)
+            if fits is True:
                 self._posted += item.size
+            else:
+                item = fits
         self._mailbox.append(item)
         self._schedule()
 
@@ -160,7 +167,7 @@ class Endpoint(ABC):
             self.post(CloseRequest(CloseCode.GOING_AWAY, "server shutting down"))
         elif self.state is CONNECTING:
             if self._deferred is not None:
-                self._refuse(503, (), b"the server is shutting down\n")
+                self._refuse_for(ProtocolError(SHUTTING_DOWN, status=503))
             else:
                 self._finish(CloseCode.ABNORMAL_CLOSURE, "")
 
@@ -211,6 +218,29 @@ class Endpoint(ABC):
         """An OPEN deadline passed: ping, or fail a missing pong, when due."""
 
     # -- the decision -------------------------------------------------------------------
+
+    def _resolve(self, request: Request, refusing: bool) -> Route | None:
+        """The route of ``request`` (recorded for the route's counters), or None: no
+        channel there. While the server shuts down (``refusing``), raise
+        :class:`ProtocolError` (503) instead."""
+        if refusing:
+            raise ProtocolError(SHUTTING_DOWN, status=503)
+        route = self.router.resolve(request.target.partition("?")[0])
+        if route is not None:
+            self._route = route.path
+        return route
+
+    @staticmethod
+    def _routed(route: Route | None, request: Request) -> tuple[ChannelServer, Request]:
+        """The channel of an upgrade ``request`` and the request with its path params;
+        :class:`ProtocolError` (404) when no channel is there."""
+        if route is None:
+            raise ProtocolError(f"no channel at {request.path}", status=404)
+        return route.channel, replace(request, path_params=route.params)
+
+    def _refuse_for(self, error: ProtocolError) -> None:
+        """Refuse the handshake with the status of ``error`` (400 if it has none)."""
+        self._refuse(error.status or 400, error.headers, f"{error}\n".encode())
 
     def _decide(self, channel: ChannelServer, request: Request, now: float) -> None:
         """Run the channel's checks and ``authenticate``: accept, refuse, or wait."""
@@ -290,7 +320,6 @@ class Endpoint(ABC):
             "open %s peer=%s user=%s conn=%d", request.path, _peer(self.peer), _who(user), conn.id
         )
         self._last_input = now
-        self._opened(now)
         self._arm_open()
         self._after_hook(channel._opened(conn), now)
 
@@ -307,9 +336,6 @@ class Endpoint(ABC):
             self._refuse(503, (), b"the handshake was not decided in time\n")
         else:
             self._finish(CloseCode.ABNORMAL_CLOSURE, "")
-
-    def _opened(self, now: float) -> None:  # noqa: B027 - an optional hook
-        """Just accepted, before ``on_connect`` (keepalive starts here, where there is one)."""
 
     # -- messages -------------------------------------------------------------------------
 
@@ -384,24 +410,46 @@ class Endpoint(ABC):
                     conn.messages_out += 1
                     conn.bytes_out += len(item.payload)
             elif isinstance(item, CloseRequest) and self.state is OPEN:
-                if item.discard:
-                    self._discard_output()
-                self._close(item.code, item.reason, now)
+                self._take_close(item, now)
         # posters race only with each other on ``_posted``; an empty mailbox resyncs it
         self._posted = self._taken
 
-    def _overflows(self, size: int, now: float) -> bool:
-        """Whether ``size`` more bytes would pass ``max_buffered_amount``; if so, apply
-        the channel's ``overflow`` policy (drop this output, or close with 1008)."""
-        assert self._channel is not None and self.connection is not None
-        if self.buffered_amount + size <= self._channel.max_buffered_amount:
+    def _fits(self, channel: ChannelServer, conn: Connection, size: int) -> bool | CloseRequest:
+        """True when ``size`` more bytes of output fit under ``max_buffered_amount``.
+        Otherwise the channel's ``overflow`` policy decides: ``"drop"`` gives False (the
+        output is counted dropped), ``"close"`` gives :data:`SLOW_CONSUMER`, the close to
+        take (the connection is marked overflowed: nothing more is queued)."""
+        if self.buffered_amount + size <= channel.max_buffered_amount:
+            return True
+        if channel.overflow == "drop":
+            conn.dropped += 1
             return False
-        if self._channel.overflow == "drop":
-            self.connection.dropped += 1
-        else:
+        self._overflowed = True
+        return SLOW_CONSUMER
+
+    def _overflows(self, size: int, now: float) -> bool:
+        """Whether ``size`` more bytes, produced on the owner's thread, would pass
+        ``max_buffered_amount``; if so, the ``overflow`` policy applies (see :meth:`_fits`)."""
+        assert self._channel is not None and self.connection is not None
+        fits = self._fits(self._channel, self.connection, size)
+        if isinstance(fits, CloseRequest):
+            self._take_close(fits, now)
+        return fits is not True
+
+    def _take_close(self, request: CloseRequest, now: float) -> None:
+        """Close as ``request`` asks (dropping the queued output first if it says so)."""
+        if request.discard:
             self._discard_output()
-            self._close(CloseCode.POLICY_VIOLATION, "slow consumer", now)
-        return True
+        self._close(request.code, request.reason, now)
+
+    def _too_big(self, size: int) -> str | None:
+        """Why a message of ``size`` bytes breaks ``max_message_size`` (the close reason
+        of 1009), or None."""
+        assert self._channel is not None
+        limit = self._channel.max_message_size
+        if limit is not None and size > limit:
+            return f"message over {limit} bytes"
+        return None
 
     # -- the end --------------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ owns every decision about time that an adapter would otherwise repeat:
   connection is gone (``drain_timeout`` again), and the **accept back-off** after the
   process ran out of file descriptors. When a deadline is set earlier than the one
   :meth:`next_deadline` last reported, the hub wakes the adapter;
+* one connection per transport at a time (:meth:`open` refuses a second while the
+  core has not finished the first);
 * graceful shutdown (:meth:`shutdown`): 503 to new handshakes, close 1001, and past
   ``shutdown_timeout`` the verdict "abort the transport" for whatever remains;
   :attr:`finished` says when nothing is left.
@@ -40,6 +42,7 @@ from collections.abc import Callable, Coroutine, Hashable
 from typing import TYPE_CHECKING
 
 from .connection import ServerConnection
+from .errors import UsageError
 from .limits import check_number
 
 if TYPE_CHECKING:
@@ -97,6 +100,7 @@ class Hub:
         self._order = itertools.count()
         self._connections: dict[ServerConnection, None] = {}  # not finished
         self._draining: dict[ServerConnection, None] = {}  # finished, transport not gone
+        self._claims: dict[Hashable, ServerConnection] = {}  # transport: its one connection
         self._stop_at: float | None = None  # the shutdown deadline (then the hooks')
         self._retry_at: float | None = None  # when to accept again, with nothing to wait for
         self._out_of_descriptors = False
@@ -130,9 +134,17 @@ class Hub:
     def open(
         self, now: float, *, peer: tuple[str, int] | None = None, transport: Hashable | None = None
     ) -> ServerConnection:
-        """A new connection for a transport just accepted (``transport`` must be new)."""
+        """A new connection for a transport just accepted. ``transport`` (the adapter's
+        handle, kept as ``conn.transport``) carries one connection at a time: opening a
+        second one on it before the core finished the first is a :class:`UsageError`."""
+        if transport is not None and transport in self._claims:
+            raise UsageError(
+                f"transport {transport!r} already has a connection: not upgrading twice"
+            )
         conn = ServerConnection(self.router, now, peer=peer, transport=transport, hub=self)
         self._connections[conn] = None
+        if transport is not None:
+            self._claims[transport] = conn
         return conn
 
     def take_pending(self) -> list[ServerConnection]:
@@ -218,11 +230,13 @@ class Hub:
         if conn in self._connections:  # else its transport is gone already
             del self._connections[conn]
             self._draining[conn] = None
+        self._release(conn)
 
     def forget(self, conn: ServerConnection, now: float) -> None:
         """``conn``'s transport is gone: a descriptor is free, and nothing waits for it."""
         self._connections.pop(conn, None)
         self._draining.pop(conn, None)
+        self._release(conn)
         self._accept_again()
         self._when_empty(now)
         live = len(self._connections) + len(self._draining)
@@ -239,6 +253,11 @@ class Hub:
             self._woken = True
             if self._wakeup is not None:
                 self._wakeup()
+
+    def _release(self, conn: ServerConnection) -> None:
+        """``conn``'s transport may carry a new connection."""
+        if conn.transport is not None and self._claims.get(conn.transport) is conn:
+            del self._claims[conn.transport]
 
     def _arm(self, deadline: float) -> None:
         """Wake the adapter if ``deadline`` is earlier than what its timer follows."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 from urllib.parse import unquote
@@ -148,7 +148,6 @@ class Router:
         self._upgraded: dict[Connection, None] = {}
         self._counters: dict[str, RouteCounters] = {}  # per registered path
         self._unrouted: Counter[int] = Counter()  # refusals before a channel was found
-        self._transports: dict[Hashable, object] = {}
 
     # -- registration ---------------------------------------------------------------
 
@@ -274,17 +273,6 @@ class Router:
     def upgraded(self) -> frozenset[Connection]:
         """The live upgraded connections (a snapshot): empty again once all are closed."""
         return frozenset(self._upgraded)
-
-    def claim(self, transport: Hashable, owner: object) -> None:
-        """Bind ``transport`` to its one connection; a second claim is an error."""
-        if transport in self._transports:
-            raise UsageError(
-                f"transport {transport!r} already has a connection: not upgrading twice"
-            )
-        self._transports[transport] = owner
-
-    def release(self, transport: Hashable) -> None:
-        self._transports.pop(transport, None)
 
     def stats(self) -> RouterStats:
         """A snapshot of every route's counters (see :class:`~spoc_sockets.stats.ChannelStats`).

@@ -23,11 +23,11 @@ States: ``CONNECTING`` until the decision, ``OPEN``, ``CLOSING`` once a close wa
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .channel import CloseRequest, Message, Outgoing, Spawn
 from .endpoint import CLOSED, CLOSING, OPEN, Endpoint
-from .errors import CloseCode
+from .errors import CloseCode, ProtocolError
 from .request import Request
 from .router import Router
 
@@ -66,15 +66,12 @@ class MessageSession(Endpoint):
         self._actions: list[Action] = []
         self.peer = request.peer
         super().__init__(router, now, spawn)
-        if refusing:
-            self._refuse(503, (), b"the server is shutting down\n")
+        try:
+            channel, request = self._routed(self._resolve(request, refusing), request)
+        except ProtocolError as refusal:
+            self._refuse_for(refusal)
             return
-        route = router.resolve(request.target.partition("?")[0])
-        if route is None:
-            self._refuse(404, (), f"no channel at {request.path}\n".encode())
-        else:
-            self._route = route.path
-            self._decide(route.channel, replace(request, path_params=route.params), now)
+        self._decide(channel, request, now)
 
     @property
     def done(self) -> bool:
@@ -90,10 +87,10 @@ class MessageSession(Endpoint):
         assert self._channel is not None
         self._clock = now
         size = len(message.encode()) if isinstance(message, str) else len(message)
-        limit = self._channel.max_message_size
         with self._guard():
-            if limit is not None and size > limit:
-                self._close(CloseCode.MESSAGE_TOO_BIG, f"message over {limit} bytes", now)
+            too_big = self._too_big(size)
+            if too_big is not None:
+                self._close(CloseCode.MESSAGE_TOO_BIG, too_big, now)
             else:
                 self._deliver(message, size, now)
 

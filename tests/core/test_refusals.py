@@ -9,7 +9,7 @@ import pickle
 
 import pytest
 
-from spoc_sockets import Connection, Deferred, Reject, Request, Response, Router, UsageError
+from spoc_sockets import Connection, Deferred, Hub, Reject, Request, Response, Router, UsageError
 from spoc_sockets.request import Headers
 from spoc_sockets.testing import ConnectionClosed, HandshakeRejected, TestClient
 
@@ -193,14 +193,15 @@ def test_a_second_http_route_at_a_path_is_refused_by_name() -> None:
         router.add_http("/page", lambda request: Response())
 
 
-def test_claiming_a_transport_twice_is_refused_by_name() -> None:
-    router = router_with("/r", Recorder())
-    router.claim("socket-1", object())
+def test_opening_a_transport_twice_is_refused_by_name() -> None:
+    hub = Hub(router_with("/r", Recorder()))
+    first = hub.open(0.0, transport="socket-1")
     with pytest.raises(UsageError, match=r"^transport 'socket-1' already has a connection"):
-        router.claim("socket-1", object())
-    router.release("socket-1")
-    router.release("socket-1")  # releasing twice is harmless
-    router.claim("socket-1", object())
+        hub.open(0.0, transport="socket-1")
+    first.transport_lost(0.0)
+    first.transport_lost(0.0)  # reporting it twice is harmless
+    second = hub.open(0.0, transport="socket-1")
+    assert hub.connections == [second]
 
 
 def test_headers_repr_shows_the_items() -> None:

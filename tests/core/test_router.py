@@ -1,4 +1,4 @@
-"""Router registration, lookup, plain HTTP routes and the one-connection-per-transport claim."""
+"""Router registration, lookup, plain HTTP routes; the hub's one connection per transport."""
 
 from __future__ import annotations
 
@@ -208,6 +208,20 @@ def test_a_refused_transport_is_released_too() -> None:
     peer.send(upgrade_request("/nowhere"))
     assert peer.answer.status == 404
     hub.open(1.0, transport=transport)
+
+
+def test_each_server_claims_its_own_transports_on_a_shared_router() -> None:
+    router = Router()
+    router.add("/echo", Echo())
+    transport = ("10.0.0.1", 1234)
+    first, second = Hub(router), Hub(router)
+    a = Peer(router, hub=first, transport=transport)
+    b = Peer(router, hub=second, transport=transport)  # another server's transport
+    a.handshake()
+    b.handshake()
+    assert router.upgraded == {a.server.connection, b.server.connection}
+    with pytest.raises(UsageError):
+        first.open(0.0, transport=transport)
 
 
 def test_upgraded_set_follows_connections() -> None:
