@@ -5,20 +5,35 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import ssl
 from typing import TYPE_CHECKING
+
+from .errors import UsageError
+from .limits import check_flag, check_number, shown
 
 if TYPE_CHECKING:
     from .hub import Hub
 
-__all__ = ["OUT_OF_RESOURCES", "accept_waiting", "bind"]
+__all__ = ["BACKLOG", "OUT_OF_RESOURCES", "accept_waiting", "bind", "check_listening"]
 
 logger = logging.getLogger("spoc_sockets.server")
 
 #: The ``accept`` errors that mean the process ran out of descriptors or memory: the
 #: adapter reports them to :meth:`Hub.pause_accepting <spoc_sockets.hub.Hub.pause_accepting>`.
 OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: The listen queue length of every adapter by default: the kernel's traditional
+#: ``SOMAXCONN`` (it caps a larger value where its own limit is lower).
+BACKLOG = 128
 #: Connections accepted per readiness of a non-blocking listener, at most.
 ACCEPT_BATCH = 64
+
+
+def check_listening(backlog: object, reuse_port: object, tls: object) -> None:
+    """Refuse a wrong listening keyword of an adapter with a UsageError naming it."""
+    check_number("backlog", backlog, integer=True, optional=False, minimum=1)
+    check_flag("reuse_port", reuse_port)
+    if tls is not None and not isinstance(tls, ssl.SSLContext):
+        raise UsageError(f"ssl is an ssl.SSLContext or None, not {shown(tls)}")
 
 
 def accept_waiting(

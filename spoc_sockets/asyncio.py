@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, cast
 
-from ._listen import accept_waiting, bind
+from ._listen import BACKLOG, accept_waiting, bind, check_listening
 from .hub import Hub
 from .router import Router
 
@@ -114,11 +114,12 @@ class Server:
         port: int | None,
         *,
         ssl: SSLContext | None = None,
-        backlog: int = 100,
+        backlog: int = BACKLOG,
         reuse_port: bool = False,
         shutdown_timeout: float | None = 30.0,
         drain_timeout: float = 5.0,
     ) -> None:
+        check_listening(backlog, reuse_port, ssl)
         self.router = router
         self._address = (host, port, backlog, reuse_port)
         #: the core's side of this server (its drain and shutdown deadlines too)

@@ -24,7 +24,7 @@ import threading
 import time
 from types import TracebackType
 
-from ._listen import accept_waiting
+from ._listen import BACKLOG, accept_waiting, check_listening
 from .connection import ServerConnection
 from .hub import Hub
 from .router import Router
@@ -76,11 +76,12 @@ class Server:
         port: int,
         *,
         ssl: _ssl.SSLContext | None = None,
-        backlog: int = 128,
+        backlog: int = BACKLOG,
         reuse_port: bool = False,
         shutdown_timeout: float | None = 30.0,
         drain_timeout: float = 5.0,
     ) -> None:
+        check_listening(backlog, reuse_port, ssl)
         #: the core's side (``hub.connections``); ``async def`` hooks are refused here
         self.hub = Hub(
             router, self._wake, drain_timeout=drain_timeout, shutdown_timeout=shutdown_timeout
@@ -363,7 +364,7 @@ def serve(
     port: int,
     *,
     ssl: _ssl.SSLContext | None = None,
-    backlog: int = 128,
+    backlog: int = BACKLOG,
     reuse_port: bool = False,
     shutdown_timeout: float | None = 30.0,
     drain_timeout: float = 5.0,

@@ -17,12 +17,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import ssl
 from collections.abc import Awaitable, Callable, Coroutine
+from ssl import SSLContext
 
 import trio
 
-from ._listen import OUT_OF_RESOURCES, bind
+from ._listen import BACKLOG, OUT_OF_RESOURCES, bind, check_listening
 from .connection import ServerConnection
 from .hub import Hub
 from .router import Router
@@ -264,8 +264,8 @@ async def serve(
     host: str | None,
     port: int,
     *,
-    ssl_context: ssl.SSLContext | None = None,
-    backlog: int | None = None,
+    ssl: SSLContext | None = None,
+    backlog: int = BACKLOG,
     reuse_port: bool = False,
     shutdown_timeout: float | None = 30.0,
     drain_timeout: float = 5.0,
@@ -275,17 +275,18 @@ async def serve(
     then the cancellation propagates) or until ``await server.aclose()``. With
     ``nursery.start`` it reports the :class:`Server` (``port``, ``hub``, ``listeners``).
     The options are described in :doc:`/serving-trio`."""
+    check_listening(backlog, reuse_port, ssl)
     server = Server(router, shutdown_timeout=shutdown_timeout, drain_timeout=drain_timeout)
     server.listeners = [
         trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-        for sock in bind(host, port, backlog or 128, reuse_port)
+        for sock in bind(host, port, backlog, reuse_port)
     ]
 
     async def handler(stream: trio.SocketStream) -> None:
-        if ssl_context is None:
+        if ssl is None:
             await server.handle_stream(stream)
         else:
-            tls = trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=True)
+            tls = trio.SSLStream(stream, ssl, server_side=True, https_compatible=True)
             await server.handle_stream(tls)
 
     async def accept(nursery: trio.Nursery) -> None:
