@@ -1,15 +1,8 @@
 """Serve a :class:`~spoc_sockets.Router` on asyncio (protocols and transports).
 
-::
-
-    async with serve(router, "127.0.0.1", 8765) as server:   # server.port
-        await server.serve_forever()                          # until server.close()
-
 Each transport's :class:`asyncio.Protocol` feeds its connection; after every feed, timer
-and wake-up the server writes what the core returns and obeys its verdicts (close,
-abort, pause reading, accept or not). One ``loop.call_at`` timer follows the hub's
-earliest deadline. The transport's flow control reaches the core, where the channel's
-``max_buffered_amount`` bounds a slow reader's backlog. Options: :doc:`/serving-asyncio`.
+and wake-up the server writes what the core returns and obeys its verdicts. One
+``loop.call_at`` timer follows the hub's earliest deadline. See :doc:`/serving-asyncio`.
 """
 
 from __future__ import annotations
@@ -50,7 +43,6 @@ class _Protocol(asyncio.Protocol):
         server = self.server
         peername = transport.get_extra_info("peername")
         peer = (str(peername[0]), int(peername[1])) if isinstance(peername, tuple) else None
-        server._protocols[self] = None
         self.conn = server.hub.open(server._loop.time(), peer=peer, transport=self)
         server._flush()  # the new handshake deadline may be the earliest: rearm
 
@@ -64,11 +56,9 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        server = self.server
-        server._protocols.pop(self, None)
         if self.conn is not None:
-            self.conn.transport_lost(server._loop.time())
-        server._flush()
+            self.conn.transport_lost(self.server._loop.time())
+        self.server._flush()
 
     def pause_writing(self) -> None:
         if self.conn is not None:
@@ -100,12 +90,8 @@ class _Protocol(asyncio.Protocol):
 
 class Server:
     """Serve ``router`` on ``host:port`` (``0``: a free port; ``None``: no listener, for
-    :meth:`adopt`; ``host=None``: every interface) within ``async with serve(...)``,
-    then close gracefully. The options are described in :doc:`/serving-asyncio`.
-
-    Every method runs on the server's event loop; only the core's own thread-safe calls
-    (``conn.send``, ``conn.close``, ``Deferred.accept``...) may come from other threads.
-    """
+    :meth:`adopt`) within ``async with serve(...)``, then close gracefully; every method
+    runs on the server's loop. The options are described in :doc:`/serving-asyncio`."""
 
     def __init__(
         self,
@@ -138,7 +124,6 @@ class Server:
         self._adopting: set[asyncio.Task[None]] = set()
         self._hooks: set[asyncio.Task[None]] = set()  # async hooks running
         self._port: int | None = None
-        self._protocols: dict[_Protocol, None] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._finished = asyncio.Event()  # the hub has finished its shutdown
@@ -201,12 +186,8 @@ class Server:
                     self._loop.remove_reader(listener)
 
     async def adopt(self, sock: socket.socket) -> None:
-        """Serve a socket accepted elsewhere (a connected TCP socket) with this router.
-
-        For applications that run their own listener. With ``ssl``, the TLS handshake
-        runs first (this returns once it is done, and raises if it fails). The socket
-        belongs to the server from then on; after :meth:`close` it is closed at once.
-        """
+        """Serve a connected TCP socket accepted elsewhere (with ``ssl``, once its TLS
+        handshake is done; this raises if it fails). The socket is the server's now."""
         if self._closed.is_set():
             sock.close()
             raise RuntimeError("this server is closed")
@@ -239,10 +220,10 @@ class Server:
             await self._finished.wait()
         finally:
             try:
-                for proto in list(self._protocols):  # only when cancelled
-                    if proto.transport is not None:
-                        proto.transport.abort()
-                while self._protocols:  # connection_lost follows abort within a loop turn
+                for conn in self.hub.connections + self.hub.draining:  # only when cancelled
+                    conn.abort()
+                self._flush()
+                while self.hub.connections or self.hub.draining:  # connection_lost follows
                     await asyncio.sleep(0)
             finally:
                 if self._timer is not None:
@@ -281,13 +262,10 @@ class Server:
     def _rearm(self) -> None:
         """One timer, at the hub's earliest deadline (deadlines change only in core calls)."""
         deadline = self.hub.next_deadline()
-        timer = self._timer
-        if timer is not None:
-            if deadline is not None and timer.when() == deadline:
-                return
-            timer.cancel()
+        if self._timer is not None and self._timer.when() != deadline:
+            self._timer.cancel()
             self._timer = None
-        if deadline is not None:
+        if self._timer is None and deadline is not None:
             self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:

@@ -1,15 +1,8 @@
 """Serve a :class:`~spoc_sockets.Router` with trio (the optional extra ``trio``).
 
-::
-
-    server = await nursery.start(serve, router, "127.0.0.1", 8765)   # server.port
-    await trio.serve_listeners(functools.partial(handle_stream, router), listeners)
-
-Per stream, a reader task feeds ``receive_data`` (waiting while the core holds input)
-and a writer task writes what the core returns, one ``send_all`` at a time (the core
-holds and bounds the rest); a verdict to abort cancels both. One timer task follows the
-hub's earliest deadline; other threads wake the hub through the trio token. Cancellation
-is a graceful shutdown, then propagates. Options: :doc:`/serving-trio`.
+Per stream, a reader task feeds the core (waiting while it holds input) and a writer
+task writes what it returns, one ``send_all`` at a time; a verdict to abort cancels
+both. One timer task follows the hub's earliest deadline. See :doc:`/serving-trio`.
 """
 
 from __future__ import annotations
