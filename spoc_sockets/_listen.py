@@ -14,7 +14,14 @@ from .limits import check_flag, check_number, shown
 if TYPE_CHECKING:
     from .hub import Hub
 
-__all__ = ["BACKLOG", "OUT_OF_RESOURCES", "accept_waiting", "bind", "check_listening"]
+__all__ = [
+    "BACKLOG",
+    "OUT_OF_RESOURCES",
+    "accept_waiting",
+    "bind",
+    "check_listening",
+    "peer_address",
+]
 
 logger = logging.getLogger("spoc_sockets.server")
 
@@ -36,12 +43,17 @@ def check_listening(backlog: object, reuse_port: object, tls: object) -> None:
         raise UsageError(f"ssl is an ssl.SSLContext or None, not {shown(tls)}")
 
 
+def peer_address(address: object) -> tuple[str, int] | None:
+    """An IP socket's peer address as ``(host, port)``; ``None`` for any other kind."""
+    return (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
+
+
 def accept_waiting(
     listener: socket.socket, hub: Hub, now: float
-) -> list[tuple[socket.socket, tuple[str, int]]]:
+) -> list[tuple[socket.socket, tuple[str, int] | None]]:
     """The connections waiting on a non-blocking ``listener`` (at most
     :data:`ACCEPT_BATCH`); out of descriptors, the hub hears it and stops accepting."""
-    accepted: list[tuple[socket.socket, tuple[str, int]]] = []
+    accepted: list[tuple[socket.socket, tuple[str, int] | None]] = []
     while len(accepted) < ACCEPT_BATCH:
         try:
             sock, address = listener.accept()
@@ -53,7 +65,7 @@ def accept_waiting(
             else:
                 logger.warning("accept failed: %s", exc)
             break
-        accepted.append((sock, (str(address[0]), int(address[1]))))
+        accepted.append((sock, peer_address(address)))
     return accepted
 
 

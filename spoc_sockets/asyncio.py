@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, cast
 
-from ._listen import BACKLOG, accept_waiting, bind, check_listening
+from ._listen import BACKLOG, accept_waiting, bind, check_listening, peer_address
 from .hub import Hub
 from .router import Router
 
@@ -41,8 +41,7 @@ class _Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast("asyncio.Transport", transport)
         server = self.server
-        peername = transport.get_extra_info("peername")
-        peer = (str(peername[0]), int(peername[1])) if isinstance(peername, tuple) else None
+        peer = peer_address(transport.get_extra_info("peername"))
         self.conn = server.hub.open(server._loop.time(), peer=peer, transport=self)
         server._flush()  # the new handshake deadline may be the earliest: rearm
 

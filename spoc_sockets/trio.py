@@ -15,7 +15,7 @@ from ssl import SSLContext
 
 import trio
 
-from ._listen import BACKLOG, OUT_OF_RESOURCES, bind, check_listening
+from ._listen import BACKLOG, OUT_OF_RESOURCES, bind, check_listening, peer_address
 from .connection import ServerConnection
 from .hub import Hub
 from .router import Router
@@ -76,8 +76,7 @@ class Server:
     @property
     def port(self) -> int:
         """The port of the first listener (the one chosen when ``port=0``)."""
-        port: int = self.listeners[0].socket.getsockname()[1]
-        return port
+        return int(self.listeners[0].socket.getsockname()[1])
 
     async def aclose(self) -> None:
         """Graceful shutdown without cancelling :func:`serve`; returns once done."""
@@ -181,12 +180,9 @@ class Server:
             await link.event.wait()
 
     async def _accept(
-        self,
-        listener: trio.SocketListener,
-        handler: Callable[[trio.SocketStream], Awaitable[None]],
-        nursery: trio.Nursery,
+        self, listener: trio.SocketListener, tls: SSLContext | None, nursery: trio.Nursery
     ) -> None:
-        """Accept streams for ``handler`` while the hub says to accept."""
+        """Accept streams (wrapped in TLS with ``tls``) while the hub says to accept."""
         while True:
             try:
                 stream = await listener.accept()
@@ -199,7 +195,11 @@ class Server:
                 self._flush()
                 await self._accept_again.wait()
                 continue
-            nursery.start_soon(handler, stream)
+            if tls is None:
+                nursery.start_soon(self.handle_stream, stream)
+            else:  # the TLS handshake runs in the first reads, within the handshake timeout
+                tls_stream = trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
+                nursery.start_soon(self.handle_stream, tls_stream)
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -246,10 +246,9 @@ def _peer(stream: trio.abc.Stream) -> tuple[str, int] | None:
         if inner is None:
             return None
     try:
-        address = inner.socket.getpeername()
+        return peer_address(inner.socket.getpeername())
     except OSError:
         return None
-    return (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
 
 
 async def serve(
@@ -275,19 +274,12 @@ async def serve(
         for sock in bind(host, port, backlog, reuse_port)
     ]
 
-    async def handler(stream: trio.SocketStream) -> None:
-        if ssl is None:
-            await server.handle_stream(stream)
-        else:
-            tls = trio.SSLStream(stream, ssl, server_side=True, https_compatible=True)
-            await server.handle_stream(tls)
-
     async def accept(nursery: trio.Nursery) -> None:
         with server._accepting:
             task_status.started(server)
             async with trio.open_nursery() as accepting:
                 for listener in server.listeners:
-                    accepting.start_soon(server._accept, listener, handler, nursery)
+                    accepting.start_soon(server._accept, listener, ssl, nursery)
 
     try:
         await server._run(accept)
