@@ -32,10 +32,11 @@ logger = logging.getLogger("spoc_sockets.server")
 class _Protocol(asyncio.Protocol):
     """One transport: bytes in to its connection, end of stream as ``b""``."""
 
+    conn: ServerConnection  # from connection_made on (asyncio calls it first)
+
     def __init__(self, server: Server) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.conn: ServerConnection | None = None
         self.reading = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -46,7 +47,6 @@ class _Protocol(asyncio.Protocol):
         server._flush()  # the new handshake deadline may be the earliest: rearm
 
     def data_received(self, data: bytes) -> None:
-        assert self.conn is not None
         self.conn.receive_data(data, self.server._loop.time())
         self.server._flush()
 
@@ -55,17 +55,14 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        if self.conn is not None:
-            self.conn.transport_lost(self.server._loop.time())
+        self.conn.transport_lost(self.server._loop.time())
         self.server._flush()
 
     def pause_writing(self) -> None:
-        if self.conn is not None:
-            self.conn.pause_writing()
+        self.conn.pause_writing()
 
     def resume_writing(self) -> None:
-        if self.conn is not None:
-            self.conn.resume_writing()  # makes the connection pending: the hub wakes us
+        self.conn.resume_writing()  # makes the connection pending: the hub wakes us
 
     def obey(self, conn: ServerConnection, data: bytes) -> None:
         """Write ``data``, then do what the core says: drop, close, or pause reading."""

@@ -35,7 +35,7 @@ _WOULD_BLOCK = (BlockingIOError, InterruptedError, _ssl.SSLWantReadError, _ssl.S
 class _Transport:
     """One accepted socket: its connection and what the socket has not taken yet."""
 
-    __slots__ = ("closed", "closing", "conn", "mask", "out", "paused", "sock", "want")
+    __slots__ = ("closing", "conn", "mask", "out", "paused", "sock", "want")
 
     def __init__(self, sock: socket.socket, conn: ServerConnection) -> None:
         self.sock = sock
@@ -44,7 +44,6 @@ class _Transport:
         self.paused = False
         self.want = _READ  # what a read waits for (_WRITE: a TLS read needs writability)
         self.closing = False  # the core said close and gave its last bytes
-        self.closed = False
         self.mask = 0  # the events registered with the selector
 
 
@@ -265,7 +264,7 @@ class Server:
 
     def _flush_one(self, conn: ServerConnection, transport: _Transport | None, now: float) -> None:
         data = conn.data_to_send(now)
-        if transport is None or transport.closed:
+        if transport is None:  # gone: the core knows
             return
         if conn.should_abort:
             self._close(transport, now)
@@ -275,9 +274,7 @@ class Server:
         self._send(transport, now)  # and reading pauses while the core holds input
 
     def _update(self, transport: _Transport) -> None:
-        """Register the events this transport waits for now."""
-        if transport.closed:
-            return
+        """Register the events this (open) transport waits for now."""
         conn = transport.conn
         mask = 0 if conn.should_close or conn.input_paused else transport.want
         if transport.out:
@@ -294,10 +291,8 @@ class Server:
 
     def _close(self, transport: _Transport, now: float) -> None:
         """Close the socket, and tell the core the transport is gone."""
-        if transport.closed:
-            return
-        transport.closed = True
-        self._transports.pop(transport.conn, None)
+        if self._transports.pop(transport.conn, None) is None:
+            return  # closed already
         if transport.mask:
             self._selector.unregister(transport.sock)
         transport.out = b""
