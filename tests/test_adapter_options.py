@@ -1,12 +1,13 @@
 """The adapters' own keywords (``backlog``, ``reuse_port``, ``ssl``) are checked when the
-server is made, before any socket is bound: a wrong value raises UsageError naming the
-keyword and the value, the same on asyncio, trio and threads."""
+server is made: a wrong value raises UsageError naming the keyword and the value, the
+same on asyncio, trio and threads."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import ssl
+from functools import partial
 from typing import Any
 
 import pytest
@@ -76,3 +77,31 @@ def test_the_adapters_share_one_backlog_default(adapter: str) -> None:
     """128, the kernel's traditional SOMAXCONN (docs/options.rst says why)."""
     module = getattr(spoc_sockets, adapter)
     assert inspect.signature(module.serve).parameters["backlog"].default == 128
+
+
+async def listen_asyncio(**options: Any) -> None:
+    async with spoc_sockets.asyncio.serve(Router(), HOST, 0, **options) as server:
+        assert server.port > 0
+
+
+async def listen_trio(**options: Any) -> None:
+    async with trio.open_nursery() as nursery:
+        start = partial(spoc_sockets.trio.serve, Router(), HOST, 0, **options)
+        server = await nursery.start(start)
+        assert server.port > 0
+        await server.aclose()
+
+
+def listen_threads(**options: Any) -> None:
+    with spoc_sockets.threads.serve(Router(), HOST, 0, **options) as server:
+        assert server.port > 0
+
+
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_the_edges_of_the_keywords_are_accepted(adapter: str) -> None:
+    options = {"backlog": 1, "reuse_port": True, "ssl": None}
+    {
+        "asyncio": lambda: asyncio.run(listen_asyncio(**options)),
+        "trio": lambda: trio.run(partial(listen_trio, **options)),
+        "threads": lambda: listen_threads(**options),
+    }[adapter]()
