@@ -5,28 +5,55 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import ssl
 from typing import TYPE_CHECKING
+
+from .errors import UsageError
+from .limits import check_flag, check_number, shown
 
 if TYPE_CHECKING:
     from .hub import Hub
 
-__all__ = ["OUT_OF_RESOURCES", "accept_waiting", "bind"]
+__all__ = [
+    "BACKLOG",
+    "OUT_OF_RESOURCES",
+    "accept_waiting",
+    "bind",
+    "check_listening",
+    "peer_address",
+]
 
 logger = logging.getLogger("spoc_sockets.server")
 
 #: The ``accept`` errors that mean the process ran out of descriptors or memory: the
 #: adapter reports them to :meth:`Hub.pause_accepting <spoc_sockets.hub.Hub.pause_accepting>`.
 OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: The listen queue length of every adapter by default: the kernel's traditional
+#: ``SOMAXCONN`` (it caps a larger value where its own limit is lower).
+BACKLOG = 128
 #: Connections accepted per readiness of a non-blocking listener, at most.
 ACCEPT_BATCH = 64
 
 
+def check_listening(backlog: object, reuse_port: object, tls: object) -> None:
+    """Refuse a wrong listening keyword of an adapter with a UsageError naming it."""
+    check_number("backlog", backlog, integer=True, optional=False, minimum=1)
+    check_flag("reuse_port", reuse_port)
+    if tls is not None and not isinstance(tls, ssl.SSLContext):
+        raise UsageError(f"ssl is an ssl.SSLContext or None, not {shown(tls)}")
+
+
+def peer_address(address: object) -> tuple[str, int] | None:
+    """An IP socket's peer address as ``(host, port)``; ``None`` for any other kind."""
+    return (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
+
+
 def accept_waiting(
     listener: socket.socket, hub: Hub, now: float
-) -> list[tuple[socket.socket, tuple[str, int]]]:
+) -> list[tuple[socket.socket, tuple[str, int] | None]]:
     """The connections waiting on a non-blocking ``listener`` (at most
     :data:`ACCEPT_BATCH`); out of descriptors, the hub hears it and stops accepting."""
-    accepted: list[tuple[socket.socket, tuple[str, int]]] = []
+    accepted: list[tuple[socket.socket, tuple[str, int] | None]] = []
     while len(accepted) < ACCEPT_BATCH:
         try:
             sock, address = listener.accept()
@@ -38,7 +65,7 @@ def accept_waiting(
             else:
                 logger.warning("accept failed: %s", exc)
             break
-        accepted.append((sock, (str(address[0]), int(address[1]))))
+        accepted.append((sock, peer_address(address)))
     return accepted
 
 

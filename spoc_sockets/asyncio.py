@@ -1,15 +1,8 @@
 """Serve a :class:`~spoc_sockets.Router` on asyncio (protocols and transports).
 
-::
-
-    async with serve(router, "127.0.0.1", 8765) as server:   # server.port
-        await server.serve_forever()                          # until server.close()
-
 Each transport's :class:`asyncio.Protocol` feeds its connection; after every feed, timer
-and wake-up the server writes what the core returns and obeys its verdicts (close,
-abort, pause reading, accept or not). One ``loop.call_at`` timer follows the hub's
-earliest deadline. The transport's flow control reaches the core, where the channel's
-``max_buffered_amount`` bounds a slow reader's backlog. Options: :doc:`/serving-asyncio`.
+and wake-up the server writes what the core returns and obeys its verdicts. One
+``loop.call_at`` timer follows the hub's earliest deadline. See :doc:`/serving-asyncio`.
 """
 
 from __future__ import annotations
@@ -22,7 +15,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, cast
 
-from ._listen import accept_waiting, bind
+from ._listen import BACKLOG, accept_waiting, bind, check_listening, peer_address
 from .hub import Hub
 from .router import Router
 
@@ -39,23 +32,21 @@ logger = logging.getLogger("spoc_sockets.server")
 class _Protocol(asyncio.Protocol):
     """One transport: bytes in to its connection, end of stream as ``b""``."""
 
+    conn: ServerConnection  # from connection_made on (asyncio calls it first)
+
     def __init__(self, server: Server) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.conn: ServerConnection | None = None
         self.reading = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast("asyncio.Transport", transport)
         server = self.server
-        peername = transport.get_extra_info("peername")
-        peer = (str(peername[0]), int(peername[1])) if isinstance(peername, tuple) else None
-        server._protocols[self] = None
+        peer = peer_address(transport.get_extra_info("peername"))
         self.conn = server.hub.open(server._loop.time(), peer=peer, transport=self)
         server._flush()  # the new handshake deadline may be the earliest: rearm
 
     def data_received(self, data: bytes) -> None:
-        assert self.conn is not None
         self.conn.receive_data(data, self.server._loop.time())
         self.server._flush()
 
@@ -64,19 +55,14 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        server = self.server
-        server._protocols.pop(self, None)
-        if self.conn is not None:
-            self.conn.transport_lost(server._loop.time())
-        server._flush()
+        self.conn.transport_lost(self.server._loop.time())
+        self.server._flush()
 
     def pause_writing(self) -> None:
-        if self.conn is not None:
-            self.conn.pause_writing()
+        self.conn.pause_writing()
 
     def resume_writing(self) -> None:
-        if self.conn is not None:
-            self.conn.resume_writing()  # makes the connection pending: the hub wakes us
+        self.conn.resume_writing()  # makes the connection pending: the hub wakes us
 
     def obey(self, conn: ServerConnection, data: bytes) -> None:
         """Write ``data``, then do what the core says: drop, close, or pause reading."""
@@ -100,12 +86,8 @@ class _Protocol(asyncio.Protocol):
 
 class Server:
     """Serve ``router`` on ``host:port`` (``0``: a free port; ``None``: no listener, for
-    :meth:`adopt`; ``host=None``: every interface) within ``async with serve(...)``,
-    then close gracefully. The options are described in :doc:`/serving-asyncio`.
-
-    Every method runs on the server's event loop; only the core's own thread-safe calls
-    (``conn.send``, ``conn.close``, ``Deferred.accept``...) may come from other threads.
-    """
+    :meth:`adopt`) within ``async with serve(...)``, then close gracefully; every method
+    runs on the server's loop. The options are described in :doc:`/serving-asyncio`."""
 
     def __init__(
         self,
@@ -114,11 +96,12 @@ class Server:
         port: int | None,
         *,
         ssl: SSLContext | None = None,
-        backlog: int = 100,
+        backlog: int = BACKLOG,
         reuse_port: bool = False,
         shutdown_timeout: float | None = 30.0,
         drain_timeout: float = 5.0,
     ) -> None:
+        check_listening(backlog, reuse_port, ssl)
         self.router = router
         self._address = (host, port, backlog, reuse_port)
         #: the core's side of this server (its drain and shutdown deadlines too)
@@ -137,7 +120,6 @@ class Server:
         self._adopting: set[asyncio.Task[None]] = set()
         self._hooks: set[asyncio.Task[None]] = set()  # async hooks running
         self._port: int | None = None
-        self._protocols: dict[_Protocol, None] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._finished = asyncio.Event()  # the hub has finished its shutdown
@@ -200,12 +182,8 @@ class Server:
                     self._loop.remove_reader(listener)
 
     async def adopt(self, sock: socket.socket) -> None:
-        """Serve a socket accepted elsewhere (a connected TCP socket) with this router.
-
-        For applications that run their own listener. With ``ssl``, the TLS handshake
-        runs first (this returns once it is done, and raises if it fails). The socket
-        belongs to the server from then on; after :meth:`close` it is closed at once.
-        """
+        """Serve a connected TCP socket accepted elsewhere (with ``ssl``, once its TLS
+        handshake is done; this raises if it fails). The socket is the server's now."""
         if self._closed.is_set():
             sock.close()
             raise RuntimeError("this server is closed")
@@ -238,10 +216,10 @@ class Server:
             await self._finished.wait()
         finally:
             try:
-                for proto in list(self._protocols):  # only when cancelled
-                    if proto.transport is not None:
-                        proto.transport.abort()
-                while self._protocols:  # connection_lost follows abort within a loop turn
+                for conn in self.hub.connections + self.hub.draining:  # only when cancelled
+                    conn.abort()
+                self._flush()
+                while self.hub.connections or self.hub.draining:  # connection_lost follows
                     await asyncio.sleep(0)
             finally:
                 if self._timer is not None:
@@ -280,13 +258,10 @@ class Server:
     def _rearm(self) -> None:
         """One timer, at the hub's earliest deadline (deadlines change only in core calls)."""
         deadline = self.hub.next_deadline()
-        timer = self._timer
-        if timer is not None:
-            if deadline is not None and timer.when() == deadline:
-                return
-            timer.cancel()
+        if self._timer is not None and self._timer.when() != deadline:
+            self._timer.cancel()
             self._timer = None
-        if deadline is not None:
+        if self._timer is None and deadline is not None:
             self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:

@@ -92,7 +92,7 @@ def _serve_trio(
     async def main() -> None:
         with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
             async with trio.open_nursery() as nursery:
-                start = partial(serve, ssl_context=ssl, reuse_port=reuse_port)
+                start = partial(serve, ssl=ssl, reuse_port=reuse_port)
                 server = await nursery.start(start, router, host, port)
                 on_listen(server.port)
                 async for _ in signals:

@@ -1,16 +1,9 @@
 """Serve a router with plain threads: one selector loop over non-blocking sockets.
 
-::
-
-    with serve(router, "127.0.0.1", 8765) as server:   # server.port, server.shutdown()
-        server.serve_forever()
-
-The loop thread (the one in :meth:`Server.serve_forever`) owns every socket; other
-threads wake it through a socketpair (the hub's ``wakeup``), so ``conn.send`` and
-broadcasts work from anywhere. Its one timer is the ``select`` timeout, at the hub's
-earliest deadline. What a socket does not take is kept here and the connection paused
-(the core bounds the rest). With ``ssl``, the TLS handshake runs in the same loop.
-Hooks run on the loop thread and must not block it. Options: :doc:`/serving-threads`.
+The loop thread owns every socket; other threads wake it through a socketpair (the
+hub's ``wakeup``). Its one timer is the ``select`` timeout, at the hub's earliest
+deadline. What a socket does not take waits here, the connection paused; a TLS
+handshake runs inside the first reads. See :doc:`/serving-threads`.
 """
 
 from __future__ import annotations
@@ -22,9 +15,9 @@ import socket
 import ssl as _ssl
 import threading
 import time
-from types import TracebackType
+from typing import cast
 
-from ._listen import accept_waiting
+from ._listen import BACKLOG, accept_waiting, bind, check_listening
 from .connection import ServerConnection
 from .hub import Hub
 from .router import Router
@@ -42,69 +35,55 @@ _WOULD_BLOCK = (BlockingIOError, InterruptedError, _ssl.SSLWantReadError, _ssl.S
 class _Transport:
     """One accepted socket: its connection and what the socket has not taken yet."""
 
-    __slots__ = (
-        "closed",
-        "closing",
-        "conn",
-        "handshaking",
-        "mask",
-        "out",
-        "paused",
-        "sock",
-        "want",
-    )
+    __slots__ = ("closing", "conn", "mask", "out", "paused", "sock", "want")
 
-    def __init__(self, sock: socket.socket, conn: ServerConnection, tls: bool) -> None:
+    def __init__(self, sock: socket.socket, conn: ServerConnection) -> None:
         self.sock = sock
         self.conn = conn
         self.out = b""  # not sent yet
         self.paused = False
-        self.handshaking = tls  # TLS handshake not finished yet
-        self.want = _READ  # what a TLS handshake or read waits for (_WRITE: writability)
+        self.want = _READ  # what a read waits for (_WRITE: a TLS read needs writability)
         self.closing = False  # the core said close and gave its last bytes
-        self.closed = False
         self.mask = 0  # the events registered with the selector
 
 
 class Server:
-    """A listening socket served by one selector loop (made by :func:`serve`)."""
+    """Listening sockets on ``host:port`` (port 0: any free port) served by one
+    selector loop; leaving its ``with`` block shuts it down gracefully, then frees
+    every socket. The options are described in :doc:`/serving-threads`."""
 
     def __init__(
         self,
         router: Router,
-        host: str,
+        host: str | None,
         port: int,
         *,
         ssl: _ssl.SSLContext | None = None,
-        backlog: int = 128,
+        backlog: int = BACKLOG,
         reuse_port: bool = False,
         shutdown_timeout: float | None = 30.0,
         drain_timeout: float = 5.0,
     ) -> None:
+        check_listening(backlog, reuse_port, ssl)
         #: the core's side (``hub.connections``); ``async def`` hooks are refused here
         self.hub = Hub(
             router, self._wake, drain_timeout=drain_timeout, shutdown_timeout=shutdown_timeout
         )
         self.router = router
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listener = socket.create_server(
-            (host, port), family=family, backlog=backlog, reuse_port=reuse_port
-        )
-        listener.setblocking(False)
-        self._listener: socket.socket | None = listener
+        self._listeners = bind(host, port, backlog, reuse_port)
         #: the port listened on (useful with port 0)
-        self.port: int = listener.getsockname()[1]
+        self.port: int = self._listeners[0].getsockname()[1]
         self._ssl = ssl
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         for sock in (self._wake_r, self._wake_w):
             sock.setblocking(False)
-        self._selector.register(self._wake_r, _READ)
-        self._selector.register(listener, _READ)
+        for sock in (self._wake_r, *self._listeners):
+            self._selector.register(sock, _READ)
         self._transports: dict[ServerConnection, _Transport] = {}
         self._loop_lock = threading.Lock()
         self._loop_thread: int | None = None
-        self._accepting = True  # the listener is registered
+        self._accepting = True  # the listeners are registered
         self._stop_requested = False
         self._closed = False
 
@@ -137,17 +116,14 @@ class Server:
             for transport in list(self._transports.values()):
                 self._close(transport, now)
             self.hub.take_pending()
-            for sock in (self._listener, self._wake_r, self._wake_w):
-                if sock is not None:
-                    sock.close()
+            for sock in (*self._listeners, self._wake_r, self._wake_w):
+                sock.close()
             self._selector.close()
 
     def __enter__(self) -> Server:
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         try:
             self.shutdown()
         finally:
@@ -187,18 +163,15 @@ class Server:
         self, fileobj: object, transport: _Transport | None, events: int, now: float
     ) -> None:
         if transport is None:
-            if fileobj is self._listener:
-                self._accept(now)
-            else:
+            if fileobj is self._wake_r:
                 with contextlib.suppress(OSError):
                     while self._wake_r.recv(4096):
                         pass
+            else:
+                self._accept(cast("socket.socket", fileobj), now)
             return
         try:
-            if transport.handshaking:
-                self._handshake(transport, now)
-                return
-            if transport.out and events & _WRITE and not self._send(transport, now):
+            if events & _WRITE and not self._send(transport, now):
                 return
             if events & _READ or (transport.want == _WRITE and events & _WRITE):
                 self._read(transport, now)
@@ -206,9 +179,8 @@ class Server:
             logger.exception("connection from %s failed", transport.conn.peer)
             self._close(transport, now)
 
-    def _accept(self, now: float) -> None:
-        assert self._listener is not None
-        for sock, address in accept_waiting(self._listener, self.hub, now):
+    def _accept(self, listener: socket.socket, now: float) -> None:
+        for sock, address in accept_waiting(listener, self.hub, now):
             try:
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -221,37 +193,14 @@ class Server:
                 sock.close()
                 continue
             conn = self.hub.open(now, peer=address, transport=sock)
-            transport = self._transports[conn] = _Transport(sock, conn, self._ssl is not None)
-            if transport.handshaking:
-                self._handshake(transport, now)
-            else:
-                self._update(transport)
-
-    def _handshake(self, transport: _Transport, now: float) -> None:
-        sock = transport.sock
-        assert isinstance(sock, _ssl.SSLSocket)
-        try:
-            sock.do_handshake()
-        except _ssl.SSLWantReadError:
-            transport.want = _READ
-        except _ssl.SSLWantWriteError:
-            transport.want = _WRITE
-        except OSError as exc:
-            logger.debug("TLS handshake with %s failed: %s", transport.conn.peer, exc)
-            self._close(transport, now)
-            return
-        else:
-            transport.handshaking, transport.want = False, _READ
-            if not transport.out or self._send(transport, now):
-                self._read(transport, now)  # the request may already be there
-        self._update(transport)
+            self._update(self._transports.setdefault(conn, _Transport(sock, conn)))
 
     def _read(self, transport: _Transport, now: float) -> None:
         sock = transport.sock
         transport.want = _READ
         if transport.conn.should_close:
             return
-        try:
+        try:  # with TLS, the first reads run the handshake
             data = sock.recv(_READ_SIZE)
             if data and isinstance(sock, _ssl.SSLSocket):
                 while sock.pending():  # decrypted bytes the selector cannot see
@@ -262,44 +211,48 @@ class Server:
             return
         except _WOULD_BLOCK:
             return
-        except OSError:  # reset, or a TLS error: the transport is lost
+        except OSError as exc:  # reset, or a TLS error: the transport is lost
+            logger.debug("reading from %s failed: %s", transport.conn.peer, exc)
             data = b""
         transport.conn.receive_data(data, now)  # b"": the core finishes, the flush closes
 
     def _send(self, transport: _Transport, now: float) -> bool:
-        """Write what the socket takes; False if the transport is closed now."""
-        try:
-            sent = transport.sock.send(transport.out)
-        except _WOULD_BLOCK:
-            sent = 0
-        except OSError as exc:
-            logger.debug("writing to %s failed: %s", transport.conn.peer, exc)
-            self._close(transport, now)
-            return False
-        transport.out = transport.out[sent:]
-        if transport.out and not transport.paused:
-            transport.paused = True
-            transport.conn.pause_writing()
-        elif not transport.out and transport.paused:  # the next flush writes the rest
-            transport.paused = False
-            transport.conn.resume_writing()
-        elif not transport.out and transport.closing:
+        """Write what the socket takes, then close once the core's last bytes left;
+        False if the transport is closed now."""
+        if transport.out:
+            try:
+                sent = transport.sock.send(transport.out)
+            except _WOULD_BLOCK:
+                sent = 0
+            except OSError as exc:
+                logger.debug("writing to %s failed: %s", transport.conn.peer, exc)
+                self._close(transport, now)
+                return False
+            transport.out = transport.out[sent:]
+            if bool(transport.out) != transport.paused:  # resumed: the next flush writes more
+                transport.paused = not transport.paused
+                if transport.paused:
+                    transport.conn.pause_writing()
+                else:
+                    transport.conn.resume_writing()
+        if transport.closing and not transport.out:
             self._close(transport, now)
             return False
         self._update(transport)
         return True
 
     def _flush(self, now: float) -> None:
-        listener = self._listener
-        if listener is not None and self.hub.accepting != self._accepting:
+        if self.hub.accepting != self._accepting:
             self._accepting = self.hub.accepting
-            if self._accepting:
-                self._selector.register(listener, _READ)
-            else:
-                self._selector.unregister(listener)  # else select() returns at once
-        if listener is not None and self.hub.refusing:
-            self._listener = None
-            listener.close()
+            for listener in self._listeners:  # unwatched, else select() returns at once
+                if self._accepting:
+                    self._selector.register(listener, _READ)
+                else:
+                    self._selector.unregister(listener)
+        if self.hub.refusing:
+            for listener in self._listeners:
+                listener.close()
+            self._listeners = []
         for conn in self.hub.take_pending():
             transport = self._transports.get(conn)
             try:
@@ -311,29 +264,21 @@ class Server:
 
     def _flush_one(self, conn: ServerConnection, transport: _Transport | None, now: float) -> None:
         data = conn.data_to_send(now)
-        if transport is None or transport.closed:
+        if transport is None:  # gone: the core knows
             return
         if conn.should_abort:
             self._close(transport, now)
             return
         transport.out += data
         transport.closing = conn.should_close
-        if transport.handshaking or not transport.out or self._send(transport, now):
-            if transport.closing and (not transport.out or transport.handshaking):
-                self._close(transport, now)
-            else:
-                self._update(transport)  # reading pauses while the core holds input
+        self._send(transport, now)  # and reading pauses while the core holds input
 
     def _update(self, transport: _Transport) -> None:
-        """Register the events this transport waits for now."""
-        if transport.closed:
-            return
-        mask = transport.want
-        if not transport.handshaking:
-            conn = transport.conn
-            mask = 0 if conn.should_close or conn.input_paused else mask
-            if transport.out:
-                mask |= _WRITE
+        """Register the events this (open) transport waits for now."""
+        conn = transport.conn
+        mask = 0 if conn.should_close or conn.input_paused else transport.want
+        if transport.out:
+            mask |= _WRITE
         if mask == transport.mask:
             return
         if not mask:
@@ -346,10 +291,8 @@ class Server:
 
     def _close(self, transport: _Transport, now: float) -> None:
         """Close the socket, and tell the core the transport is gone."""
-        if transport.closed:
-            return
-        transport.closed = True
-        self._transports.pop(transport.conn, None)
+        if self._transports.pop(transport.conn, None) is None:
+            return  # closed already
         if transport.mask:
             self._selector.unregister(transport.sock)
         transport.out = b""
@@ -357,27 +300,5 @@ class Server:
         transport.conn.transport_lost(now)
 
 
-def serve(
-    router: Router,
-    host: str,
-    port: int,
-    *,
-    ssl: _ssl.SSLContext | None = None,
-    backlog: int = 128,
-    reuse_port: bool = False,
-    shutdown_timeout: float | None = 30.0,
-    drain_timeout: float = 5.0,
-) -> Server:
-    """A :class:`Server` listening on ``host:port`` (port 0: any free port); leaving its
-    ``with`` block shuts it down gracefully, then frees every socket. The options are
-    described in :doc:`/serving-threads`."""
-    return Server(
-        router,
-        host,
-        port,
-        ssl=ssl,
-        backlog=backlog,
-        reuse_port=reuse_port,
-        shutdown_timeout=shutdown_timeout,
-        drain_timeout=drain_timeout,
-    )
+#: ``with serve(router, host, port, ...) as server``
+serve = Server

@@ -1,15 +1,8 @@
 """Serve a :class:`~spoc_sockets.Router` with trio (the optional extra ``trio``).
 
-::
-
-    server = await nursery.start(serve, router, "127.0.0.1", 8765)   # server.port
-    await trio.serve_listeners(functools.partial(handle_stream, router), listeners)
-
-Per stream, a reader task feeds ``receive_data`` (waiting while the core holds input)
-and a writer task writes what the core returns, one ``send_all`` at a time (the core
-holds and bounds the rest); a verdict to abort cancels both. One timer task follows the
-hub's earliest deadline; other threads wake the hub through the trio token. Cancellation
-is a graceful shutdown, then propagates. Options: :doc:`/serving-trio`.
+Per stream, a reader task feeds the core (waiting while it holds input) and a writer
+task writes what it returns, one ``send_all`` at a time; a verdict to abort cancels
+both. One timer task follows the hub's earliest deadline. See :doc:`/serving-trio`.
 """
 
 from __future__ import annotations
@@ -17,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import ssl
 from collections.abc import Awaitable, Callable, Coroutine
+from ssl import SSLContext
 
 import trio
 
-from ._listen import OUT_OF_RESOURCES, bind
+from ._listen import BACKLOG, OUT_OF_RESOURCES, bind, check_listening, peer_address
 from .connection import ServerConnection
 from .hub import Hub
 from .router import Router
@@ -83,8 +76,7 @@ class Server:
     @property
     def port(self) -> int:
         """The port of the first listener (the one chosen when ``port=0``)."""
-        port: int = self.listeners[0].socket.getsockname()[1]
-        return port
+        return int(self.listeners[0].socket.getsockname()[1])
 
     async def aclose(self) -> None:
         """Graceful shutdown without cancelling :func:`serve`; returns once done."""
@@ -188,12 +180,9 @@ class Server:
             await link.event.wait()
 
     async def _accept(
-        self,
-        listener: trio.SocketListener,
-        handler: Callable[[trio.SocketStream], Awaitable[None]],
-        nursery: trio.Nursery,
+        self, listener: trio.SocketListener, tls: SSLContext | None, nursery: trio.Nursery
     ) -> None:
-        """Accept streams for ``handler`` while the hub says to accept."""
+        """Accept streams (wrapped in TLS with ``tls``) while the hub says to accept."""
         while True:
             try:
                 stream = await listener.accept()
@@ -206,7 +195,11 @@ class Server:
                 self._flush()
                 await self._accept_again.wait()
                 continue
-            nursery.start_soon(handler, stream)
+            if tls is None:
+                nursery.start_soon(self.handle_stream, stream)
+            else:  # the TLS handshake runs in the first reads, within the handshake timeout
+                tls_stream = trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
+                nursery.start_soon(self.handle_stream, tls_stream)
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -253,10 +246,9 @@ def _peer(stream: trio.abc.Stream) -> tuple[str, int] | None:
         if inner is None:
             return None
     try:
-        address = inner.socket.getpeername()
+        return peer_address(inner.socket.getpeername())
     except OSError:
         return None
-    return (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
 
 
 async def serve(
@@ -264,8 +256,8 @@ async def serve(
     host: str | None,
     port: int,
     *,
-    ssl_context: ssl.SSLContext | None = None,
-    backlog: int | None = None,
+    ssl: SSLContext | None = None,
+    backlog: int = BACKLOG,
     reuse_port: bool = False,
     shutdown_timeout: float | None = 30.0,
     drain_timeout: float = 5.0,
@@ -275,25 +267,19 @@ async def serve(
     then the cancellation propagates) or until ``await server.aclose()``. With
     ``nursery.start`` it reports the :class:`Server` (``port``, ``hub``, ``listeners``).
     The options are described in :doc:`/serving-trio`."""
+    check_listening(backlog, reuse_port, ssl)
     server = Server(router, shutdown_timeout=shutdown_timeout, drain_timeout=drain_timeout)
     server.listeners = [
         trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-        for sock in bind(host, port, backlog or 128, reuse_port)
+        for sock in bind(host, port, backlog, reuse_port)
     ]
-
-    async def handler(stream: trio.SocketStream) -> None:
-        if ssl_context is None:
-            await server.handle_stream(stream)
-        else:
-            tls = trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=True)
-            await server.handle_stream(tls)
 
     async def accept(nursery: trio.Nursery) -> None:
         with server._accepting:
             task_status.started(server)
             async with trio.open_nursery() as accepting:
                 for listener in server.listeners:
-                    accepting.start_soon(server._accept, listener, handler, nursery)
+                    accepting.start_soon(server._accept, listener, ssl, nursery)
 
     try:
         await server._run(accept)

@@ -299,7 +299,7 @@ def test_the_backlog_of_a_client_that_does_not_read_stays_in_the_core() -> None:
                 await asyncio.sleep(0)  # a flush pass
                 most_in_transport = max(most_in_transport, transport.get_write_buffer_size())
             assert most_in_transport <= 2**20
-            await wait_until(lambda: not server.hub.connections and not server._protocols)
+            await wait_until(lambda: not server.hub.connections and not server.hub.draining)
             assert transport.is_closing()
             assert firehose.closed == [1008]
             reader.close()

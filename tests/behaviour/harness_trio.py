@@ -91,7 +91,7 @@ def serving(router: Router, **options: Any) -> TrioThread[Server]:
 
 @contextmanager
 def start(router: Router, options: Options = DEFAULTS) -> Iterator[NetServer]:
-    with serving(router, **options.keywords(ssl="ssl_context")) as running:
+    with serving(router, **options.keywords()) as running:
         server = running.value
         yield NetServer(server.port, lambda: running.run(server.aclose))
 
