@@ -22,9 +22,14 @@ from typing import Any
 from .channel import CloseRequest, Outgoing
 from .request import Request
 from .router import Response, Router
-from .session import Accept, MessageSession, Refuse
+from .session import Accept, Action, MessageSession, Refuse
 
 __all__ = ["ASGIApp"]
+
+#: Seconds a finished session's last actions (its close frame) may take to reach the
+#: server; past them (a client that does not read) the application returns anyway and
+#: the server's own close deadline ends the connection.
+_LAST_SENDS_TIMEOUT = 5.0
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -115,13 +120,19 @@ class ASGIApp:
         self._sessions.add(session)
         denial = "websocket.http.response" in scope.get("extensions", {})
         reader = asyncio.ensure_future(self._read(session, receive, loop, readable))
+        # the sends run apart, so that a client that does not read (the server's send
+        # waits for its transport to drain) never stops the session's own turns: its
+        # limits, its close and its deadlines go on as on the byte adapters
+        outbox: asyncio.Queue[list[Action] | None] = asyncio.Queue()
+        sender = asyncio.ensure_future(self._sender(send, outbox, session, denial, woken))
         try:
             while True:
                 actions = session.actions(loop.time())
-                for action in actions:
-                    await self._send(send, action, denial)
-                session.delivered(actions)
+                if actions:
+                    outbox.put_nowait(actions)
                 if session.done:
+                    outbox.put_nowait(None)  # the last actions go out, unless stuck
+                    await asyncio.wait({sender}, timeout=_LAST_SENDS_TIMEOUT)
                     return
                 if not session.input_paused:
                     readable.set()
@@ -129,19 +140,39 @@ class ASGIApp:
                 timeout = None if deadline is None else max(0.0, deadline - loop.time())
                 waiter = asyncio.ensure_future(woken.wait())
                 await asyncio.wait(
-                    {waiter, reader}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                    {waiter, reader, sender}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
                 waiter.cancel()
                 woken.clear()
-                if reader.done():  # the server reported the disconnect (or failed)
+                if reader.done() or sender.done():  # disconnected (or the server failed)
                     session.disconnected(1006)
                 session.handle_timeout(loop.time())
         finally:
-            reader.cancel()
+            for task in (reader, sender):
+                if task.done() and not task.cancelled():
+                    task.exception()  # a failed receive or send: the session saw 1006
+                task.cancel()
             session.disconnected(1006)
             self._sessions.discard(session)
             if not self._sessions and self._drained is not None:
                 self._drained.set()
+
+    @classmethod
+    async def _sender(
+        cls,
+        send: Send,
+        outbox: asyncio.Queue[list[Action] | None],
+        session: MessageSession,
+        denial: bool,
+        woken: asyncio.Event,
+    ) -> None:
+        """Send each batch of the session's actions in order; once sent, their messages
+        no longer count in ``buffered_amount``. ``None`` ends it."""
+        while (actions := await outbox.get()) is not None:
+            for action in actions:
+                await cls._send(send, action, denial)
+            session.delivered(actions)
+            woken.set()  # room under max_buffered_amount again: the session's turn
 
     @staticmethod
     async def _read(
