@@ -182,24 +182,23 @@ class Hub:
                 conn.handle_timeout(now)
                 self.schedule(conn)
 
-    def shutdown(self, now: float | None = None) -> None:
-        """Stop accepting: 503 to new handshakes, close 1001 to every open connection.
+    def shutdown(self, now: float) -> None:
+        """Stop accepting at ``now``: 503 to new handshakes, close 1001 to every open
+        connection.
 
         Connections finish within their ``close_timeout`` and transports within
-        ``drain_timeout`` (through the timers); with ``now``, the remaining ones get
-        the abort verdict at ``now + shutdown_timeout``. :attr:`finished` turns true
-        once nothing is left.
+        ``drain_timeout`` (through the timers); the remaining ones get the abort verdict
+        at ``now + shutdown_timeout``. :attr:`finished` turns true once nothing is left.
         """
         if self.refusing:
             return
         self.refusing = True
         self._retry_at = None
-        if now is not None and self.shutdown_timeout is not None:
+        if self.shutdown_timeout is not None:
             self._arm_stop(now + self.shutdown_timeout)
         for conn in list(self._connections):
             conn.shutdown()
-        if now is not None:
-            self._when_empty(now)
+        self._when_empty(now)
 
     def pause_accepting(self, now: float, error: OSError) -> None:
         """Accepting failed for want of file descriptors (``error``): :attr:`accepting`

@@ -207,7 +207,7 @@ def test_shutdown_closes_1001_and_refuses_an_undecided_handshake_503() -> None:
     waiting = Peer(router, hub=hub)
     waiting.send(upgrade_request("/later"))
     assert waiting.out == b""
-    hub.shutdown()
+    hub.shutdown(open_peer.now)
     open_peer.flush()
     waiting.flush()
     assert open_peer.close == (1001, "server shutting down")

@@ -200,7 +200,7 @@ def test_503_after_shutdown_and_1001_to_open_connections() -> None:
     half = Peer(router, hub=hub)
     half.send(b"GET /echo HTTP/1.1\r\n")
     fresh = Peer(router, hub=hub)
-    hub.shutdown()
+    hub.shutdown(fresh.now)
     assert hub.refusing
     open_peer.flush()
     assert open_peer.close_code == 1001
@@ -324,7 +324,7 @@ def test_shutdown_refuses_an_undecided_deferred_with_503() -> None:
     hub = Hub(router)
     peer = Peer(router, hub=hub)
     peer.send(upgrade_request("/later"))
-    hub.shutdown()
+    hub.shutdown(peer.now)
     peer.flush()
     assert peer.answer.status == 503
 
@@ -1017,7 +1017,7 @@ def test_while_closing_pings_are_not_answered_and_shutdown_is_a_no_op() -> None:
     peer.advance(1.0)  # a ping is out
     (ping,) = [f for f in peer.frames if f.opcode == 0x9]
     peer.send(frame(0x1, b"close"))
-    hub.shutdown()
+    hub.shutdown(peer.now)
     peer.send(frame(0x9, b"still there?") + frame(0xA, ping.payload))
     assert [f.opcode for f in peer.frames] == [0x9, 0x8]  # no pong, no second close
     assert peer.close == (4000, "bye")
@@ -1103,7 +1103,7 @@ def test_test_client_helpers() -> None:
         with pytest.raises(AssertionError):
             ws.receive()  # NothingReceived is an AssertionError: fails at once
         assert client.now == 100.0
-        client.hub.shutdown()
+        client.shutdown()
         with pytest.raises(HandshakeRejected) as refused:
             client.connect("/echo")
         assert refused.value.status == 503

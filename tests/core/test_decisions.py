@@ -43,7 +43,7 @@ class Bytes(Driver):
     def __init__(self, router: Router, target: str, *, refusing: bool = False) -> None:
         hub = Hub(router)
         if refusing:
-            hub.shutdown()  # before the transport is accepted: its handshake is refused
+            hub.shutdown(0.0)  # before the transport is accepted: its handshake is refused
         self.peer = Peer(router, hub=hub)
         self.endpoint = self.peer.server
         self.peer.send(upgrade_request(target))
@@ -61,7 +61,7 @@ class Bytes(Driver):
         self.sent = [f.payload.decode() for f in frames if f.opcode == 0x1]
 
     def shutdown(self) -> None:
-        self.peer.hub.shutdown()
+        self.peer.hub.shutdown(self.peer.now)
         self.peer.flush()
         self._read()
 
