@@ -4,11 +4,11 @@ The public names, re-exported from the modules that own them; also the Node modu
 names (``create_chat_server``, ``create_stream_server``, ``setup_websocket_handlers``).
 """
 
+from ._connection import ServerConnection
+from ._hub import Hub
 from .channel import ChannelServer, Connection, ConnectionState, Deferred
 from .cli import run
-from .connection import ServerConnection
 from .errors import CloseCode, ProtocolError, Reject, SpocSocketsError, UsageError
-from .hub import Hub
 from .node_compat import create_chat_server, create_stream_server, setup_websocket_handlers
 from .request import Headers, Query, Request
 from .router import Response, Router

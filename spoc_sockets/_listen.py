@@ -12,7 +12,7 @@ from .errors import UsageError
 from .limits import check_flag, check_number, shown
 
 if TYPE_CHECKING:
-    from .hub import Hub
+    from ._hub import Hub
 
 __all__ = [
     "BACKLOG",
@@ -26,7 +26,7 @@ __all__ = [
 logger = logging.getLogger("spoc_sockets.server")
 
 #: The ``accept`` errors that mean the process ran out of descriptors or memory: the
-#: adapter reports them to :meth:`Hub.pause_accepting <spoc_sockets.hub.Hub.pause_accepting>`.
+#: adapter reports them to :meth:`Hub.pause_accepting <spoc_sockets.Hub.pause_accepting>`.
 OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 #: The listen queue length of every adapter by default: the kernel's traditional
 #: ``SOMAXCONN`` (it caps a larger value where its own limit is lower).

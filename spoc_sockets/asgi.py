@@ -2,7 +2,7 @@
 
 ``ASGIApp(router, fallback=None)`` is an ASGI 3 application. A ``websocket`` scope becomes
 the same :class:`~spoc_sockets.Request` and goes through the same routing, checks,
-authentication and hooks (a :class:`~spoc_sockets.session.MessageSession` does that work);
+authentication and hooks (a :class:`~spoc_sockets._session.MessageSession` does that work);
 a refusal is sent as an HTTP response through the server's ``websocket.http.response``
 extension when it has it (uvicorn does), else as a close before accept (the server then
 answers 403). ``http`` scopes go to the router's plain HTTP routes
@@ -19,10 +19,10 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
+from ._session import Accept, Action, MessageSession, Refuse
 from .channel import CloseRequest, Outgoing
 from .request import Request
 from .router import Response, Router
-from .session import Accept, Action, MessageSession, Refuse
 
 __all__ = ["ASGIApp"]
 

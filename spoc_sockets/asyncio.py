@@ -15,14 +15,14 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, cast
 
+from ._hub import Hub
 from ._listen import BACKLOG, accept_waiting, bind, check_listening, peer_address
-from .hub import Hub
 from .router import Router
 
 if TYPE_CHECKING:
     from ssl import SSLContext
 
-    from .connection import ServerConnection
+    from ._connection import ServerConnection
 
 __all__ = ["Server", "serve"]
 
@@ -198,7 +198,7 @@ class Server:
         await self._closed.wait()
 
     async def close(self) -> None:
-        """Graceful shutdown (:meth:`Hub.shutdown <spoc_sockets.hub.Hub.shutdown>`);
+        """Graceful shutdown (:meth:`Hub.shutdown <spoc_sockets.Hub.shutdown>`);
         returns once the hub has finished. Cancelled, it drops the remaining transports at
         once. A second call waits for the first."""
         if self._closing:

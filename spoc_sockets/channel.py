@@ -32,8 +32,8 @@ from typing import (
     cast,
 )
 
+from ._frames import OP_BINARY, OP_TEXT, frame_header
 from .errors import CloseCode, Reject, UsageError
-from .frames import OP_BINARY, OP_TEXT, frame_header
 from .limits import Number, check_flag, check_numbers, shown
 from .request import Request
 

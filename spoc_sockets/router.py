@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 from urllib.parse import unquote
 
+from ._handshake import check_upgrade
 from .channel import ChannelServer, Connection, check_hooks
 from .errors import ProtocolError, Reject, UsageError
-from .handshake import check_upgrade
 from .limits import WINDOW, Number, RateWindow, check_numbers
 from .request import Request
 from .stats import RouteCounters, RouterStats

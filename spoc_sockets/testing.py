@@ -39,9 +39,9 @@ from wsproto.events import (
 from wsproto.events import Request as WSRequest
 from wsproto.extensions import PerMessageDeflate
 
-from .connection import ServerConnection
+from ._connection import ServerConnection
+from ._hub import Hub
 from .errors import CloseCode
-from .hub import Hub
 from .router import Router
 
 __all__ = ["ConnectionClosed", "HandshakeRejected", "NothingReceived", "TestClient", "WebSocket"]
@@ -276,7 +276,7 @@ class TestClient:
 
     ``now`` is the starting time of the clock the test controls (see :meth:`advance`);
     ``drain_timeout`` and ``shutdown_timeout`` are the server's, as with every adapter
-    (:class:`~spoc_sockets.hub.Hub`).
+    (:class:`~spoc_sockets.Hub`).
     """
 
     __test__ = False  # not a pytest test class
@@ -358,7 +358,7 @@ class TestClient:
 
     def shutdown(self) -> None:
         """Shut the server down gracefully (:meth:`Hub.shutdown
-        <spoc_sockets.hub.Hub.shutdown>`) at :attr:`now`; :meth:`advance` runs its
+        <spoc_sockets.Hub.shutdown>`) at :attr:`now`; :meth:`advance` runs its
         deadlines, and ``client.hub.finished`` says when nothing is left."""
         self.hub.shutdown(self.now)
         self.pump()

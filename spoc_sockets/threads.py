@@ -17,9 +17,9 @@ import threading
 import time
 from typing import cast
 
+from ._connection import ServerConnection
+from ._hub import Hub
 from ._listen import BACKLOG, accept_waiting, bind, check_listening
-from .connection import ServerConnection
-from .hub import Hub
 from .router import Router
 
 __all__ = ["Server", "serve"]

@@ -15,9 +15,9 @@ from ssl import SSLContext
 
 import trio
 
+from ._connection import ServerConnection
+from ._hub import Hub
 from ._listen import BACKLOG, OUT_OF_RESOURCES, bind, check_listening, peer_address
-from .connection import ServerConnection
-from .hub import Hub
 from .router import Router
 
 __all__ = ["Server", "handle_stream", "serve"]

@@ -22,8 +22,8 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from playwright.sync_api import expect as pw_expect
 
 from spoc_sockets import Router
+from spoc_sockets._connection import ServerConnection
 from spoc_sockets.asyncio import Server, serve
-from spoc_sockets.connection import ServerConnection
 from spoc_sockets.demo.app import demo_router, static_handler
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -57,7 +57,7 @@ def application_modules() -> list[str]:
 def test_every_module_and_folder_has_a_layer() -> None:
     folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
     assert folders == APPLICATIONS | DEMO
-    assert {"connection", "hub", "router", "channel"} <= set(core_modules())
+    assert {"_connection", "_hub", "router", "channel"} <= set(core_modules())
     assert {p.stem for p in PACKAGE.glob("*.py")} >= ADAPTERS | ON_TOP
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from spoc_sockets._handshake import check_head
 from spoc_sockets.errors import ProtocolError
-from spoc_sockets.handshake import check_head
 
 from ..frames import upgrade_request
 

@@ -15,7 +15,7 @@ import zlib
 import pytest
 
 from spoc_sockets import ChannelServer, Connection, Router
-from spoc_sockets.handshake import MAX_QUERY_FIELDS
+from spoc_sockets._handshake import MAX_QUERY_FIELDS
 
 from ..behaviour.harness import Harness
 from ..core.wire import close_payload, frame, parse_answer, parse_frames

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from spoc_sockets import ChannelServer, Connection, Reject, Request, Router
-from spoc_sockets.session import MessageSession, Refuse
+from spoc_sockets._session import MessageSession, Refuse
 from spoc_sockets.testing import HandshakeRejected, TestClient
 
 from ..frames import upgrade_request

@@ -1,6 +1,6 @@
 """Each decision a connection makes is made once, for both kinds of connection: the same
 test runs on a byte-level connection (h11 + wsproto, through a hub) and on a
-:class:`~spoc_sockets.session.MessageSession` (what ASGI servers use), and expects the
+:class:`~spoc_sockets._session.MessageSession` (what ASGI servers use), and expects the
 same answer from both."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from spoc_sockets import (
     Request,
     Router,
 )
+from spoc_sockets._endpoint import Endpoint
+from spoc_sockets._session import Action, MessageSession, Refuse
 from spoc_sockets.channel import CloseRequest, Outgoing
-from spoc_sockets.endpoint import Endpoint
-from spoc_sockets.session import Action, MessageSession, Refuse
 
 from ..frames import upgrade_request
 from .wire import Peer, Recorder, frame

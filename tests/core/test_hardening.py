@@ -10,7 +10,7 @@ import warnings
 import pytest
 
 from spoc_sockets import ChannelServer, Connection, Hub, Request, Router, UsageError
-from spoc_sockets.connection import EVENTS_PER_TURN
+from spoc_sockets._connection import EVENTS_PER_TURN
 
 from ..frames import upgrade_request
 from .wire import Peer, Recorder, close_payload, frame, router_with

@@ -10,7 +10,7 @@ from collections.abc import Callable, Coroutine, Generator
 import pytest
 
 from spoc_sockets import Connection, Hub, UsageError
-from spoc_sockets.hub import ACCEPT_RETRY
+from spoc_sockets._hub import ACCEPT_RETRY
 from spoc_sockets.testing import TestClient
 
 from .wire import Peer, Recorder, router_with

@@ -9,8 +9,8 @@ from collections.abc import Coroutine
 import pytest
 
 from spoc_sockets import ChannelServer, Connection, ConnectionState, Deferred, Request, Router
+from spoc_sockets._session import Accept, MessageSession, Refuse
 from spoc_sockets.channel import CloseRequest, Outgoing
-from spoc_sockets.session import Accept, MessageSession, Refuse
 
 from .wire import Recorder
 

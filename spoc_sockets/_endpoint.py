@@ -1,7 +1,7 @@
 """Endpoint: the part of a connection's life that does not depend on how messages travel.
 
 Two kinds of connection share it: :class:`~spoc_sockets.ServerConnection` (the library
-parses bytes with h11 and wsproto) and :class:`~spoc_sockets.session.MessageSession` (an
+parses bytes with h11 and wsproto) and :class:`~spoc_sockets._session.MessageSession` (an
 ASGI server parses them). What they share lives here, once:
 
 * the handshake decision: 503 while the server shuts down, routing (404, path params),

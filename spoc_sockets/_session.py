@@ -3,7 +3,7 @@
 Under ASGI the server (uvicorn, hypercorn…) parses the handshake, frames messages, answers
 pings and runs the closing handshake. What is left is the library's own work, done without
 I/O as for :class:`~spoc_sockets.ServerConnection` and by the same
-:class:`~spoc_sockets.endpoint.Endpoint`: routing, the channel's checks and authentication
+:class:`~spoc_sockets._endpoint.Endpoint`: routing, the channel's checks and authentication
 (deferred too, within ``router.handshake_timeout``), the upgraded set, the hooks,
 ``max_message_size``, and the output queue with its limit.
 
@@ -25,8 +25,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ._endpoint import CLOSED, CLOSING, OPEN, Endpoint
 from .channel import CloseRequest, Message, Outgoing, Spawn
-from .endpoint import CLOSED, CLOSING, OPEN, Endpoint
 from .errors import CloseCode, ProtocolError
 from .request import Request
 from .router import Router

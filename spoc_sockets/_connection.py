@@ -23,7 +23,7 @@ States (:class:`~spoc_sockets.ConnectionState`) and what moves them:
 ``CLOSED``
     :attr:`should_close` is true: the adapter writes what :meth:`data_to_send` still
     returns, then closes the transport. Later input is ignored. Opened by a
-    :class:`~spoc_sockets.hub.Hub`, the connection drains until the adapter reports
+    :class:`~spoc_sockets.Hub`, the connection drains until the adapter reports
     :meth:`transport_lost`; past the hub's ``drain_timeout`` (or its shutdown deadline)
     :attr:`should_abort` turns true: the adapter drops the transport at once.
 """
@@ -49,11 +49,11 @@ from wsproto.events import (
 )
 from wsproto.extensions import Extension
 
+from ._deflate import BoundedDeflate, negotiate
+from ._endpoint import CLOSED, OPEN, Endpoint, core_logger
+from ._handshake import accept_headers, check_head, check_upgrade, is_upgrade
 from .channel import Message, Outgoing, Spawn
-from .deflate import BoundedDeflate, negotiate
-from .endpoint import CLOSED, OPEN, Endpoint, core_logger
 from .errors import CloseCode, ProtocolError
-from .handshake import accept_headers, check_head, check_upgrade, is_upgrade
 from .limits import RateWindow
 from .request import Request
 from .router import Response, Router

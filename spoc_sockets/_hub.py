@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Hashable
 from typing import TYPE_CHECKING
 
-from .connection import ServerConnection
+from ._connection import ServerConnection
 from .errors import UsageError
 from .limits import check_number
 
