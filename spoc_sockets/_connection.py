@@ -50,9 +50,9 @@ from wsproto.events import (
 from wsproto.extensions import Extension
 
 from ._deflate import BoundedDeflate, negotiate
-from ._endpoint import CLOSED, OPEN, Endpoint, core_logger
 from ._handshake import accept_headers, check_head, check_upgrade, is_upgrade
-from .channel import Message, Outgoing, Spawn
+from ._session import CLOSED, OPEN, Session, core_logger
+from .channel import Connection, ConnectionState, Message, Outgoing, Spawn
 from .errors import CloseCode, ProtocolError
 from .limits import RateWindow
 from .request import Request
@@ -118,7 +118,7 @@ class Owner(Protocol):
         """``conn``'s transport is gone."""
 
 
-class ServerConnection(Endpoint):
+class ServerConnection:
     """The sans-IO state machine of one transport (one TCP or TLS stream).
 
     An adapter feeds it with :meth:`receive_data` (``b""`` for end of stream) and
@@ -127,6 +127,10 @@ class ServerConnection(Endpoint):
     and reports :meth:`transport_lost` when it is gone. Output produced from elsewhere (a
     broadcast, a send from another thread) is announced through the :class:`Owner` (the
     :class:`Hub`) that opened the connection; without one, call :meth:`data_to_send`.
+
+    It holds a :class:`~spoc_sockets._session.Session`, which makes every decision, and
+    is that session's byte :class:`~spoc_sockets._session.Wire`: h11 reads the request
+    head, wsproto the frames; the keepalive, flow control and the drain are its own.
     """
 
     def __init__(
@@ -140,8 +144,7 @@ class ServerConnection(Endpoint):
     ) -> None:
         self.peer = peer
         self.transport = transport
-        #: the last protocol fault of the peer (for logs), or None
-        self.error: ProtocolError | None = None
+        self.router = router
         self._hub = hub
         self._h11: h11.Connection | None = h11.Connection(
             h11.SERVER, max_incomplete_event_size=router.max_request_size
@@ -154,9 +157,13 @@ class ServerConnection(Endpoint):
         self._compressed = False
         self._out: list[bytes] = []  # framed pieces for the transport
         self._kept = 0  # how many of them discarding must keep (the 101 response)
+        #: bytes of ``_out`` (the session's ``buffered_amount`` adds its mailbox's)
+        self.buffered = 0
         self._paused = False
         self._aborted = False  # the verdict: drop the transport now
         self._lost = False  # the adapter reported the transport gone
+        self._drain_at: float | None = None  # once finished: the abort verdict's deadline
+        self._early = b""  # frames that came with the request head
         self._events: Iterator[Event] | None = None  # events left over from the last turn
         self._first: Message | None = None  # the first fragment of the message being received
         self._rest: bytearray | None = None  # and the others' bytes (UTF-8 for text)
@@ -167,14 +174,49 @@ class ServerConnection(Endpoint):
         self._ping_sent = 0.0
         self._ping_base = 0.0  # when the keepalive interval last started
         self._pings = 0
-        super().__init__(router, now, hub.spawn if hub is not None else None)
+        #: the decisions: routing, authentication, limits, hooks, the close and the end
+        self.session = Session(
+            router, now, self, peer=peer, spawn=hub.spawn if hub is not None else None
+        )
+
+    # -- what the adapter and the hub read --------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        """Where this connection is in its life."""
+        return self.session.state
+
+    @property
+    def connection(self) -> Connection | None:
+        """The application's handle, once accepted (``None`` again once closed)."""
+        return self.session.connection
+
+    @property
+    def error(self) -> ProtocolError | None:
+        """The last protocol fault of the peer (for logs), or None."""
+        return self.session.error
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes queued for the peer (see :attr:`Connection.buffered_amount`)."""
+        return self.session.buffered_amount
+
+    def shutdown(self) -> None:
+        """The server is stopping: close 1001 when open, 503 or drop when connecting."""
+        self.session.shutdown()
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timeout` must be called next, or None."""
+        if self.session.state is CLOSED:
+            return self._drain_at
+        return self.session.next_deadline()
 
     # -- what the adapter calls -------------------------------------------------------
 
     @property
     def should_close(self) -> bool:
         """True once the adapter should close the transport (after writing the output)."""
-        return self.state is CLOSED
+        return self.session.state is CLOSED
 
     @property
     def should_abort(self) -> bool:
@@ -187,14 +229,15 @@ class ServerConnection(Endpoint):
         """True while input read earlier waits for this connection's next turn (see
         :data:`EVENTS_PER_TURN`) or for an async hook: the adapter stops reading from
         the transport until the connection is pending again and this is false."""
-        return self._events is not None or self._busy
+        return self._events is not None or self.session.busy
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Feed bytes read from the transport; ``b""`` means the peer closed its side."""
-        if self.state is CLOSED:
+        session = self.session
+        if session.state is CLOSED:
             return
-        self._clock = now
-        with self._guard():
+        session.clock = now
+        with session.guard():
             if self._ws is None:
                 self._receive_handshake(data, now)
             else:
@@ -202,9 +245,9 @@ class ServerConnection(Endpoint):
 
     def handle_timeout(self, now: float) -> None:
         """Act on a deadline that has passed (a call before it does nothing)."""
-        if self.state is not CLOSED:
-            super().handle_timeout(now)
-        elif self._deadline is not None and now >= self._deadline:
+        if self.session.state is not CLOSED:
+            self.session.handle_timeout(now)
+        elif self._drain_at is not None and now >= self._drain_at:
             core_logger.debug("output to %s not drained in time", self.peer)
             self.abort()
 
@@ -213,11 +256,11 @@ class ServerConnection(Endpoint):
         :attr:`should_abort` turns true (the hub's deadlines call this)."""
         if self._lost or self._aborted:
             return
-        self._finish(CloseCode.ABNORMAL_CLOSURE, "")
+        self.session.finish(CloseCode.ABNORMAL_CLOSURE, "")
         self._aborted = True
-        self._deadline = None
+        self._drain_at = None
         self._out = []
-        self._schedule()
+        self.session.schedule()
 
     def transport_lost(self, now: float) -> None:
         """The transport is gone (closed, dropped or broken): finish (1006) if not
@@ -226,29 +269,27 @@ class ServerConnection(Endpoint):
             return
         self.receive_data(b"", now)
         self._lost = True
-        self._deadline = None
+        self._drain_at = None
         if self._hub is not None:
             self._hub.forget(self, now)
 
     def data_to_send(self, now: float) -> bytes:
         """Everything to write now, coalesced; ``b""`` when nothing, or while paused
         (once finished, the last bytes come even then: they are bounded)."""
-        self._scheduled = False
-        self._clock = now
-        with self._guard():
-            self._take_decision(now)
-            self._take_hook_end(now)
-            if self._events is not None and not self._busy:
+        session = self.session
+        with session.guard():
+            session.take_turn(now)
+            if self._events is not None and not session.busy:
                 self._handle_events(now)
-            if self._mailbox:
-                self._intake(now)
-        if (self._paused and self.state is not CLOSED) or not self._out:
+            if session.mailbox:
+                session.intake(now)
+        if (self._paused and session.state is not CLOSED) or not self._out:
             return b""
         out = self._out
         data = out[0] if len(out) == 1 else b"".join(out)
         self._out = []
         self._kept = 0
-        self._buffered = 0
+        self.buffered = 0
         return data
 
     def pause_writing(self) -> None:
@@ -258,66 +299,77 @@ class ServerConnection(Endpoint):
     def resume_writing(self) -> None:
         """The transport drained: output may flow again."""
         self._paused = False
-        self._schedule()
+        self.session.schedule()
 
-    # -- Endpoint: wake-ups, timers, sending ----------------------------------------------
+    # -- the session's Wire: wake-ups, timers, sending ------------------------------------
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         if self._hub is not None:
             self._hub.schedule(self)
 
-    def _set_deadline(self, deadline: float | None) -> None:
-        self._deadline = deadline
-        if deadline is not None and self._hub is not None:
+    def follow(self, deadline: float) -> None:
+        if self._hub is not None:
             self._hub.rearm(self, deadline)
 
     def _emit(self, data: bytes) -> None:
         self._out.append(data)
-        self._buffered += len(data)
-        self._schedule()
+        self.buffered += len(data)
+        self.session.schedule()
 
-    def _send_refusal(self, status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> None:
+    def send_refusal(self, status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> None:
         self._emit(_refusal(status, headers, body, "text/plain; charset=utf-8"))
 
-    def _send_accept(self, now: float) -> None:
+    def send_accept(self, subprotocol: str | None, now: float) -> None:
+        assert self._h11 is not None
+        self._early = bytes(self._h11.trailing_data[0])
+        self._h11 = None
         extension, offer = self._extension or (None, None)
-        self._emit(http_response(101, accept_headers(self._key, self._subprotocol, offer)))
+        self._emit(http_response(101, accept_headers(self._key, subprotocol, offer)))
         self._kept = len(self._out)
         extensions: list[Extension] | None = [extension] if extension is not None else None
         self._ws = WSConnection(ConnectionType.SERVER, extensions=extensions)
         self._compressed = extension is not None
         self._ping_base = now  # the next ping is due ping_interval after this
 
-    def _send_close(self, code: int, reason: str) -> None:
+    def opened(self, now: float) -> None:
+        early, self._early = self._early, b""
+        if early and self._ws is not None:  # frames that came with the request head
+            self._receive_frames(early, now)
+
+    def send_close(self, code: int, reason: str) -> None:
         assert self._ws is not None
         self._emit(self._ws.send(CloseConnection(code=code, reason=reason)))
 
-    def _discard_output(self) -> None:
+    def discard_output(self) -> None:
         del self._out[self._kept :]  # the 101 response (if not yet taken) always goes out
-        self._buffered = sum(map(len, self._out))
+        self.buffered = sum(map(len, self._out))
 
-    def _ended(self) -> None:
+    def head_incomplete(self) -> bool:
+        return self._received > 0 and self._ws is None
+
+    def ended(self, now: float) -> None:
         # free what the connection holds now, whatever keeps the connection object alive
         self._h11 = self._ws = self._extension = self._events = self._head = None
         self._first = self._rest = None
         if self._hub is not None and not self._lost:  # drain, bounded by drain_timeout
             self._hub.finish(self)
-            self._set_deadline(self._clock + self._hub.drain_timeout)
+            self._drain_at = now + self._hub.drain_timeout
+            self._hub.rearm(self, self._drain_at)
 
     # -- CONNECTING ---------------------------------------------------------------------
 
     def _receive_handshake(self, data: bytes, now: float) -> None:
         assert self._h11 is not None
         if not data:
-            self._finish(CloseCode.ABNORMAL_CLOSURE, "")
+            self.session.finish(CloseCode.ABNORMAL_CLOSURE, "")
             return
         self._received += len(data)
         if self._head is not None and len(self._head) <= self.router.max_request_size:
             self._head += data  # the raw head, for check_head (h11 keeps no raw bytes)
         self._h11.receive_data(data)
-        if self._deferred is not None:  # early frames wait in h11's buffer, bounded
+        if self.session.deciding:  # early frames wait in h11's buffer, bounded
             if len(self._h11.trailing_data[0]) > self.router.max_request_size:
-                self._finish(CloseCode.ABNORMAL_CLOSURE, "")
+                self.session.finish(CloseCode.ABNORMAL_CLOSURE, "")
             return
         try:
             event = self._h11.next_event()
@@ -332,11 +384,11 @@ class ServerConnection(Endpoint):
                 self._handle_request(event, now)
         except h11.RemoteProtocolError as exc:
             status = 431 if exc.error_status_hint == 431 else 400  # the table's answers only
-            self.error = ProtocolError(str(exc), status=status)
-            self._refuse(status, (), f"{exc}\n".encode())
+            self.session.error = ProtocolError(str(exc), status=status)
+            self.session.refuse(status, (), f"{exc}\n".encode())
         except ProtocolError as exc:
-            self.error = exc
-            self._refuse_for(exc)
+            self.session.error = exc
+            self.session.refuse_for(exc)
 
     def _handle_request(self, event: h11.Request, now: float) -> None:
         """Route and validate the request (raising ProtocolError), then decide."""
@@ -349,7 +401,7 @@ class ServerConnection(Endpoint):
             [(name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers],
             self.peer,
         )
-        route = self._resolve(request, self._hub is not None and self._hub.refusing)
+        route = self.session.resolve(request, self._hub is not None and self._hub.refusing)
         if not is_upgrade(request):
             response = self.router.answer_http(request)
             if response is not None:
@@ -357,32 +409,17 @@ class ServerConnection(Endpoint):
                     self.router.refused(route.path, response.status)
                 self._respond(response)
                 return
-        channel, request = self._routed(route, request)
+        channel, request = self.session.routed(route, request)
         self._key = check_upgrade(request, event.http_version.decode())
         self._h11.next_event()  # the EndOfMessage of a bodiless GET
         if channel.compression:
             self._extension = negotiate(request, channel.max_message_size)
-        self._decide(channel, request, now)
+        self.session.decide(channel, request, now)
 
     def _respond(self, response: Response) -> None:
         body = response.body.encode() if isinstance(response.body, str) else response.body
         self._emit(_refusal(response.status, response.headers, body, response.content_type))
-        self._finish(CloseCode.ABNORMAL_CLOSURE, "")
-
-    def _handshake_expired(self) -> None:
-        if self._deferred is None and self._received:
-            self.error = ProtocolError("request head not received in time", status=408)
-            self._refuse(408, (), b"request head not received in time\n")
-        else:
-            super()._handshake_expired()
-
-    def _accept(self, user: object, now: float) -> None:
-        assert self._h11 is not None
-        trailing = bytes(self._h11.trailing_data[0])
-        self._h11 = None
-        super()._accept(user, now)
-        if trailing:  # frames that came with the request head
-            self._receive_frames(trailing, now)
+        self.session.finish(CloseCode.ABNORMAL_CLOSURE, "")
 
     # -- OPEN and CLOSING: input ---------------------------------------------------------
 
@@ -390,7 +427,7 @@ class ServerConnection(Endpoint):
         ws = self._ws
         assert ws is not None
         if not data:
-            self._finish(self._close_code, self._close_reason)
+            self.session.finish(self.session.close_code, self.session.close_reason)
             return
         ws.receive_data(data)
         if self._events is None:
@@ -402,24 +439,24 @@ class ServerConnection(Endpoint):
         events = self._events
         assert events is not None
         for budget in range(EVENTS_PER_TURN, 0, -1):
-            if self._busy:  # an async hook runs: the rest waits until it is done
+            if self.session.busy:  # an async hook runs: the rest waits until it is done
                 return
             event = next(events, None)
             if event is None:
                 self._events = None
                 return
             self._handle_event(event, now)
-            if self.state is CLOSED:
+            if self.session.state is CLOSED:
                 return
-            if self._mailbox:  # replies leave before a later frame can fail or close
-                self._intake(now)
+            if self.session.mailbox:  # replies leave before a later frame can fail or close
+                self.session.intake(now)
             if budget == 1:
-                self._schedule()  # more next turn: the adapter pauses reading meanwhile
+                self.session.schedule()  # more next turn: the adapter pauses reading meanwhile
 
     def _handle_event(self, event: Event, now: float) -> None:
         kind = type(event)
         if kind is TextMessage or kind is BytesMessage:
-            if self.state is OPEN:
+            if self.session.state is OPEN:
                 self._on_data(event, now)  # type: ignore[arg-type]
         elif kind is Ping or kind is Pong:
             if not self._allow_control(now):
@@ -435,48 +472,48 @@ class ServerConnection(Endpoint):
         """Answer a ping; pongs count against ``max_buffered_amount`` like messages do."""
         assert self._ws is not None
         pong = self._ws.send(ping.response())
-        if self._overflows(len(pong), now):
+        if self.session.overflows(len(pong), now):
             return
         self._emit(pong)
 
     def _allow_control(self, now: float) -> bool:
         """Count a ping or pong against ``max_control_rate``; past it, close with 1008."""
-        assert self._channel is not None
-        rate = self._channel.max_control_rate
-        if rate is None or self._control.allow(now, rate) or self.state is not OPEN:
+        assert self.session.channel is not None
+        rate = self.session.channel.max_control_rate
+        if rate is None or self._control.allow(now, rate) or self.session.state is not OPEN:
             return True
         reason = f"more than {rate:g} control frames per second"
-        self.error = ProtocolError(reason, code=CloseCode.POLICY_VIOLATION)
-        self._close(CloseCode.POLICY_VIOLATION, reason, now)
+        self.session.error = ProtocolError(reason, code=CloseCode.POLICY_VIOLATION)
+        self.session.close(CloseCode.POLICY_VIOLATION, reason, now)
         return False
 
     def _on_data(self, event: TextMessage | BytesMessage, now: float) -> None:
-        assert self._channel is not None and self.connection is not None
+        assert self.session.channel is not None and self.session.connection is not None
         data: Message = event.data if isinstance(event.data, str) else bytes(event.data)
         if isinstance(data, str):
             self._size += len(data) if data.isascii() else len(data.encode())
         else:
             self._size += len(data)
-        self._last_input = now  # a message in progress is not idleness
+        self.session.last_input = now  # a message in progress is not idleness
         if event.frame_finished:
             self._fragments += 1
         fault = self._over_limits()
         if fault is not None:
             self._first = self._rest = None
-            self.error = ProtocolError(fault, code=CloseCode.MESSAGE_TOO_BIG)
-            self._close(CloseCode.MESSAGE_TOO_BIG, fault, now)
+            self.session.error = ProtocolError(fault, code=CloseCode.MESSAGE_TOO_BIG)
+            self.session.close(CloseCode.MESSAGE_TOO_BIG, fault, now)
         elif event.message_finished:
             message, size = self._reassemble(data), self._size
             self._size = self._fragments = 0
-            self._deliver(message, size, now)
+            self.session.deliver(message, size, now)
         else:
             self._accumulate(data)
 
     def _over_limits(self) -> str | None:
         """Why the message being received breaks a limit, or None."""
-        assert self._channel is not None
-        most = self._channel.max_fragments
-        too_big = self._too_big(self._size)
+        assert self.session.channel is not None
+        most = self.session.channel.max_fragments
+        too_big = self.session.too_big(self._size)
         if too_big is not None:
             return too_big
         if most is not None and self._fragments > most:
@@ -508,19 +545,20 @@ class ServerConnection(Endpoint):
         assert ws is not None
         if ws.state is WSState.OPEN:  # wsproto could not parse: the peer broke the protocol
             code = CloseCode(int(event.code))
-            self.error = ProtocolError(event.reason or code.name, code=code)
+            self.session.error = ProtocolError(event.reason or code.name, code=code)
             self._fail(code, event.reason or "")
         elif ws.state is WSState.REMOTE_CLOSING:  # the peer starts the closing handshake
-            if self.state is OPEN:
-                self._close_code, self._close_reason = int(event.code), event.reason or ""
+            session = self.session
+            if session.state is OPEN:
+                session.close_code, session.close_reason = int(event.code), event.reason or ""
             self._emit(ws.send(CloseConnection(code=event.code)))
-            self._finish(self._close_code, self._close_reason)
+            session.finish(session.close_code, session.close_reason)
         else:  # the peer answered our close frame
-            self._finish(self._close_code, self._close_reason)
+            self.session.finish(self.session.close_code, self.session.close_reason)
 
     # -- OPEN: output ---------------------------------------------------------------------
 
-    def _queue(self, item: Outgoing, now: float) -> None:
+    def send_message(self, item: Outgoing, now: float) -> None:
         assert self._ws is not None
         if self._compressed:  # each connection compresses its own copy
             message = item.message
@@ -532,32 +570,32 @@ class ServerConnection(Endpoint):
             self._emit(self._ws.send(event))
         else:  # the shared frame: the same two bytes objects for every recipient
             self._out += (item.header, item.payload)
-            self._buffered += item.size
+            self.buffered += item.size
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 section 7.1.7): send a close frame and finish."""
         assert self._ws is not None
         if self._ws.state is WSState.OPEN:
             self._emit(self._ws.send(CloseConnection(code=code, reason=reason[:120])))
-        if self.state is OPEN:
-            self._close_code, self._close_reason = code, reason
-        self._finish(self._close_code, self._close_reason)
+        if self.session.state is OPEN:
+            self.session.close_code, self.session.close_reason = code, reason
+        self.session.finish(self.session.close_code, self.session.close_reason)
 
     # -- keepalive ------------------------------------------------------------------------
 
-    def _keepalive_due(self) -> float | None:
-        assert self._channel is not None
-        timeout, interval = self._channel.ping_timeout, self._channel.ping_interval
+    def keepalive_due(self) -> float | None:
+        assert self.session.channel is not None
+        timeout, interval = self.session.channel.ping_timeout, self.session.channel.ping_interval
         if self._ping_payload is not None and timeout is not None:
             return self._ping_sent + timeout  # waiting for the pong
         return None if interval is None else self._ping_base + interval
 
-    def _keepalive(self, now: float) -> None:
-        channel, ws = self._channel, self._ws
+    def keepalive(self, now: float) -> None:
+        channel, ws = self.session.channel, self._ws
         assert channel is not None and ws is not None
         if self._ping_payload is not None:
             if channel.ping_timeout is not None and now >= self._ping_sent + channel.ping_timeout:
-                self.error = ProtocolError(
+                self.session.error = ProtocolError(
                     "no pong within ping_timeout", code=CloseCode.INTERNAL_ERROR
                 )
                 self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
@@ -571,7 +609,7 @@ class ServerConnection(Endpoint):
         if channel.ping_timeout is not None:
             self._ping_payload = payload
 
-    def _input_resumed(self, now: float) -> None:
+    def input_resumed(self, now: float) -> None:
         if self._ping_payload is not None:
             self._ping_sent = now  # its pong could not be read meanwhile: wait afresh
 
@@ -579,8 +617,8 @@ class ServerConnection(Endpoint):
         if self._ping_payload is None or bytes(event.payload) != self._ping_payload:
             return  # unsolicited (allowed by RFC 6455 section 5.5.3), or stale
         self._ping_payload = None
-        if self.state is OPEN:
-            self._arm_open()  # the next ping is due ping_interval after the last one
+        if self.session.state is OPEN:
+            self.session.arm_open()  # the next ping is due ping_interval after the last one
 
     def __repr__(self) -> str:
-        return f"<ServerConnection {self.peer} {self.state.value}>"
+        return f"<ServerConnection {self.peer} {self.session.state.value}>"

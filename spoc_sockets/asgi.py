@@ -2,7 +2,9 @@
 
 ``ASGIApp(router, fallback=None)`` is an ASGI 3 application. A ``websocket`` scope becomes
 the same :class:`~spoc_sockets.Request` and goes through the same routing, checks,
-authentication and hooks (a :class:`~spoc_sockets._session.MessageSession` does that work);
+authentication and hooks (a :class:`~spoc_sockets._session.Session` makes those decisions,
+as for the byte-level adapters, and its :class:`~spoc_sockets._session.ActionQueue` hands
+them over as actions to send);
 a refusal is sent as an HTTP response through the server's ``websocket.http.response``
 extension when it has it (uvicorn does), else as a close before accept (the server then
 answers 403). ``http`` scopes go to the router's plain HTTP routes
@@ -19,7 +21,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
-from ._session import Accept, Action, MessageSession, Refuse
+from ._session import CLOSED, Accept, Action, ActionQueue, Refuse, Session
 from .channel import CloseRequest, Outgoing
 from .request import Request
 from .router import Response, Router
@@ -59,7 +61,7 @@ class ASGIApp:
     def __init__(self, router: Router, fallback: ASGI | None = None) -> None:
         self.router = router
         self.fallback = fallback
-        self._sessions: set[MessageSession] = set()
+        self._sessions: set[Session] = set()
         self._refusing = False
         self._drained: asyncio.Event | None = None
 
@@ -109,14 +111,10 @@ class ASGIApp:
         first = await receive()
         if first["type"] != "websocket.connect":
             return
-        session = MessageSession(
-            self.router,
-            _request(scope),
-            loop.time(),
-            wakeup,
-            refusing=self._refusing,
-            spawn=spawn,
-        )
+        request = _request(scope)
+        queue = ActionQueue(wakeup)
+        session = Session(self.router, loop.time(), queue, peer=request.peer, spawn=spawn)
+        session.start(request, loop.time(), refusing=self._refusing)
         self._sessions.add(session)
         denial = "websocket.http.response" in scope.get("extensions", {})
         reader = asyncio.ensure_future(self._read(session, receive, loop, readable))
@@ -124,13 +122,14 @@ class ASGIApp:
         # waits for its transport to drain) never stops the session's own turns: its
         # limits, its close and its deadlines go on as on the byte adapters
         outbox: asyncio.Queue[list[Action] | None] = asyncio.Queue()
-        sender = asyncio.ensure_future(self._sender(send, outbox, session, denial, woken))
+        sender = asyncio.ensure_future(self._sender(send, outbox, queue, denial, woken))
         try:
             while True:
-                actions = session.actions(loop.time())
+                session.turn(loop.time())
+                actions = queue.take()
                 if actions:
                     outbox.put_nowait(actions)
-                if session.done:
+                if session.state is CLOSED:
                     outbox.put_nowait(None)  # the last actions go out, unless stuck
                     await asyncio.wait({sender}, timeout=_LAST_SENDS_TIMEOUT)
                     return
@@ -162,7 +161,7 @@ class ASGIApp:
         cls,
         send: Send,
         outbox: asyncio.Queue[list[Action] | None],
-        session: MessageSession,
+        queue: ActionQueue,
         denial: bool,
         woken: asyncio.Event,
     ) -> None:
@@ -171,12 +170,12 @@ class ASGIApp:
         while (actions := await outbox.get()) is not None:
             for action in actions:
                 await cls._send(send, action, denial)
-            session.delivered(actions)
+            queue.delivered(actions)
             woken.set()  # room under max_buffered_amount again: the session's turn
 
     @staticmethod
     async def _read(
-        session: MessageSession,
+        session: Session,
         receive: Receive,
         loop: asyncio.AbstractEventLoop,
         readable: asyncio.Event,

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from spoc_sockets import ChannelServer, Connection, Reject, Request, Router
-from spoc_sockets._session import MessageSession, Refuse
+from spoc_sockets._session import Refuse
 from spoc_sockets.testing import HandshakeRejected, TestClient
 
 from ..frames import upgrade_request
-from .wire import Peer, router_with
+from .wire import Messages, Peer, router_with
 
 
 class AsyncAuth(ChannelServer):
@@ -160,7 +160,7 @@ def test_an_async_authenticate_cancelled_by_a_stopping_server_never_accepts() ->
     router.add("/w", WaitsForever())
     spawned: list[Coroutine[object, None, None]] = []
     request = Request.parse("GET", "/w", [])
-    session = MessageSession(router, request, 0.0, lambda: None, spawn=spawned.append)
+    session = Messages(router, request, 0.0, lambda: None, spawn=spawned.append)
 
     async def stop_while_waiting() -> None:
         task = asyncio.ensure_future(spawned[0])

@@ -986,7 +986,7 @@ def test_sends_to_a_closed_connection_do_not_accumulate() -> None:
         for _ in range(1000):
             conn.send("x")
         conn.channel.broadcast("y", to=[conn])
-        assert len(ws.server._mailbox) == 0
+        assert len(ws.server.session.mailbox) == 0
         assert ws.server.buffered_amount == 0
 
 

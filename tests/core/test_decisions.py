@@ -1,7 +1,7 @@
 """Each decision a connection makes is made once, for both kinds of connection: the same
 test runs on a byte-level connection (h11 + wsproto, through a hub) and on a
-:class:`~spoc_sockets._session.MessageSession` (what ASGI servers use), and expects the
-same answer from both."""
+:class:`~spoc_sockets._session.Session` on an ``ActionQueue`` (what ASGI servers use), and
+expects the same answer from both."""
 
 from __future__ import annotations
 
@@ -16,18 +16,18 @@ from spoc_sockets import (
     Request,
     Router,
 )
-from spoc_sockets._endpoint import Endpoint
-from spoc_sockets._session import Action, MessageSession, Refuse
+from spoc_sockets._session import Action, Refuse, Session
 from spoc_sockets.channel import CloseRequest, Outgoing
 
 from ..frames import upgrade_request
+from .wire import Messages as MessageLevel
 from .wire import Peer, Recorder, frame
 
 
 class Driver:
     """One connection to ``router``, driven by the test through one interface."""
 
-    endpoint: Endpoint
+    session: Session
     refusal: tuple[int, bytes] | None  # the status and body of a refused handshake
     close: tuple[int, str] | None  # the first close the server asked for
     sent: list[str | bytes]  # the messages the server sent
@@ -45,7 +45,7 @@ class Bytes(Driver):
         if refusing:
             hub.shutdown(0.0)  # before the transport is accepted: its handshake is refused
         self.peer = Peer(router, hub=hub)
-        self.endpoint = self.peer.server
+        self.session = self.peer.server.session
         self.peer.send(upgrade_request(target))
         self._read()
 
@@ -73,14 +73,14 @@ class Bytes(Driver):
 class Messages(Driver):
     def __init__(self, router: Router, target: str, *, refusing: bool = False) -> None:
         request = Request.parse("GET", target, [("host", "example")])
-        self.session = MessageSession(router, request, 0.0, lambda: None, refusing=refusing)
-        self.endpoint = self.session
+        self.messages = MessageLevel(router, request, 0.0, refusing=refusing)
+        self.session = self.messages.session
         self.actions: list[Action] = []
         self._read()
 
     def _read(self) -> None:
-        actions = self.session.actions(0.0)
-        self.session.delivered(actions)
+        actions = self.messages.actions(0.0)
+        self.messages.delivered(actions)
         self.actions += actions
         refusals = [a for a in self.actions if isinstance(a, Refuse)]
         self.refusal = (refusals[0].status, refusals[0].body) if refusals else None
@@ -89,11 +89,11 @@ class Messages(Driver):
         self.sent = [a.message for a in self.actions if isinstance(a, Outgoing)]
 
     def shutdown(self) -> None:
-        self.endpoint.shutdown()
+        self.session.shutdown()
         self._read()
 
     def message(self, text: str) -> None:
-        self.session.receive(text, 0.0)
+        self.messages.receive(text, 0.0)
         self._read()
 
 
@@ -111,7 +111,7 @@ def test_no_channel_at_the_path_is_404_naming_the_path(kind: type[Driver]) -> No
     router = served("/c", Recorder())
     driver = kind(router, "/nowhere?token=secret")
     assert driver.refusal == (404, b"no channel at /nowhere\n")
-    assert driver.endpoint.state is ConnectionState.CLOSED
+    assert driver.session.state is ConnectionState.CLOSED
     assert router.stats().unrouted_refused == {404: 1}
 
 
@@ -155,7 +155,7 @@ def test_an_undecided_handshake_is_refused_503_by_a_shutdown(kind: type[Driver])
     channel = Undecided()
     router = served("/c", channel)
     driver = kind(router, "/c")
-    assert driver.refusal is None and driver.endpoint.state is ConnectionState.CONNECTING
+    assert driver.refusal is None and driver.session.state is ConnectionState.CONNECTING
     driver.shutdown()
     assert driver.refusal == (503, b"the server is shutting down\n")
     channel.deferred.accept("late")
@@ -195,6 +195,6 @@ def test_overflow_drop_counts_what_it_dropped_and_keeps_the_connection(
     driver.message("go")
     assert driver.sent == ["0" * 40, "1" * 40]
     assert driver.close is None
-    conn = driver.endpoint.connection
+    conn = driver.session.connection
     assert conn is not None and conn.dropped == 1
-    assert driver.endpoint.state is ConnectionState.OPEN
+    assert driver.session.state is ConnectionState.OPEN

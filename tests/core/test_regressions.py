@@ -106,7 +106,7 @@ def test_sends_from_a_thread_stay_bounded_before_any_flush(overflow: str) -> Non
     worker.start()
     worker.join()
     assert conn.buffered_amount <= 64 * 1024  # counted as soon as send returned
-    assert len(peer.server._mailbox) <= 64  # and nothing more is held
+    assert len(peer.server.session.mailbox) <= 64  # and nothing more is held
     if overflow == "drop":
         assert conn.dropped > 9_000
     else:

@@ -1,5 +1,5 @@
-"""MessageSession (the core of a connection an ASGI server parses), driven directly with
-virtual time: its deadlines, and the answers it gives, exactly."""
+"""A Session on an ActionQueue (the core of a connection an ASGI server parses), driven
+directly with virtual time: its deadlines, and the answers it gives, exactly."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from collections.abc import Coroutine
 import pytest
 
 from spoc_sockets import ChannelServer, Connection, ConnectionState, Deferred, Request, Router
-from spoc_sockets._session import Accept, MessageSession, Refuse
+from spoc_sockets._session import Accept, Refuse
 from spoc_sockets.channel import CloseRequest, Outgoing
 
-from .wire import Recorder
+from .wire import Messages, Recorder
 
 
 class Undecided(Recorder):
@@ -30,13 +30,13 @@ class Session:
     def __init__(self, router: Router, now: float = 0.0) -> None:
         self.wakeups = 0
         request = Request.parse("GET", "/c", [("host", "example")])
-        self.session = MessageSession(router, request, now, self._wake)
+        self.session = Messages(router, request, now, self._wake)
 
     def _wake(self) -> None:
         self.wakeups += 1
 
 
-def open_session(channel: ChannelServer, now: float = 0.0) -> tuple[Router, MessageSession]:
+def open_session(channel: ChannelServer, now: float = 0.0) -> tuple[Router, Messages]:
     router = Router()
     router.add("/c", channel)
     session = Session(router, now).session
@@ -150,11 +150,11 @@ def test_a_deferred_rejection_is_refused_with_its_status(status: int) -> None:
 def test_a_session_refuses_unknown_paths_and_everything_while_shutting_down() -> None:
     router = Router()
     router.add("/c", Recorder())
-    unknown = MessageSession(router, Request.parse("GET", "/nowhere?x=1", []), 0.0, lambda: None)
+    unknown = Messages(router, Request.parse("GET", "/nowhere?x=1", []), 0.0, lambda: None)
     assert unknown.actions(0.0) == [Refuse(404, (), b"no channel at /nowhere\n")]
     assert unknown.done
     request = Request.parse("GET", "/c", [])
-    refusing = MessageSession(router, request, 0.0, lambda: None, refusing=True)
+    refusing = Messages(router, request, 0.0, lambda: None, refusing=True)
     assert refusing.actions(0.0) == [Refuse(503, (), b"the server is shutting down\n")]
     assert refusing.done and router.upgraded == frozenset()
 
@@ -248,7 +248,7 @@ def test_a_session_routes_with_the_query_and_path_params_and_negotiates() -> Non
     router.add("/rooms/{room}", channel)
     headers = [("Sec-WebSocket-Protocol", "superchat, chat")]
     request = Request.parse("GET", "/rooms/7?token=t", headers)
-    session = MessageSession(router, request, 0.0, lambda: None)
+    session = Messages(router, request, 0.0, lambda: None)
     assert session.actions(0.0) == [Accept("chat")]
     (conn,) = channel.connected
     assert conn.request.path_params == {"room": "7"}
@@ -289,7 +289,7 @@ def test_an_async_authenticate_runs_where_the_adapter_spawns_it() -> None:
     router.add("/c", AsyncAuthenticate())
     spawned: list[Coroutine[object, None, None]] = []
     request = Request.parse("GET", "/c?user=ada", [])
-    session = MessageSession(router, request, 0.0, lambda: None, spawn=spawned.append)
+    session = Messages(router, request, 0.0, lambda: None, spawn=spawned.append)
     assert session.actions(0.0) == []  # waiting for the hook
     (hook,) = spawned
     asyncio.run(hook)

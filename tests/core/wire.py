@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Any
 
 from spoc_sockets import ChannelServer, Connection, Hub, Router, ServerConnection
+from spoc_sockets._session import CLOSED, Action, ActionQueue, Session
+from spoc_sockets.channel import Spawn
+from spoc_sockets.request import Request
 
 from ..frames import upgrade_request
 
@@ -147,6 +151,41 @@ class Peer:
     def close_code(self) -> int | None:
         close = self.close
         return None if close is None else close[0]
+
+
+class Messages:
+    """A :class:`Session` on an :class:`ActionQueue`, driven as the ASGI adapter drives
+    it: the session decides, the queue hands each decision over as an action."""
+
+    def __init__(
+        self,
+        router: Router,
+        request: Request,
+        now: float,
+        wakeup: Callable[[], None] = lambda: None,
+        *,
+        refusing: bool = False,
+        spawn: Spawn | None = None,
+    ) -> None:
+        self.queue = ActionQueue(wakeup)
+        self.session = Session(router, now, self.queue, peer=request.peer, spawn=spawn)
+        self.session.start(request, now, refusing=refusing)
+
+    def actions(self, now: float) -> list[Action]:
+        """The session's turn, then what the adapter must send, in order."""
+        self.session.turn(now)
+        return self.queue.take()
+
+    def delivered(self, actions: list[Action]) -> None:
+        self.queue.delivered(actions)
+
+    @property
+    def done(self) -> bool:
+        return self.session.state is CLOSED
+
+    def __getattr__(self, name: str) -> Any:
+        """The rest is the session's: ``receive``, ``disconnected``, ``state``..."""
+        return getattr(self.session, name)
 
 
 class Recorder(ChannelServer):
