@@ -1,6 +1,11 @@
 """ServerConnection: the sans-IO state machine of one transport.
 
 Bytes and time go in, bytes and a verdict come out; it never touches a socket or a clock.
+Every decision about the connection (routing, authentication, limits, overflow, hooks,
+the close and the end) is its :class:`~spoc_sockets._session.Session`'s; this module
+owns what only bytes have, as that session's byte wire: the request head (h11), the
+frames (wsproto) and their limits as bytes arrive, the keepalive, flow control, and
+once finished the drain deadline and the abort verdict.
 
 States (:class:`~spoc_sockets.ConnectionState`) and what moves them:
 
@@ -278,7 +283,7 @@ class ServerConnection:
         (once finished, the last bytes come even then: they are bounded)."""
         session = self.session
         with session.guard():
-            session.take_turn(now)
+            session.begin_turn(now)
             if self._events is not None and not session.busy:
                 self._handle_events(now)
             if session.mailbox:

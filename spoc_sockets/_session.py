@@ -226,19 +226,20 @@ class Session:
             elif self.state is CLOSING:
                 self.finish(self.close_code, self.close_reason)
 
-    def take_turn(self, now: float) -> None:
-        """The owner's turn, on its thread: apply a :class:`Deferred` decision that
-        arrived, resume after an async hook. The owner then lets held input flow and
-        calls :meth:`intake` (:meth:`turn` does both when there is no held input)."""
+    def begin_turn(self, now: float) -> None:
+        """The owner's turn begins, on its thread: apply a :class:`Deferred` decision
+        that arrived, resume after an async hook. The owner then lets held input flow
+        and calls :meth:`intake` (:meth:`turn` is all of it, for a wire that holds no
+        input)."""
         self._scheduled = False
         self.clock = now
         self._take_decision(now)
         self._take_hook_end(now)
 
     def turn(self, now: float) -> None:
-        """The owner's whole turn (:meth:`take_turn`, then :meth:`intake`), guarded."""
+        """The owner's whole turn (:meth:`begin_turn`, then :meth:`intake`), guarded."""
         with self.guard():
-            self.take_turn(now)
+            self.begin_turn(now)
             if self.mailbox:
                 self.intake(now)
 

@@ -24,7 +24,7 @@ class Undecided(Recorder):
         return self.deferred
 
 
-class Session:
+class Counted:
     """One session on ``/c`` of ``router``, with its wake-ups counted."""
 
     def __init__(self, router: Router, now: float = 0.0) -> None:
@@ -39,7 +39,7 @@ class Session:
 def open_session(channel: ChannelServer, now: float = 0.0) -> tuple[Router, Messages]:
     router = Router()
     router.add("/c", channel)
-    session = Session(router, now).session
+    session = Counted(router, now).session
     assert session.actions(now) == [Accept(None)]
     assert session.state is ConnectionState.OPEN
     return router, session
@@ -49,7 +49,7 @@ def test_an_undecided_deferred_is_refused_503_at_handshake_timeout() -> None:
     channel = Undecided()
     router = Router(handshake_timeout=3.0)
     router.add("/c", channel)
-    session = Session(router, now=100.0).session
+    session = Counted(router, now=100.0).session
     assert session.actions(100.0) == []
     assert session.next_deadline() == 103.0
     session.handle_timeout(102.999)  # too early: nothing happens
@@ -68,7 +68,7 @@ def test_a_deferred_decided_in_time_is_taken_at_the_next_actions() -> None:
     channel = Undecided()
     router = Router()
     router.add("/c", channel)
-    wrapped = Session(router)
+    wrapped = Counted(router)
     session = wrapped.session
     assert session.actions(0.0) == [] and wrapped.wakeups == 0
     channel.deferred.accept("ada")
@@ -141,7 +141,7 @@ def test_a_deferred_rejection_is_refused_with_its_status(status: int) -> None:
     channel = Undecided()
     router = Router()
     router.add("/c", channel)
-    session = Session(router).session
+    session = Counted(router).session
     channel.deferred.reject(status, "no", [("WWW-Authenticate", "Bearer")])
     assert session.actions(0.5) == [Refuse(status, (("WWW-Authenticate", "Bearer"),), b"no")]
     assert session.done
@@ -180,7 +180,7 @@ def test_messages_before_the_decision_or_after_the_end_are_ignored() -> None:
     channel = Undecided()
     router = Router()
     router.add("/c", channel)
-    session = Session(router).session
+    session = Counted(router).session
     session.receive("early", 0.0)
     channel.deferred.accept()
     assert session.actions(0.0) == [Accept(None)]
@@ -192,7 +192,7 @@ def test_messages_before_the_decision_or_after_the_end_are_ignored() -> None:
 def test_the_adapter_is_woken_once_until_it_takes_the_actions() -> None:
     router = Router()
     router.add("/c", Recorder())
-    wrapped = Session(router)
+    wrapped = Counted(router)
     session = wrapped.session
     assert wrapped.wakeups == 1  # the accept is waiting
     session.actions(0.0)
@@ -272,7 +272,7 @@ def test_on_connect_raising_closes_1011_then_close_timeout(
     channel = channel_class(close_timeout=3.0)
     router = Router()
     router.add("/c", channel)
-    session = Session(router, now=5.0).session
+    session = Counted(router, now=5.0).session
     if isinstance(channel, Undecided):
         channel.deferred.accept()
     assert session.actions(5.0) == [Accept(None), CloseRequest(1011, "internal error")]
