@@ -1,4 +1,11 @@
-"""The router: path templates to channels, plain HTTP routes, the upgraded-connection set."""
+"""The router: path templates to channels, plain HTTP routes, the upgraded-connection set.
+
+It also keeps what its options bound across every server that serves it: each route's
+counters (:meth:`Router.stats`) and the per-address admission (open connections and
+handshake rate per client IP). Per-transport state is each server's
+(:class:`~spoc_sockets.Hub`); the decisions that use all this are a connection's
+:class:`~spoc_sockets._session.Session`'s.
+"""
 
 from __future__ import annotations
 
