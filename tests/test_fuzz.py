@@ -76,7 +76,7 @@ def test_the_harness_reports_output_without_bound(
 def test_the_harness_reports_a_connection_left_upgraded(
     driver: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ServerConnection, "_ended", lambda self: None)  # never released
+    monkeypatch.setattr(ServerConnection, "ended", lambda self, now: None)  # never released
     data = next(p for p in seeds("handshake") if p.name.startswith("echo-")).read_bytes()
     with pytest.raises(AssertionError, match="still"):
         driver.run(data)
