@@ -5,6 +5,9 @@ expects the same answer from both."""
 
 from __future__ import annotations
 
+import ast
+import inspect
+
 import pytest
 
 from spoc_sockets import (
@@ -15,6 +18,7 @@ from spoc_sockets import (
     Hub,
     Request,
     Router,
+    _session,
 )
 from spoc_sockets._session import Action, Refuse, Session
 from spoc_sockets.channel import CloseRequest, Outgoing
@@ -198,3 +202,16 @@ def test_overflow_drop_counts_what_it_dropped_and_keeps_the_connection(
     conn = driver.session.connection
     assert conn is not None and conn.dropped == 1
     assert driver.session.state is ConnectionState.OPEN
+
+
+def test_the_session_decides_without_knowing_how_messages_travel() -> None:
+    """The decisions are written once because the session sees no wire format: it
+    imports no parser, no connection and no adapter; it reaches its carrier only
+    through the ``Wire`` protocol."""
+    imported = set()
+    for node in ast.walk(ast.parse(inspect.getsource(_session))):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    assert not imported & {"h11", "wsproto", "_connection", "_hub", "asgi"}, imported
