@@ -12,7 +12,8 @@ States (:class:`~spoc_sockets.ConnectionState`) and what moves them:
     or 503 for an undecided ``Deferred``). A refusal writes the HTTP answer and goes
     to ``CLOSED``; acceptance writes ``101`` and goes to ``OPEN``.
 ``OPEN``
-    wsproto parses frames; messages are reassembled and passed to ``on_message``.
+    wsproto parses frames (simple ones are decoded by the fast path of ``_fastpath``,
+    with the same events); messages are reassembled and passed to ``on_message``.
     Keepalive pings every ``ping_interval``; no pong within ``ping_timeout`` fails
     the connection with 1011. A protocol error fails it (1002, 1007, 1009) and a
     message past ``max_message_size`` closes it with 1009 as soon as the limit is
@@ -51,6 +52,7 @@ from wsproto.extensions import Extension
 
 from ._deflate import BoundedDeflate, negotiate
 from ._endpoint import CLOSED, OPEN, Endpoint, core_logger
+from ._fastpath import FrameReader, Progress
 from ._handshake import accept_headers, check_head, check_upgrade, is_upgrade
 from .channel import Message, Outgoing, Spawn
 from .errors import CloseCode, ProtocolError
@@ -92,6 +94,15 @@ def _refusal(status: int, headers: tuple[tuple[str, str], ...], body: bytes, cty
         ),
         body,
     )
+
+
+class Reader(Protocol):
+    """Where frames are parsed: wsproto's ``Connection``, or a :class:`FrameReader`
+    in front of it."""
+
+    def receive_data(self, data: bytes) -> None: ...
+
+    def events(self) -> Iterator[Event]: ...
 
 
 class Owner(Protocol):
@@ -151,6 +162,7 @@ class ServerConnection(Endpoint):
         self._key = ""
         self._extension: tuple[BoundedDeflate, str] | None = None
         self._ws: WSConnection | None = None
+        self._reader: Reader | None = None  # input: self._ws, or a FrameReader before it
         self._compressed = False
         self._out: list[bytes] = []  # framed pieces for the transport
         self._kept = 0  # how many of them discarding must keep (the 101 response)
@@ -286,6 +298,12 @@ class ServerConnection(Endpoint):
         extensions: list[Extension] | None = [extension] if extension is not None else None
         self._ws = WSConnection(ConnectionType.SERVER, extensions=extensions)
         self._compressed = extension is not None
+        assert self._channel is not None
+        self._reader = (
+            FrameReader(self._ws, self._channel.max_message_size)
+            if self.router.fast_path and not self._compressed
+            else self._ws
+        )
         self._ping_base = now  # the next ping is due ping_interval after this
 
     def _send_close(self, code: int, reason: str) -> None:
@@ -298,7 +316,7 @@ class ServerConnection(Endpoint):
 
     def _ended(self) -> None:
         # free what the connection holds now, whatever keeps the connection object alive
-        self._h11 = self._ws = self._extension = self._events = self._head = None
+        self._h11 = self._ws = self._reader = self._extension = self._events = self._head = None
         self._first = self._rest = None
         if self._hub is not None and not self._lost:  # drain, bounded by drain_timeout
             self._hub.finish(self)
@@ -387,14 +405,14 @@ class ServerConnection(Endpoint):
     # -- OPEN and CLOSING: input ---------------------------------------------------------
 
     def _receive_frames(self, data: bytes, now: float) -> None:
-        ws = self._ws
-        assert ws is not None
+        reader = self._reader
+        assert reader is not None
         if not data:
             self._finish(self._close_code, self._close_reason)
             return
-        ws.receive_data(data)
+        reader.receive_data(data)
         if self._events is None:
-            self._events = ws.events()
+            self._events = reader.events()
         self._handle_events(now)
 
     def _handle_events(self, now: float) -> None:
@@ -421,6 +439,9 @@ class ServerConnection(Endpoint):
         if kind is TextMessage or kind is BytesMessage:
             if self.state is OPEN:
                 self._on_data(event, now)  # type: ignore[arg-type]
+        elif kind is Progress:  # part of a message: the peer is not idle
+            if self.state is OPEN:
+                self._last_input = now
         elif kind is Ping or kind is Pong:
             if not self._allow_control(now):
                 return
