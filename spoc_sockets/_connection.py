@@ -102,7 +102,7 @@ class Reader(Protocol):
 
     def receive_data(self, data: bytes) -> None: ...
 
-    def events(self) -> Iterator[Event]: ...
+    def events(self) -> Iterator[Event | Message]: ...
 
 
 class Owner(Protocol):
@@ -169,7 +169,7 @@ class ServerConnection(Endpoint):
         self._paused = False
         self._aborted = False  # the verdict: drop the transport now
         self._lost = False  # the adapter reported the transport gone
-        self._events: Iterator[Event] | None = None  # events left over from the last turn
+        self._events: Iterator[Event | Message] | None = None  # left over from the last turn
         self._first: Message | None = None  # the first fragment of the message being received
         self._rest: bytearray | None = None  # and the others' bytes (UTF-8 for text)
         self._size = 0
@@ -434,9 +434,12 @@ class ServerConnection(Endpoint):
             if budget == 1:
                 self._schedule()  # more next turn: the adapter pauses reading meanwhile
 
-    def _handle_event(self, event: Event, now: float) -> None:
+    def _handle_event(self, event: Event | Message, now: float) -> None:
         kind = type(event)
-        if kind is TextMessage or kind is BytesMessage:
+        if kind is str or kind is bytes:  # a message in one frame, from the fast path
+            if self.state is OPEN:
+                self._on_frame(event, True, True, now)  # type: ignore[arg-type]
+        elif kind is TextMessage or kind is BytesMessage:
             if self.state is OPEN:
                 self._on_data(event, now)  # type: ignore[arg-type]
         elif kind is Progress:  # part of a message: the peer is not idle
@@ -472,21 +475,25 @@ class ServerConnection(Endpoint):
         return False
 
     def _on_data(self, event: TextMessage | BytesMessage, now: float) -> None:
-        assert self._channel is not None and self.connection is not None
         data: Message = event.data if isinstance(event.data, str) else bytes(event.data)
+        self._on_frame(data, event.frame_finished, event.message_finished, now)
+
+    def _on_frame(self, data: Message, frame_finished: bool, finished: bool, now: float) -> None:
+        """Data of a message: a whole frame, or part of one (``frame_finished`` false);
+        ``finished``: the message's last."""
         if isinstance(data, str):
             self._size += len(data) if data.isascii() else len(data.encode())
         else:
             self._size += len(data)
         self._last_input = now  # a message in progress is not idleness
-        if event.frame_finished:
+        if frame_finished:
             self._fragments += 1
         fault = self._over_limits()
         if fault is not None:
             self._first = self._rest = None
             self.error = ProtocolError(fault, code=CloseCode.MESSAGE_TOO_BIG)
             self._close(CloseCode.MESSAGE_TOO_BIG, fault, now)
-        elif event.message_finished:
+        elif finished:
             message, size = self._reassemble(data), self._size
             self._size = self._fragments = 0
             self._deliver(message, size, now)

@@ -3,13 +3,14 @@
 Most client frames are simple: final, masked, no RSV bit, text or binary, arriving while
 no message is in progress. :class:`FrameReader` owns the connection's input buffer,
 reads each frame header itself and decodes simple frames at once (one unmasking over
-the whole payload, one ``bytes`` or ``str`` per message), yielding the events wsproto
-would yield for them. Any other frame (control frames, fragments, RSV bits, reserved
+the whole payload, one ``bytes`` or ``str`` per message), yielding each message itself
+where wsproto would yield a final ``TextMessage`` or ``BytesMessage`` carrying it. Any
+other frame (control frames, fragments, RSV bits, reserved
 opcodes, unmasked or oddly encoded headers) goes to wsproto as whole bytes, and so does
 everything up to the end of a message it started; a frame wsproto must refuse (bad
 UTF-8 included) is handed to it to refuse, and after its first close event (the peer's
 close frame or its verdict on an error) nothing more is read. So the events, their order
-and their timing are wsproto's own; tests/core/test_fastpath.py checks it on random
+and their timing are wsproto's; tests/core/test_fastpath.py checks it on random
 streams. Compressed connections do not use it (the router's ``fast_path`` option turns
 it off for all).
 
@@ -27,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from wsproto.connection import Connection as WSConnection
-from wsproto.events import BytesMessage, CloseConnection, Event, TextMessage
+from wsproto.events import CloseConnection, Event
 
 __all__ = ["PROGRESS", "UNMASK_LANES_FROM", "FrameReader", "Progress", "unmask"]
 
@@ -69,8 +70,8 @@ PROGRESS = Progress()
 
 
 class FrameReader:
-    """The input of one uncompressed connection, with the same interface as wsproto's
-    ``Connection`` for it: :meth:`receive_data`, then :meth:`events` (lazily)."""
+    """The input of one uncompressed connection, read as wsproto's ``Connection`` is:
+    :meth:`receive_data`, then :meth:`events` (lazily)."""
 
     def __init__(self, ws: WSConnection, max_message_size: int | None) -> None:
         self._ws = ws
@@ -99,9 +100,10 @@ class FrameReader:
             buf += data
             self._buf = buf
 
-    def events(self) -> Iterator[Event]:
+    def events(self) -> Iterator[Event | str | bytes]:
         """The events of the input received so far (and of input received while this
-        generator is suspended), as wsproto would give them."""
+        generator is suspended), as wsproto would give them; a simple frame's message
+        comes as a ``str`` or ``bytes``."""
         while not self._ended:
             if self._handed_off:
                 yield from self._ws.events()
@@ -120,7 +122,7 @@ class FrameReader:
 
     # -- simple frames ----------------------------------------------------------------
 
-    def _next_frame(self) -> Event | None:
+    def _next_frame(self) -> Event | str | bytes | None:
         """Decode the simple frame at the start of the input; or arrange for wsproto to
         read what is there (None: wait for more input, or the caller goes on)."""
         buf, pos = self._buf, self._pos
@@ -157,14 +159,14 @@ class FrameReader:
         if first == _BINARY:
             self._seen = 0
             self._pos = pos + total
-            return BytesMessage(data=payload)
+            return payload
         try:
             text = payload.decode()
         except UnicodeDecodeError:  # wsproto fails the connection with its own reason
             self._owed = total
             return None
         self._pos = pos + total
-        return TextMessage(data=text)
+        return text
 
     # -- every other frame -------------------------------------------------------------
 
