@@ -90,8 +90,8 @@ class FrameReader:
             self._ws.receive_data(data)
         elif self._ended:
             return
-        elif self._pos == len(self._buf):  # the usual case: no copy
-            self._buf, self._pos = data, 0
+        elif self._pos == len(self._buf):  # the usual case: no copy (bytes cannot change)
+            self._buf, self._pos = data if type(data) is bytes else bytes(data), 0
         else:
             buf = self._buf
             if isinstance(buf, bytes) or self._pos:

@@ -23,7 +23,7 @@ from wsproto.events import CloseConnection
 from wsproto.frame_protocol import XorMaskerSimple
 
 from spoc_sockets import ChannelServer, Hub, Router, UsageError
-from spoc_sockets._fastpath import UNMASK_LANES_FROM, FrameReader, unmask
+from spoc_sockets._fastpath import PROGRESS, UNMASK_LANES_FROM, FrameReader, unmask
 
 from ..frames import upgrade_request
 from .test_properties import DEFLATE, PROPERTY
@@ -243,6 +243,17 @@ def test_nothing_is_read_after_wsproto_gives_a_close_event() -> None:
     assert [type(event) for event in events] == [CloseConnection]
     reader.receive_data(simple(0x2, b"later"))
     assert list(reader.events()) == []
+
+
+def test_the_reader_keeps_no_view_of_a_buffer_its_caller_reuses() -> None:
+    reader = FrameReader(WSConnection(ConnectionType.SERVER), None)
+    data = simple(0x2, b"abcdef")
+    buffer = bytearray(data[:-2])
+    reader.receive_data(buffer)  # type: ignore[arg-type]
+    assert list(reader.events()) == [PROGRESS]
+    buffer[:] = bytes(len(buffer))
+    reader.receive_data(data[-2:])
+    assert list(reader.events()) == [b"abcdef"]
 
 
 # -- the reader itself -----------------------------------------------------------------------
