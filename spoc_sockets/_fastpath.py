@@ -5,9 +5,9 @@ no message is in progress. :class:`FrameReader` owns the connection's input buff
 reads each frame header itself and decodes simple frames at once (one unmasking over
 the whole payload, one ``bytes`` or ``str`` per message), yielding each message itself
 where wsproto would yield a final ``TextMessage`` or ``BytesMessage`` carrying it. Any
-other frame (control frames, fragments, RSV bits, reserved
-opcodes, unmasked or oddly encoded headers) goes to wsproto as whole bytes, and so does
-everything up to the end of a message it started; a frame wsproto must refuse (bad
+other frame (control frames, fragments, RSV bits, reserved opcodes, unmasked or oddly
+encoded headers) goes to wsproto as whole bytes, and so does everything up to the end
+of a message it started; a frame wsproto must refuse (bad
 UTF-8 included) is handed to it to refuse, and after its first close event (the peer's
 close frame or its verdict on an error) nothing more is read. So the events, their order
 and their timing are wsproto's; tests/core/test_fastpath.py checks it on random
@@ -112,13 +112,20 @@ class FrameReader:
                 self._hand_frame()
                 yield from self._wsproto_events()
                 if self._owed:
+                    self._compact()
                     return  # the rest of the frame is not here yet
                 continue
             event = self._next_frame()
             if event is not None:
                 yield event
             elif not self._owed and not self._handed_off:
+                self._compact()
                 return  # wait for more input
+
+    def _compact(self) -> None:
+        """Keep only the input not yet read (a frame read is not held while waiting)."""
+        if self._pos:
+            self._buf, self._pos = self._buf[self._pos :], 0
 
     # -- simple frames ----------------------------------------------------------------
 

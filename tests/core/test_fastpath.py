@@ -265,6 +265,13 @@ def test_the_reader_keeps_no_view_of_a_buffer_its_caller_reuses() -> None:
     assert list(reader.events()) == [b"abcdef"]
 
 
+def test_the_reader_holds_no_frame_it_has_read_while_it_waits() -> None:
+    reader = FrameReader(WSConnection(ConnectionType.SERVER), None)
+    reader.receive_data(simple(0x2, b"m" * 100_000) + simple(0x2, b"next")[:3])
+    assert list(reader.events()) == [b"m" * 100_000]
+    assert len(reader._buf) == 3  # the start of the next frame, nothing more
+
+
 # -- the reader itself -----------------------------------------------------------------------
 
 
