@@ -17,7 +17,8 @@ States (:class:`~spoc_sockets.ConnectionState`) and what moves them:
     or 503 for an undecided ``Deferred``). A refusal writes the HTTP answer and goes
     to ``CLOSED``; acceptance writes ``101`` and goes to ``OPEN``.
 ``OPEN``
-    wsproto parses frames; messages are reassembled and passed to ``on_message``.
+    wsproto parses frames (simple ones are decoded by the fast path of ``_fastpath``,
+    with the same events); messages are reassembled and passed to ``on_message``.
     Keepalive pings every ``ping_interval``; no pong within ``ping_timeout`` fails
     the connection with 1011. A protocol error fails it (1002, 1007, 1009) and a
     message past ``max_message_size`` closes it with 1009 as soon as the limit is
@@ -55,6 +56,7 @@ from wsproto.events import (
 from wsproto.extensions import Extension
 
 from ._deflate import BoundedDeflate, negotiate
+from ._fastpath import FrameReader, Progress
 from ._handshake import accept_headers, check_head, check_upgrade, is_upgrade
 from ._session import CLOSED, OPEN, Session, core_logger
 from .channel import Connection, ConnectionState, Message, Outgoing, Spawn
@@ -97,6 +99,15 @@ def _refusal(status: int, headers: tuple[tuple[str, str], ...], body: bytes, cty
         ),
         body,
     )
+
+
+class Reader(Protocol):
+    """Where frames are parsed: wsproto's ``Connection``, or a :class:`FrameReader`
+    in front of it."""
+
+    def receive_data(self, data: bytes) -> None: ...
+
+    def events(self) -> Iterator[Event | Message]: ...
 
 
 class Owner(Protocol):
@@ -159,6 +170,7 @@ class ServerConnection:
         self._key = ""
         self._extension: tuple[BoundedDeflate, str] | None = None
         self._ws: WSConnection | None = None
+        self._reader: Reader | None = None  # input: self._ws, or a FrameReader before it
         self._compressed = False
         self._out: list[bytes] = []  # framed pieces for the transport
         self._kept = 0  # how many of them discarding must keep (the 101 response)
@@ -169,7 +181,7 @@ class ServerConnection:
         self._lost = False  # the adapter reported the transport gone
         self._drain_at: float | None = None  # once finished: the abort verdict's deadline
         self._early = b""  # frames that came with the request head
-        self._events: Iterator[Event] | None = None  # events left over from the last turn
+        self._events: Iterator[Event | Message] | None = None  # left over from the last turn
         self._first: Message | None = None  # the first fragment of the message being received
         self._rest: bytearray | None = None  # and the others' bytes (UTF-8 for text)
         self._size = 0
@@ -334,6 +346,13 @@ class ServerConnection:
         extensions: list[Extension] | None = [extension] if extension is not None else None
         self._ws = WSConnection(ConnectionType.SERVER, extensions=extensions)
         self._compressed = extension is not None
+        channel = self.session.channel
+        assert channel is not None
+        self._reader = (
+            FrameReader(self._ws, channel.max_message_size)
+            if self.router.fast_path and not self._compressed
+            else self._ws
+        )
         self._ping_base = now  # the next ping is due ping_interval after this
 
     def opened(self, now: float) -> None:
@@ -354,7 +373,7 @@ class ServerConnection:
 
     def ended(self, now: float) -> None:
         # free what the connection holds now, whatever keeps the connection object alive
-        self._h11 = self._ws = self._extension = self._events = self._head = None
+        self._h11 = self._ws = self._reader = self._extension = self._events = self._head = None
         self._first = self._rest = None
         if self._hub is not None and not self._lost:  # drain, bounded by drain_timeout
             self._hub.finish(self)
@@ -429,14 +448,14 @@ class ServerConnection:
     # -- OPEN and CLOSING: input ---------------------------------------------------------
 
     def _receive_frames(self, data: bytes, now: float) -> None:
-        ws = self._ws
-        assert ws is not None
+        reader = self._reader
+        assert reader is not None
         if not data:
             self.session.finish(self.session.close_code, self.session.close_reason)
             return
-        ws.receive_data(data)
+        reader.receive_data(data)
         if self._events is None:
-            self._events = ws.events()
+            self._events = reader.events()
         self._handle_events(now)
 
     def _handle_events(self, now: float) -> None:
@@ -458,11 +477,17 @@ class ServerConnection:
             if budget == 1:
                 self.session.schedule()  # more next turn: the adapter pauses reading meanwhile
 
-    def _handle_event(self, event: Event, now: float) -> None:
+    def _handle_event(self, event: Event | Message, now: float) -> None:
         kind = type(event)
-        if kind is TextMessage or kind is BytesMessage:
+        if kind is str or kind is bytes:  # a message in one frame, from the fast path
+            if self.session.state is OPEN:
+                self._on_frame(event, True, True, now)  # type: ignore[arg-type]
+        elif kind is TextMessage or kind is BytesMessage:
             if self.session.state is OPEN:
                 self._on_data(event, now)  # type: ignore[arg-type]
+        elif kind is Progress:  # part of a message: the peer is not idle
+            if self.session.state is OPEN:
+                self.session.last_input = now
         elif kind is Ping or kind is Pong:
             if not self._allow_control(now):
                 return
@@ -493,21 +518,25 @@ class ServerConnection:
         return False
 
     def _on_data(self, event: TextMessage | BytesMessage, now: float) -> None:
-        assert self.session.channel is not None and self.session.connection is not None
         data: Message = event.data if isinstance(event.data, str) else bytes(event.data)
+        self._on_frame(data, event.frame_finished, event.message_finished, now)
+
+    def _on_frame(self, data: Message, frame_finished: bool, finished: bool, now: float) -> None:
+        """Data of a message: a whole frame, or part of one (``frame_finished`` false);
+        ``finished``: the message's last."""
         if isinstance(data, str):
             self._size += len(data) if data.isascii() else len(data.encode())
         else:
             self._size += len(data)
         self.session.last_input = now  # a message in progress is not idleness
-        if event.frame_finished:
+        if frame_finished:
             self._fragments += 1
         fault = self._over_limits()
         if fault is not None:
             self._first = self._rest = None
             self.session.error = ProtocolError(fault, code=CloseCode.MESSAGE_TOO_BIG)
             self.session.close(CloseCode.MESSAGE_TOO_BIG, fault, now)
-        elif event.message_finished:
+        elif finished:
             message, size = self._reassemble(data), self._size
             self._size = self._fragments = 0
             self.session.deliver(message, size, now)

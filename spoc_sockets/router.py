@@ -19,7 +19,7 @@ from urllib.parse import unquote
 from ._handshake import check_upgrade
 from .channel import ChannelServer, Connection, check_hooks
 from .errors import ProtocolError, Reject, UsageError
-from .limits import WINDOW, Number, RateWindow, check_numbers
+from .limits import WINDOW, Number, RateWindow, check_flag, check_numbers
 from .request import Request
 from .stats import RouteCounters, RouterStats
 
@@ -116,6 +116,8 @@ class Router:
     ``max_request_size`` (the request head), ``max_headers``, ``handshake_timeout``,
     ``max_connections_per_address`` and ``max_handshake_rate`` (per client IP address);
     their units, defaults and answers are in :doc:`the options reference </options>`.
+    ``fast_path`` (on) lets the connections it routes decode simple frames themselves
+    instead of through wsproto (same answers, faster; off is the reference behaviour).
 
     The two per-address limits are off by default: behind a reverse proxy or a NAT, one
     address is many users. Set them when clients connect directly.
@@ -138,6 +140,7 @@ class Router:
         handshake_timeout: float = 10.0,
         max_connections_per_address: int | None = None,
         max_handshake_rate: float | None = None,
+        fast_path: bool = True,
     ) -> None:
         self.max_request_size = max_request_size
         self.max_headers = max_headers
@@ -145,6 +148,8 @@ class Router:
         self.max_connections_per_address = max_connections_per_address
         self.max_handshake_rate = max_handshake_rate
         check_numbers(self, self.NUMBERS)
+        check_flag("fast_path", fast_path)
+        self.fast_path = fast_path
         self._per_address: dict[str, int] = {}  # open connections per client address
         self._handshakes: dict[str, RateWindow] = {}  # per client address
         self._kept = 0  # entries kept by the last pruning of _handshakes

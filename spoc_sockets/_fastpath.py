@@ -1,0 +1,252 @@
+"""The input fast path: simple frames decoded here, every other frame by wsproto.
+
+Most client frames are simple: final, masked, no RSV bit, text or binary, arriving while
+no message is in progress. :class:`FrameReader` owns the connection's input buffer,
+reads each frame header itself and decodes simple frames at once (one unmasking over
+the whole payload, one ``bytes`` or ``str`` per message), yielding each message itself
+where wsproto would yield a final ``TextMessage`` or ``BytesMessage`` carrying it. Any
+other frame (control frames, fragments, RSV bits, reserved opcodes, unmasked or oddly
+encoded headers) goes to wsproto as whole bytes, and so does everything up to the end
+of a message it started; a frame wsproto must refuse (bad
+UTF-8 included) is handed to it to refuse, and after its first close event (the peer's
+close frame or its verdict on an error) nothing more is read. So the events, their order
+and their timing are wsproto's; tests/core/test_fastpath.py checks it on random
+streams. Compressed connections do not use it (the router's ``fast_path`` option turns
+it off for all).
+
+Two departures, neither observable by the connection: a simple frame whose payload is
+not all here yet waits in the buffer (text frames go to wsproto, so that invalid UTF-8
+fails as soon as wsproto would fail it); for a binary frame each new piece yields
+:data:`PROGRESS` instead of wsproto's partial message, which is what a connection needs
+of it (the peer is not idle). A simple frame longer than the channel's
+``max_message_size`` goes to wsproto, whose partial messages let the connection close
+with 1009 as soon as the limit is crossed, before the frame is buffered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from wsproto.connection import Connection as WSConnection
+from wsproto.events import CloseConnection, Event
+
+__all__ = ["PROGRESS", "UNMASK_LANES_FROM", "FrameReader", "Progress", "unmask"]
+
+_TEXT = 0x81  # first header byte of a simple frame: FIN, no RSV bit, text
+_BINARY = 0x82  # or binary
+_MASKED = 0x80
+_OPCODES = frozenset((0x0, 0x1, 0x2, 0x8, 0x9, 0xA))  # those RFC 6455 defines
+_UNLIMITED = 1 << 63  # no payload length reaches it (RFC 6455 section 5.2)
+
+
+#: Up to this many bytes, :func:`unmask` XORs big integers; past it, byte lanes.
+UNMASK_LANES_FROM = 2048
+_XOR = [bytes(byte ^ key for byte in range(256)) for key in range(256)]
+
+
+def unmask(data: bytes | bytearray | memoryview, key: bytes | bytearray) -> bytes:
+    """``data`` XORed with the repeated 4-byte masking ``key`` (RFC 6455 section 5.3).
+
+    A short payload is one big-integer XOR; a long one is four translations, one per
+    byte lane (the conversions to and from an integer cost more per byte than they do).
+    """
+    n = len(data)
+    if n <= UNMASK_LANES_FROM:
+        mask = int.from_bytes(key * (n >> 2) + key[: n & 3], "little")
+        return (int.from_bytes(data, "little") ^ mask).to_bytes(n, "little")
+    out = bytearray(data)
+    for lane in range(4):
+        out[lane::4] = out[lane::4].translate(_XOR[key[lane]])
+    return bytes(out)
+
+
+class Progress(Event):
+    """Payload bytes of a simple binary frame arrived; the frame is not complete yet
+    (where wsproto yields a partial message)."""
+
+
+#: The one :class:`Progress` event.
+PROGRESS = Progress()
+
+
+class FrameReader:
+    """The input of one uncompressed connection, read as wsproto's ``Connection`` is:
+    :meth:`receive_data`, then :meth:`events` (lazily)."""
+
+    def __init__(self, ws: WSConnection, max_message_size: int | None) -> None:
+        self._ws = ws
+        self._max = _UNLIMITED if max_message_size is None else max_message_size
+        self._buf: bytes | bytearray = b""  # input not yet decoded or handed over
+        self._pos = 0  # where it starts in _buf
+        self._owed = 0  # bytes of the frame being handed to wsproto, still to hand over
+        self._in_message = False  # wsproto received a message's first fragment, not its last
+        self._seen = 0  # payload bytes of the incomplete simple binary frame seen so far
+        self._handed_off = False  # wsproto reads everything from now on
+        self._ended = False  # wsproto gave its close event: nothing more is read
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes read from the transport (never ``b""``: end of stream is the caller's)."""
+        if self._handed_off:
+            self._ws.receive_data(data)
+        elif self._ended:
+            return
+        elif self._pos == len(self._buf):  # the usual case: no copy (bytes cannot change)
+            self._buf, self._pos = data if type(data) is bytes else bytes(data), 0
+        else:
+            buf = self._buf
+            if isinstance(buf, bytes) or self._pos:
+                buf = bytearray(memoryview(buf)[self._pos :])
+                self._pos = 0
+            buf += data
+            self._buf = buf
+
+    def events(self) -> Iterator[Event | str | bytes]:
+        """The events of the input received so far (and of input received while this
+        generator is suspended), as wsproto would give them; a simple frame's message
+        comes as a ``str`` or ``bytes``."""
+        while not self._ended:
+            if self._handed_off:
+                yield from self._ws.events()
+                return
+            if self._owed:
+                self._hand_frame()
+                yield from self._wsproto_events()
+                if self._owed:
+                    self._compact()
+                    return  # the rest of the frame is not here yet
+                continue
+            event = self._next_frame()
+            if event is not None:
+                yield event
+            elif not self._owed and not self._handed_off:
+                self._compact()
+                return  # wait for more input
+
+    def _compact(self) -> None:
+        """Keep only the input not yet read (a frame read is not held while waiting)."""
+        if self._pos:
+            self._buf, self._pos = self._buf[self._pos :], 0
+
+    # -- simple frames ----------------------------------------------------------------
+
+    def _next_frame(self) -> Event | str | bytes | None:
+        """Decode the simple frame at the start of the input; or arrange for wsproto to
+        read what is there (None: wait for more input, or the caller goes on)."""
+        buf, pos = self._buf, self._pos
+        available = len(buf) - pos
+        if available < 2:
+            return None
+        first, second = buf[pos], buf[pos + 1]
+        if (first != _TEXT and first != _BINARY) or not second & _MASKED or self._in_message:
+            return self._other_frame(first, second)
+        length, head = second & 0x7F, 6
+        if length > 125:
+            measured = self._long_header(length)
+            if measured is None:
+                return None
+            length, head = measured
+        if available < head:
+            return None  # the masking key is not all here
+        total = head + length
+        if length > self._max:  # wsproto's partial messages meet the limit as it is crossed
+            self._owed = total
+            return None
+        if available < total:
+            if available == head:
+                return None
+            if first == _TEXT:  # wsproto decodes the part that is here now
+                self._owed = total
+                return None
+            if available - head > self._seen:
+                self._seen = available - head
+                return PROGRESS
+            return None
+        key = buf[pos + head - 4 : pos + head]
+        payload = unmask(memoryview(buf)[pos + head : pos + total], key)
+        if first == _BINARY:
+            self._seen = 0
+            self._pos = pos + total
+            return payload
+        try:
+            text = payload.decode()
+        except UnicodeDecodeError:  # wsproto fails the connection with its own reason
+            self._owed = total
+            return None
+        self._pos = pos + total
+        return text
+
+    # -- every other frame -------------------------------------------------------------
+
+    def _other_frame(self, first: int, second: int) -> Event | None:
+        """A frame for wsproto: once its header is complete, hand it over whole (and the
+        frames of the message it starts, up to its last); if wsproto must refuse it,
+        hand everything over now (None either way)."""
+        buf, pos = self._buf, self._pos
+        available = len(buf) - pos
+        opcode, length = first & 0x0F, second & 0x7F
+        control = opcode >= 0x8
+        if (
+            first & 0x70
+            or opcode not in _OPCODES
+            or (control and (not first & 0x80 or length > 125))
+            or not second & _MASKED
+        ):
+            self._hand_off()
+            return None
+        head = 6
+        if length > 125:
+            measured = self._long_header(length)
+            if measured is None:
+                return None
+            length, head = measured
+        if available < head:
+            return None
+        if not control:
+            self._in_message = not first & 0x80
+        self._owed = head + length
+        return None
+
+    def _long_header(self, short: int) -> tuple[int, int] | None:
+        """The payload length in the 2-byte (``short`` 126) or 8-byte (127) length field
+        of the header at the start of the input, and the header's size with the masking
+        key; None while the field is not all here, or when wsproto must refuse it (not in
+        its shortest form, or the 8-byte field's top bit set): handed off."""
+        buf, pos = self._buf, self._pos
+        if short == 126:
+            if len(buf) - pos < 4:
+                return None
+            length, head = buf[pos + 2] << 8 | buf[pos + 3], 8
+            refused = length < 126
+        else:
+            if len(buf) - pos < 10:
+                return None
+            length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 14
+            refused = length < 65536 or length >= _UNLIMITED
+        if refused:
+            self._hand_off()
+            return None
+        return length, head
+
+    def _hand_frame(self) -> None:
+        """Give wsproto what is here of the frame it reads."""
+        take = min(self._owed, len(self._buf) - self._pos)
+        if take:
+            pos = self._pos
+            self._ws.receive_data(bytes(memoryview(self._buf)[pos : pos + take]))
+            self._pos = pos + take
+            self._owed -= take
+
+    def _wsproto_events(self) -> Iterator[Event]:
+        for event in self._ws.events():
+            if type(event) is CloseConnection:  # wsproto reads no further
+                self._ended = True
+                self._buf, self._pos = b"", 0
+            yield event
+
+    def _hand_off(self) -> None:
+        """wsproto reads everything from here on (it has a frame to refuse)."""
+        self._handed_off = True
+        rest = memoryview(self._buf)[self._pos :]
+        self._buf, self._pos = b"", 0
+        if rest:
+            self._ws.receive_data(bytes(rest))
