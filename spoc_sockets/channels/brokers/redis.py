@@ -10,13 +10,16 @@ broker serves the asyncio, trio, threads and ASGI adapters. :class:`Publisher` p
 notifies from a process that serves no WebSocket, with the same scripts.
 
 The Redis layout of a room ``R`` (every key of a room carries the hash tag ``{R}``, so
-each script touches one slot)::
+each script touches one slot), and of a stream ``S`` (hash tag ``{stream:S}``)::
 
     <prefix>:{R}:meta      hash: base (the epoch), last (the last id), size (bytes kept)
     <prefix>:{R}:log       stream: one entry per message, id "<message id>-0"
     <prefix>:{R}:members   hash: "<node>|<user>" -> connections of that user on that node
     <prefix>:{R}:nodes     sorted set: node -> when its presence expires (ms, Redis time)
     <prefix>:room:R        pub/sub channel of the room's events (and <prefix>:user:U)
+    <prefix>:{stream:S}:claim   string: the node that publishes S (expires: presence_ttl)
+    <prefix>:{stream:S}:init    string: S's init segment; :key, its latest key frame
+    <prefix>:stream:S      pub/sub channel of S's media, raw bytes; b"" when S ended
 
 A post is one Lua script: it numbers the message (``last`` + 1), appends it to the
 stream, trims the stream to the bounds, and publishes it, atomically. The first post of
@@ -27,6 +30,8 @@ after ``base``, the Redis time in milliseconds times 1000, so ids never restart 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
 import random
@@ -43,7 +48,18 @@ from typing import Any, ClassVar
 from ...errors import UsageError
 from ...limits import Number, check_numbers, shown
 from ..chat import dump_json, notification, room_problem, utf8_size
-from . import Broker, BrokerUnavailable, Deliver, Done, HistoryPage, RoomsFull, fit
+from . import (
+    Broker,
+    BrokerUnavailable,
+    Deliver,
+    Done,
+    HistoryPage,
+    Kept,
+    MediaBroker,
+    MediaDeliver,
+    RoomsFull,
+    fit,
+)
 
 try:
     import redis
@@ -233,6 +249,51 @@ return 0
 """
 )
 
+# The stream scripts. KEYS: claim, init, key. ARGV: this node, TTL (ms), then their own.
+# Claim the stream (1), unless another node holds it (0); a new claim drops the old media.
+_CLAIM = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('DEL', KEYS[2], KEYS[3])
+  return 1
+end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# ARGV: ..., channel, media, 'init', 'key' or '' (not kept). Publishes the media as it
+# is, if this node still holds the claim (1), and keeps it for late viewers.
+_MEDIA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[5] == 'init' then
+  redis.call('SET', KEYS[2], ARGV[4])
+  redis.call('DEL', KEYS[3])
+elseif ARGV[5] == 'key' then
+  redis.call('SET', KEYS[3], ARGV[4])
+end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+
+# Keep this node's claim and media alive (the presence refresh of a publisher).
+_HOLD = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+return 1
+"""
+
+# ARGV: ..., channel. The stream ended: its media goes, and every node is told (b"").
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('PUBLISH', ARGV[3], '')
+return 1
+"""
+
+#: every script, loaded (SCRIPT LOAD) on each new connection and then run by its SHA1
+_SCRIPTS = (_POST, _HISTORY, _JOIN, _LEAVE, _MEMBERS, _REFRESH, _CLAIM, _MEDIA, _HOLD, _RELEASE)
+
 #: seconds waited, at most, for the subscription a join needs before its history is read
 SUBSCRIBE_TIMEOUT = 5.0
 #: seconds the listener waits for an event before it looks at the topics wanted again
@@ -255,11 +316,14 @@ class _Op:
     fail: Callable[[Exception], None]
     topic: str | None = None  # wait for this subscription first
     apply: Callable[[], None] | None = None  # its effect on the local counts, when sent
+    raw: bool = False  # replies as bytes (media), not text
 
 
-class RedisBroker(Broker):
+class RedisBroker(Broker, MediaBroker):
     """Rooms, history, presence and fan-out on Redis, shared by every process using the
-    same Redis (and ``prefix``).
+    same Redis (and ``prefix``); and streams (a
+    :class:`~spoc_sockets.channels.brokers.MediaBroker`), whose media crosses processes
+    as raw bytes.
 
     ``url`` is a redis-py URL (``redis://127.0.0.1:6379/0``). ``history_ttl``: seconds a
     room's history (and its ids) is kept after its last post. ``presence_ttl``: seconds
@@ -268,7 +332,10 @@ class RedisBroker(Broker):
     third more); each process refreshes its own every third of it.
     ``max_pending``: operations waiting for the broker thread, at most (past it, an
     operation fails with :class:`~spoc_sockets.channels.brokers.BrokerUnavailable`, and
-    a publication is dropped and counted in :attr:`dropped`). ``timeout``: seconds a
+    a publication is dropped and counted in :attr:`dropped`).
+    ``max_pending_bytes``: bytes of media waiting for the broker thread, at most (past
+    it, media is dropped, and counted in :attr:`dropped`, until the stream's next key
+    frame). ``timeout``: seconds a
     Redis round trip may take before it fails. ``probe_interval``: seconds of silence on
     the subscription connection after which it is probed with a PING (no answer within
     ``timeout``: it is dead, and made again).
@@ -279,6 +346,7 @@ class RedisBroker(Broker):
         "history_ttl": Number(integer=False, minimum=1),
         "presence_ttl": Number(integer=False, minimum=1),
         "max_pending": Number(integer=True),
+        "max_pending_bytes": Number(integer=True),
         "timeout": Number(integer=False, minimum=0.01),
         "probe_interval": Number(integer=False, minimum=0.01),
     }
@@ -291,6 +359,7 @@ class RedisBroker(Broker):
         history_ttl: float = 3600.0,
         presence_ttl: float = 30.0,
         max_pending: int = 10_000,
+        max_pending_bytes: int = 64 * 2**20,
         timeout: float = 5.0,
         probe_interval: float = 5.0,
     ) -> None:
@@ -299,15 +368,17 @@ class RedisBroker(Broker):
         self.url, self.prefix = url, prefix
         self.history_ttl, self.presence_ttl = history_ttl, presence_ttl
         self.max_pending, self.timeout = max_pending, timeout
-        self.probe_interval = probe_interval
+        self.max_pending_bytes, self.probe_interval = max_pending_bytes, probe_interval
         check_numbers(self, self.NUMBERS)
-        self._client = _connect(url, timeout)
+        self._client = _connect(url, timeout, text=False)  # bytes: media is not text
         self._deliver: list[Deliver] = []
+        self._media: list[MediaDeliver] = []
         self._closed = False
         self._start_afresh()
         after_fork = weakref.WeakMethod(self._start_afresh)
         os.register_at_fork(after_in_child=lambda: _call_weak(after_fork))
-        #: publications dropped because ``max_pending`` operations were waiting
+        #: publications (and media messages) dropped because ``max_pending`` operations
+        #: (or ``max_pending_bytes`` of media) were waiting
         self.dropped = 0
         #: round trips (pipelines) to Redis that failed
         self.failures = 0
@@ -324,17 +395,22 @@ class RedisBroker(Broker):
         self.node = secrets.token_hex(8)  # this process, in the members hashes
         self._lock = threading.Condition()
         self._ops: deque[_Op] = deque()
-        self._wanted: set[str] = set()  # topics this process subscribes to
+        self._wanted: Counter[str] = Counter()  # topic -> subscriptions in this process
         self._confirmed: set[str] = set()  # topics Redis confirmed
         self._listening = True  # False while the listener waits to connect again (backoff)
         self._local: dict[str, Counter[str]] = {}  # room -> user -> connections here
         self._last: dict[str, int] = {}  # room topic -> the last message id delivered here
+        self._claims: set[str] = set()  # the streams this process publishes
+        self._gaps: set[str] = set()  # stream topics whose subscription was lost
+        self._media_bytes = 0  # media waiting for the broker thread
+        self._skipping: set[str] = set()  # streams dropping media until a key frame
+        self._loaded = False  # the scripts are loaded on the broker's connection
         self._threads: list[threading.Thread] = []
 
     def _start(self) -> None:
         """Start the broker's threads in this process, on first use once attached (with
         the lock)."""
-        if self._threads or self._closed or not self._deliver:
+        if self._threads or self._closed or not (self._deliver or self._media):
             return
         for target, name in ((self._run, "broker"), (self._listen, "listener")):
             thread = threading.Thread(target=target, name=f"spoc-redis-{name}")
@@ -352,12 +428,14 @@ class RedisBroker(Broker):
 
     def subscribe(self, topic: str) -> None:
         with self._lock:
-            self._wanted.add(topic)
+            self._wanted[topic] += 1
             self._start()
 
     def unsubscribe(self, topic: str) -> None:
         with self._lock:
-            self._wanted.discard(topic)
+            self._wanted[topic] -= 1
+            if self._wanted[topic] <= 0:
+                del self._wanted[topic]
 
     def publish(self, topic: str, event: str) -> None:
         def lost(exc: Exception) -> None:
@@ -415,6 +493,70 @@ class RedisBroker(Broker):
     def members(self, room: str, done: Done[list[str]]) -> None:
         command = ("EVAL", _MEMBERS, *self._presence(room))
         self._call(_Op([command], lambda r: done(sorted(r[0])), done))
+
+    # -- streams (MediaBroker) -----------------------------------------------------------
+
+    def attach_media(self, deliver: MediaDeliver) -> None:
+        with self._lock:
+            self._media.append(deliver)
+            if self._ops or self._wanted:  # used before: start now
+                self._start()
+
+    def claim(self, stream: str, done: Done[bool]) -> None:
+        def finish(replies: list[Any]) -> None:
+            if replies[0] == 1:
+                with self._lock:
+                    self._claims.add(stream)
+            done(replies[0] == 1)
+
+        self._call(_Op([self._stream_script(_CLAIM, stream)], finish, done))
+
+    def release(self, stream: str) -> None:
+        with self._lock:
+            self._claims.discard(stream)
+            self._skipping.discard(stream)
+        command = self._stream_script(_RELEASE, stream, self._channel(f"stream:{stream}"))
+        self._queue(_Op([command], _ignore, _release_failed))
+
+    def publish_media(self, stream: str, media: bytes, keep: bool) -> None:
+        kind = media[0] if media else None
+        size = len(media)
+        with self._lock:
+            if kind in (0, 1):  # an init segment or a key frame: a viewer can start here
+                self._skipping.discard(stream)
+            if self._media_bytes + size > self.max_pending_bytes:
+                self._skipping.add(stream)
+            if stream in self._skipping:
+                self.dropped += 1
+                return
+            self._media_bytes += size
+
+        def sent() -> None:
+            self._media_bytes -= size  # with the lock: the broker thread's batch
+
+        kept = ("init" if kind == 0 else "key") if keep else ""
+        channel = self._channel(f"stream:{stream}")
+        command = self._stream_script(_MEDIA, stream, channel, media, kept)
+        if not self._queue(_Op([command], _ignore, _media_failed, apply=sent)):
+            with self._lock:
+                self._media_bytes -= size
+                self._skipping.add(stream)
+                self.dropped += 1
+
+    def kept(self, stream: str, done: Done[Kept]) -> None:
+        def finish(replies: list[Any]) -> None:
+            claim, init, key = replies[0]
+            done(Kept(claim is not None, init, key))
+
+        keys = [self._stream_key(stream, kind) for kind in ("claim", "init", "key")]
+        self._call(_Op([("MGET", *keys)], finish, done, topic=f"stream:{stream}", raw=True))
+
+    def _stream_key(self, stream: str, kind: str) -> str:
+        return _key(self.prefix, f"stream:{stream}", kind)
+
+    def _stream_script(self, script: str, stream: str, *args: object) -> tuple[object, ...]:
+        keys = [self._stream_key(stream, kind) for kind in ("claim", "init", "key")]
+        return ("EVAL", script, 3, *keys, self.node, _ms(self.presence_ttl), *args)
 
     def expire(self, now: float, after: float) -> float | None:
         return None  # Redis expires rooms by itself (history_ttl, presence_ttl)
@@ -515,10 +657,11 @@ class RedisBroker(Broker):
         needed = {op.topic for op in batch if op.topic is not None}
 
         def missing() -> set[str]:
-            return (needed & self._wanted) - self._confirmed if self._listening else set()
+            wanted = needed & self._wanted.keys()
+            return wanted - self._confirmed if self._listening else set()
 
         self._lock.wait_for(lambda: self._closed or not missing(), timeout=SUBSCRIBE_TIMEOUT)
-        unready = missing() if self._listening else needed & self._wanted
+        unready = missing() if self._listening else needed & self._wanted.keys()
         ready = [op for op in batch if op.topic not in unready]
         return ready, [op for op in batch if op.topic in unready]
 
@@ -530,34 +673,63 @@ class RedisBroker(Broker):
             ttl = _ms(self.presence_ttl)
             command = ("EVAL", _REFRESH, *self._presence(room), ttl, *pairs)
             ops.append(_Op([command], _ignore, _refresh_failed))
+        for stream in self._claims:
+            ops.append(_Op([self._stream_script(_HOLD, stream)], _ignore, _refresh_failed))
         return ops
 
     def _send(self, batch: list[_Op]) -> bool:
-        """One pipeline for the batch; each operation completes. False if Redis failed."""
-        pipe = self._client.pipeline(transaction=False)
-        for op in batch:
-            for command in op.commands:
-                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+        """One pipeline for the batch; each operation completes. False if Redis failed.
+
+        Scripts run by their SHA1 (EVALSHA), loaded first on each new connection; those
+        Redis no longer knows (a ``SCRIPT FLUSH``: it ran none of them) are sent again
+        whole, once."""
         try:
-            replies = pipe.execute(raise_on_error=False)
+            replies = self._execute(batch, by_sha=True)
+            again = [index for index, mine in enumerate(replies) if _noscript(mine)]
+            if again:
+                self._loaded = False
+                retried = self._execute([batch[index] for index in again], by_sha=False)
+                for index, mine in zip(again, retried, strict=True):
+                    replies[index] = mine
         except Exception as exc:  # Redis, or the connection to it: the thread lives on
             self.failures += 1
+            self._loaded = False  # a new connection, maybe a new Redis: load them again
             logger.warning("Redis at %s failed: %s", self.url, exc)
             for op in batch:
                 _complete(op.fail, BrokerUnavailable(f"Redis failed: {exc}"))
             return False
-        finally:
-            pipe.reset()
-        index = 0
-        for op in batch:
-            mine = replies[index : index + len(op.commands)]
-            index += len(op.commands)
+        for op, mine in zip(batch, replies, strict=True):
             errors = [reply for reply in mine if isinstance(reply, Exception)]
             if errors:
                 _complete(op.fail, BrokerUnavailable(f"Redis refused: {errors[0]}"))
             else:
-                _complete(op.finish, mine)
+                _complete(op.finish, mine if op.raw else _text(mine))
         return True
+
+    def _execute(self, batch: list[_Op], by_sha: bool) -> list[list[Any]]:
+        """The replies to each operation's commands, in one pipeline."""
+        pipe = self._client.pipeline(transaction=False)
+        load = by_sha and not self._loaded
+        if load:
+            for script in _SCRIPTS:
+                pipe.execute_command("SCRIPT", "LOAD", script)  # type: ignore[no-untyped-call]
+        for op in batch:
+            for command in op.commands:
+                if by_sha and command[0] == "EVAL":
+                    command = ("EVALSHA", _sha(command[1]), *command[2:])
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        finally:
+            pipe.reset()
+        if load:
+            loads, replies = replies[: len(_SCRIPTS)], replies[len(_SCRIPTS) :]
+            self._loaded = not any(isinstance(reply, Exception) for reply in loads)
+        out, index = [], 0
+        for op in batch:
+            out.append(replies[index : index + len(op.commands)])
+            index += len(op.commands)
+        return out
 
     # -- the listener thread -----------------------------------------------------------
 
@@ -577,6 +749,7 @@ class RedisBroker(Broker):
             finally:
                 with self._lock:
                     self._listening = False
+                    self._gaps.update(t for t in self._confirmed if t.startswith("stream:"))
                     self._confirmed.clear()
                     self._lock.notify_all()
                 pubsub.close()
@@ -589,7 +762,7 @@ class RedisBroker(Broker):
         skip = len(self.prefix) + 1
         probe = _Probe(self.probe_interval, self.timeout)
         with self._lock:  # what was unsubscribed while there was no connection
-            for topic in set(self._last) - self._wanted:
+            for topic in self._last.keys() - self._wanted.keys():
                 del self._last[topic]
         while True:
             with self._lock:
@@ -609,9 +782,12 @@ class RedisBroker(Broker):
             message = pubsub.get_message(timeout=LISTEN_INTERVAL)
             while message is not None:
                 probe.heard()
-                topic = str(message["channel"])[skip:]
-                if message["type"] == "message":
-                    self._relay_one(deliver, topic, str(message["data"]))
+                channel = message["channel"]
+                topic = channel.decode()[skip:] if isinstance(channel, bytes) else ""
+                if message["type"] == "message" and topic.startswith("stream:"):
+                    self._relay_media(topic, bytes(message["data"]))
+                elif message["type"] == "message":
+                    self._relay_one(deliver, topic, message["data"].decode())
                 elif message["type"] in ("subscribe", "unsubscribe"):
                     with self._lock:
                         if message["type"] == "subscribe":
@@ -619,10 +795,21 @@ class RedisBroker(Broker):
                         else:
                             self._confirmed.discard(topic)
                         self._lock.notify_all()
-                        repair = message["type"] == "subscribe" and topic in self._last
+                        subscribed = message["type"] == "subscribe"
+                        repair = subscribed and topic in self._last
+                        gap = subscribed and topic in self._gaps
+                        self._gaps.discard(topic)
                     if repair:
                         self._repair(deliver, topic)
+                    if gap:  # media published meanwhile is lost: restart at a key frame
+                        self._relay_media(topic, None)
                 message = pubsub.get_message(timeout=0)
+
+    def _relay_media(self, topic: str, media: bytes | None) -> None:
+        with self._lock:
+            deliver = list(self._media)
+        for callback in deliver:
+            _complete(callback, topic.partition(":")[2], media)
 
     def _relay_one(self, deliver: list[Deliver], topic: str, event: str) -> bool:
         """Deliver ``event``, unless it is a room message delivered here already."""
@@ -654,10 +841,10 @@ class RedisBroker(Broker):
         if after is None:
             return
         log = self._key(topic.partition(":")[2], "log")
-        entries: list[tuple[str, dict[str, str]]]
+        entries: list[tuple[bytes, dict[bytes, bytes]]]
         entries = self._client.xrange(log, f"{after + 1}-0", "+", count=REPAIR_MESSAGES)  # type: ignore[assignment]
         for _, fields in entries:
-            if self._relay_one(deliver, topic, str(fields["m"])):
+            if self._relay_one(deliver, topic, fields[b"m"].decode()):
                 self.repaired += 1
 
 
@@ -754,11 +941,12 @@ class Publisher:
             raise BrokerUnavailable(f"Redis at {self.url} failed: {exc}") from exc
 
 
-def _connect(url: str, timeout: float) -> redis.Redis:
-    """A client of ``url`` whose round trips take at most ``timeout`` seconds."""
+def _connect(url: str, timeout: float, text: bool = True) -> redis.Redis:
+    """A client of ``url`` whose round trips take at most ``timeout`` seconds; its
+    replies are ``str`` (``text``) or ``bytes``."""
     return redis.Redis.from_url(
         url,
-        decode_responses=True,
+        decode_responses=text,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),  # a script is never sent twice: a post, twice stored
@@ -836,6 +1024,32 @@ def _call_weak(method: weakref.WeakMethod[Callable[[], None]]) -> None:
 
 def _ignore(replies: list[Any]) -> None:
     pass
+
+
+@functools.cache
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
+
+
+def _noscript(replies: list[Any]) -> bool:
+    return any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies)
+
+
+def _text(reply: Any) -> Any:
+    """``reply`` with its bytes decoded (UTF-8): what a text client would have had."""
+    if isinstance(reply, bytes):
+        return reply.decode()
+    if isinstance(reply, list):
+        return [_text(item) for item in reply]
+    return reply
+
+
+def _media_failed(exc: Exception) -> None:
+    logger.warning("publishing media on Redis failed: %s", exc)
+
+
+def _release_failed(exc: Exception) -> None:
+    logger.warning("ending a stream on Redis failed: %s", exc)
 
 
 def _refresh_failed(exc: Exception) -> None:
