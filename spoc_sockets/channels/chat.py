@@ -127,6 +127,15 @@ def notification(payload: Any) -> str:
         raise UsageError(f"the payload is not encodable as JSON: {payload!r:.80}") from None
 
 
+def missed(what: list[str], room: str | None = None) -> str:
+    """The ``missed`` event: ``what`` (``messages``, ``presence``, ``notifications``) may
+    have been lost, in ``room`` or, without one, for the user."""
+    event: dict[str, Any] = {"type": "missed", "what": what}
+    if room is not None:
+        event["room"] = room
+    return dump_json(event)
+
+
 def is_loopback(request: Request) -> bool:
     """Whether ``request`` comes straight from this machine: a loopback peer, and no
     proxy header saying it was forwarded for someone else."""

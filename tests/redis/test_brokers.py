@@ -389,10 +389,37 @@ def test_messages_posted_while_the_subscription_was_down_are_repaired_once_in_or
         client.client_kill_filter(_type="pubsub")  # node A's subscription connection drops
         for n in (2, 3, 4):  # while node A connects again (after a backoff of 25 ms or more)
             post(node_b, "r", f"m{n}")
-        texts = [event["text"] for _, event in events.take(3)]
+        got = events.take(4)  # the three, and what could not be repaired: presence
         post(node_b, "r", "m5")  # after: a duplicate would show before it
-        texts += [event["text"] for _, event in events.take(1)]
+        got += events.take(1)
+        told = {"type": "missed", "what": ["presence"], "room": "r"}
+        assert [event for _, event in got if event["type"] == "missed"] == [told]
+        texts = [event["text"] for _, event in got if event["type"] == "message"]
         assert texts == ["m2", "m3", "m4", "m5"] and node_a.reconnects == 1
+    finally:
+        node_a.close()
+        node_b.close()
+
+
+def test_after_a_subscription_outage_what_could_not_be_repaired_is_told(
+    redis_server: RedisServer,
+) -> None:
+    node_a, node_b = RedisBroker(redis_server.url), RedisBroker(redis_server.url)
+    try:
+        events = attached(node_a, "room:r", "user:ada")
+        join(node_a, "r", "ada")
+        attached(node_b)
+        post(node_b, "r", "m1")
+        assert [event["text"] for _, event in events.take(1)] == ["m1"]
+        client = redis.Redis.from_url(redis_server.url)
+        client.client_kill_filter(_type="pubsub")
+        for n in range(2, 6):  # the room keeps 2: m2 and m3 are lost to node A
+            post(node_b, "r", f"m{n}", max_messages=2)
+        got = events.take(4)  # m4, m5 (repaired or not), and two missed events
+        missed = sorted((topic, event["what"]) for topic, event in got if event["type"] == "missed")
+        assert missed == [("room:r", ["messages", "presence"]), ("user:ada", ["notifications"])]
+        texts = [event["text"] for _, event in got if event["type"] == "message"]
+        assert texts == ["m4", "m5"]
     finally:
         node_a.close()
         node_b.close()

@@ -47,7 +47,7 @@ from typing import Any, ClassVar
 
 from ...errors import UsageError
 from ...limits import Number, check_numbers, shown
-from ..chat import dump_json, notification, room_problem, utf8_size
+from ..chat import dump_json, missed, notification, room_problem, utf8_size
 from . import (
     Broker,
     BrokerUnavailable,
@@ -401,7 +401,7 @@ class RedisBroker(Broker, MediaBroker):
         self._local: dict[str, Counter[str]] = {}  # room -> user -> connections here
         self._last: dict[str, int] = {}  # room topic -> the last message id delivered here
         self._claims: set[str] = set()  # the streams this process publishes
-        self._gaps: set[str] = set()  # stream topics whose subscription was lost
+        self._gaps: set[str] = set()  # topics whose subscription was lost
         self._media_bytes = 0  # media waiting for the broker thread
         self._skipping: set[str] = set()  # streams dropping media until a key frame
         self._loaded = False  # the scripts are loaded on the broker's connection
@@ -749,7 +749,7 @@ class RedisBroker(Broker, MediaBroker):
             finally:
                 with self._lock:
                     self._listening = False
-                    self._gaps.update(t for t in self._confirmed if t.startswith("stream:"))
+                    self._gaps.update(self._confirmed)
                     self._confirmed.clear()
                     self._lock.notify_all()
                 pubsub.close()
@@ -764,6 +764,7 @@ class RedisBroker(Broker, MediaBroker):
         with self._lock:  # what was unsubscribed while there was no connection
             for topic in self._last.keys() - self._wanted.keys():
                 del self._last[topic]
+            self._gaps.intersection_update(self._wanted.keys())
         while True:
             with self._lock:
                 if self._closed:
@@ -777,6 +778,7 @@ class RedisBroker(Broker, MediaBroker):
                 with self._lock:
                     for topic in sent - wanted:
                         self._last.pop(topic, None)
+                        self._gaps.discard(topic)
             sent = wanted
             probe.check(pubsub, bool(sent))
             message = pubsub.get_message(timeout=LISTEN_INTERVAL)
@@ -795,15 +797,27 @@ class RedisBroker(Broker, MediaBroker):
                         else:
                             self._confirmed.discard(topic)
                         self._lock.notify_all()
-                        subscribed = message["type"] == "subscribe"
-                        repair = subscribed and topic in self._last
-                        gap = subscribed and topic in self._gaps
+                        again = message["type"] == "subscribe" and (
+                            topic in self._gaps or topic in self._last
+                        )
                         self._gaps.discard(topic)
-                    if repair:
-                        self._repair(deliver, topic)
-                    if gap:  # media published meanwhile is lost: restart at a key frame
-                        self._relay_media(topic, None)
+                    if again:
+                        self._resubscribed(deliver, topic)
                 message = pubsub.get_message(timeout=0)
+
+    def _resubscribed(self, deliver: list[Deliver], topic: str) -> None:
+        """A subscription made again: repair what can be, and tell what cannot."""
+        kind, _, name = topic.partition(":")
+        if kind == "stream":  # media published meanwhile is lost: restart at a key frame
+            self._relay_media(topic, None)
+            return
+        if kind == "room":
+            lost = [] if self._repair(deliver, topic) else ["messages"]
+            event = missed([*lost, "presence"], name)  # presence events are not kept
+        else:
+            event = missed(["notifications"])  # nor notifications
+        for callback in deliver:
+            _complete(callback, topic, event)
 
     def _relay_media(self, topic: str, media: bytes | None) -> None:
         with self._lock:
@@ -832,20 +846,27 @@ class RedisBroker(Broker, MediaBroker):
             self._last[topic] = last
             return True
 
-    def _repair(self, deliver: list[Deliver], topic: str) -> None:
-        """A subscription made again: deliver the room's messages posted while there was
-        none, from the room's stream, before any event that came after (they wait on
-        the connection meanwhile)."""
+    def _repair(self, deliver: list[Deliver], topic: str) -> bool:
+        """Deliver the room's messages posted while there was no subscription, from the
+        room's stream, before any event that came after (they wait on the connection
+        meanwhile); False if some could not be (trimmed, a new epoch, too many)."""
         with self._lock:
-            after = self._last.get(topic)
-        if after is None:
-            return
-        log = self._key(topic.partition(":")[2], "log")
-        entries: list[tuple[bytes, dict[bytes, bytes]]]
-        entries = self._client.xrange(log, f"{after + 1}-0", "+", count=REPAIR_MESSAGES)  # type: ignore[assignment]
+            after = self._last.get(topic)  # None: none delivered yet, so all are new
+        room = topic.partition(":")[2]
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hget(self._key(room, "meta"), "last")
+        start = "-" if after is None else f"{after + 1}-0"
+        pipe.xrange(self._key(room, "log"), start, "+", count=REPAIR_MESSAGES)
+        last, entries = pipe.execute()
         for _, fields in entries:
             if self._relay_one(deliver, topic, fields[b"m"].decode()):
                 self.repaired += 1
+        if last is None:  # the room has no history: nothing to repair
+            return True
+        ids = [int(entry_id.partition(b"-")[0]) for entry_id, _ in entries]
+        if not ids:
+            return after is not None and int(last) <= after
+        return (after is None or ids[0] == after + 1) and ids[-1] >= int(last)
 
 
 class Publisher:
