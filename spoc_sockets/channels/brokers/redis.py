@@ -64,6 +64,7 @@ from . import (
 try:
     import redis
     from redis.backoff import NoBackoff
+    from redis.cluster import RedisCluster
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - the extra is installed with the tests
     raise ImportError("RedisBroker needs redis-py: pip install 'spoc-sockets[redis]'") from exc
@@ -370,7 +371,7 @@ class RedisBroker(Broker, MediaBroker):
         self.max_pending, self.timeout = max_pending, timeout
         self.max_pending_bytes, self.probe_interval = max_pending_bytes, probe_interval
         check_numbers(self, self.NUMBERS)
-        self._client = _connect(url, timeout, text=False)  # bytes: media is not text
+        self._clients = _Clients(url, timeout, text=False)  # bytes: media is not text
         self._deliver: list[Deliver] = []
         self._media: list[MediaDeliver] = []
         self._closed = False
@@ -575,7 +576,7 @@ class RedisBroker(Broker, MediaBroker):
             threads, self._threads = self._threads, []
         for thread in threads:
             thread.join(timeout=SUBSCRIBE_TIMEOUT + 1)
-        self._client.close()
+        self._clients.close()
 
     # -- keys, queue -------------------------------------------------------------------
 
@@ -708,23 +709,21 @@ class RedisBroker(Broker, MediaBroker):
 
     def _execute(self, batch: list[_Op], by_sha: bool) -> list[list[Any]]:
         """The replies to each operation's commands, in one pipeline."""
-        pipe = self._client.pipeline(transaction=False)
-        load = by_sha and not self._loaded
-        if load:
+        client = self._clients.commands()
+        if by_sha and not self._loaded:  # on every node of a cluster
             for script in _SCRIPTS:
-                pipe.execute_command("SCRIPT", "LOAD", script)  # type: ignore[no-untyped-call]
+                client.script_load(script)
+            self._loaded = True
+        pipe = client.pipeline(transaction=False)
         for op in batch:
             for command in op.commands:
                 if by_sha and command[0] == "EVAL":
                     command = ("EVALSHA", _sha(command[1]), *command[2:])
-                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+                pipe.execute_command(*command)
         try:
             replies = pipe.execute(raise_on_error=False)
         finally:
             pipe.reset()
-        if load:
-            loads, replies = replies[: len(_SCRIPTS)], replies[len(_SCRIPTS) :]
-            self._loaded = not any(isinstance(reply, Exception) for reply in loads)
         out, index = [], 0
         for op in batch:
             out.append(replies[index : index + len(op.commands)])
@@ -736,7 +735,7 @@ class RedisBroker(Broker, MediaBroker):
     def _listen(self) -> None:
         failures = 0
         while not self._closed:
-            pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+            pubsub = self._clients.node.pubsub()  # type: ignore[no-untyped-call]
             with self._lock:
                 self._listening = True
             try:
@@ -853,7 +852,7 @@ class RedisBroker(Broker, MediaBroker):
         with self._lock:
             after = self._last.get(topic)  # None: none delivered yet, so all are new
         room = topic.partition(":")[2]
-        pipe = self._client.pipeline(transaction=True)
+        pipe = self._clients.commands().pipeline(transaction=True)
         pipe.hget(self._key(room, "meta"), "last")
         start = "-" if after is None else f"{after + 1}-0"
         pipe.xrange(self._key(room, "log"), start, "+", count=REPAIR_MESSAGES)
@@ -910,7 +909,7 @@ class Publisher:
         self.max_history_messages, self.max_history_bytes = max_history_messages, max_history_bytes
         self.max_text_bytes, self.max_room_name_bytes = max_text_bytes, max_room_name_bytes
         check_numbers(self, self.NUMBERS)
-        self._client = _connect(url, timeout)
+        self._clients = _Clients(url, timeout, text=True)
 
     def post(self, room: str, user: str, text: str) -> int:
         """Post ``text`` to ``room`` as ``user``, as a member of the room would: stored
@@ -947,7 +946,7 @@ class Publisher:
 
     def close(self) -> None:
         """Close the connections to Redis."""
-        self._client.close()
+        self._clients.close()
 
     def __enter__(self) -> Publisher:
         return self
@@ -957,21 +956,44 @@ class Publisher:
 
     def _call(self, *command: Any) -> Any:
         try:
-            return self._client.execute_command(*command)  # type: ignore[no-untyped-call]
+            return self._clients.commands().execute_command(*command)
         except redis.RedisError as exc:
             raise BrokerUnavailable(f"Redis at {self.url} failed: {exc}") from exc
 
 
-def _connect(url: str, timeout: float, text: bool = True) -> redis.Redis:
-    """A client of ``url`` whose round trips take at most ``timeout`` seconds; its
-    replies are ``str`` (``text``) or ``bytes``."""
-    return redis.Redis.from_url(
-        url,
-        decode_responses=text,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),  # a script is never sent twice: a post, twice stored
-    )
+class _Clients:
+    """The clients of one Redis, or of a Redis Cluster (found out on first use): one of
+    the node ``url`` names, for pub/sub (a cluster gives every ``PUBLISH`` to every
+    node), and one for commands (sent to the node of their keys' slot, on a cluster).
+    Their round trips take at most ``timeout`` seconds; their replies are ``str``
+    (``text``) or ``bytes``."""
+
+    def __init__(self, url: str, timeout: float, text: bool) -> None:
+        self.options: dict[str, Any] = {
+            "decode_responses": text,
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),  # a script is never sent twice: a post, twice stored
+        }
+        self.url = url
+        self.node = redis.Redis.from_url(url, **self.options)
+        self._commands: Any = None
+        self._lock = threading.Lock()
+
+    def commands(self) -> Any:
+        """The client for commands (the first call asks Redis whether it is a cluster)."""
+        with self._lock:
+            if self._commands is None:
+                if self.node.info("cluster").get("cluster_enabled"):
+                    self._commands = RedisCluster.from_url(self.url, **self.options)
+                else:
+                    self._commands = self.node
+            return self._commands
+
+    def close(self) -> None:
+        if self._commands is not None and self._commands is not self.node:
+            self._commands.close()
+        self.node.close()
 
 
 def _key(prefix: str, room: str, kind: str) -> str:
