@@ -81,7 +81,7 @@ class _Stream:
     publisher: Connection | None = None
     init: bytes | None = None
     key: bytes | None = None  # the latest key frame (kept with a broker only)
-    claimed: bool = False  # the broker made the local publisher the stream's
+    claiming: Connection | None = None  # a publisher whose claim the broker has not answered
     subscribed: bool = False  # to the broker's media of this stream
     viewers: dict[Connection, _Viewer] = field(default_factory=dict)
     addresses: Counter[object] = field(default_factory=Counter)  # address -> viewers
@@ -190,7 +190,7 @@ class StreamServer(ChannelServer):
         ``None``. Checked at the handshake, and again (under the lock) when it opens."""
         live = stream is not None and stream.publisher is not None
         if request.query.get("role") == "publish":
-            if live:
+            if live or (stream is not None and stream.claiming is not None):
                 return 409, CloseCode.POLICY_VIOLATION, "this stream already has a publisher"
             if self._live >= self.max_streams:
                 return 503, CloseCode.TRY_AGAIN_LATER, "this server carries all the streams it can"
@@ -230,8 +230,10 @@ class StreamServer(ChannelServer):
             if self._is_publisher(conn):
                 self._publishing[self._publisher_key(conn.request, conn.user)] += 1
                 self._live += 1
-                stream.publisher, stream.init, stream.key = conn, None, None
-                _discount(self._waiting, stream.addresses)  # its viewers wait no more
+                if self.broker is None:
+                    self._publish(stream, conn)
+                else:  # the stream's publisher once the broker says no other process is
+                    stream.claiming = conn
             else:
                 viewer = stream.viewers[conn] = _Viewer()
                 address = _address(conn.request)
@@ -266,17 +268,25 @@ class StreamServer(ChannelServer):
             if media is not None:
                 conn.send(media)
 
+    def _publish(self, stream: _Stream, conn: Connection) -> None:
+        """``conn`` becomes the stream's publisher (with the lock)."""
+        stream.publisher, stream.init, stream.key = conn, None, None
+        _discount(self._waiting, stream.addresses)  # its viewers wait no more
+
     def _claimed(self, conn: Connection, claimed: bool | Exception) -> None:
         """The broker's answer to a publisher's claim of its stream."""
-        stream = self._streams.get(self._stream_id(conn.request))
-        if stream is None or stream.publisher is not conn:
-            return  # it left meanwhile
+        with self._lock:
+            stream = self._streams.get(self._stream_id(conn.request))
+            if stream is None or stream.claiming is not conn:
+                return  # it left meanwhile
+            if claimed is True:
+                stream.claiming = None
+                self._publish(stream, conn)
         if isinstance(claimed, Exception):
             conn.close(CloseCode.TRY_AGAIN_LATER, "the streams' broker is unavailable")
         elif not claimed:
             conn.close(CloseCode.POLICY_VIOLATION, "this stream already has a publisher")
         else:
-            stream.claimed = True
             conn.send_json({"type": "publishing", "stream": self._stream_id(conn.request)})
 
     def _kept(self, conn: Connection, stream_id: str, kept: Kept | Exception) -> None:
@@ -323,26 +333,31 @@ class StreamServer(ChannelServer):
             stream = self._streams.get(stream_id)
             if stream is None:
                 return
-            if conn is stream.publisher:  # the stream ends: its viewers are closed
-                del self._streams[stream_id]
+            claiming = False
+            if conn is stream.publisher or conn is stream.claiming:
                 self._live -= 1
                 _discount(self._publishing, [self._publisher_key(conn.request, conn.user)])
+            if conn is stream.publisher:  # the stream ends: its viewers are closed
+                del self._streams[stream_id]
                 viewers = list(stream.viewers)
-                if stream.claimed and self.broker is not None:
+                if self.broker is not None:
                     self.broker.release(stream_id)
+            elif claiming := conn is stream.claiming:  # refused, or left before the answer
+                stream.claiming = None
+                viewers = None
             elif stream.viewers.pop(conn, None) is not None:
                 viewers = None
                 address = _address(conn.request)
                 _discount(stream.addresses, [address])
-                if stream.publisher is None:
-                    if not stream.addresses[address]:
-                        _discount(self._waiting, [address])
-                    if not stream.viewers:
-                        del self._streams[stream_id]
+                if stream.publisher is None and not stream.addresses[address]:
+                    _discount(self._waiting, [address])
             else:
                 return  # refused in on_connect, or a viewer of a stream that ended
+            if stream.publisher is None and stream.claiming is None and not stream.viewers:
+                self._streams.pop(stream_id, None)
         if viewers is None:
-            self._to_publisher(stream, {"type": "viewer", "event": "left", "id": conn.id})
+            if not claiming:
+                self._to_publisher(stream, {"type": "viewer", "event": "left", "id": conn.id})
             if stream_id not in self._streams:
                 self._unsubscribe(stream_id, stream)
             return
@@ -399,8 +414,8 @@ class StreamServer(ChannelServer):
 
     def _share(self, conn: Connection, stream: _Stream, media: bytes) -> None:
         """Publish the local publisher's ``media`` to the other processes: as it is."""
-        if self.broker is None or not stream.claimed:
-            return  # no broker; or not yet the stream's publisher (its viewers here only)
+        if self.broker is None:
+            return
         keep = media[0] == INIT or (media[0] == KEY and media is stream.key)
         self.broker.publish_media(self._stream_id(conn.request), media, keep)
 
@@ -411,12 +426,16 @@ class StreamServer(ChannelServer):
             stream = self._streams.get(stream_id)
             if stream is None or stream.publisher is not None:
                 return  # no viewer here; or published here (relayed here already)
-            if media == b"":
-                del self._streams[stream_id]
+            if media == b"":  # its viewers here are closed (a publisher claiming it stays)
                 _discount(self._waiting, stream.addresses)
                 viewers = list(stream.viewers)
+                stream.viewers.clear()
+                stream.addresses.clear()
+                if gone := stream.claiming is None:
+                    del self._streams[stream_id]
         if media == b"":
-            self._unsubscribe(stream_id, stream)
+            if gone:
+                self._unsubscribe(stream_id, stream)
             self._end(stream_id, viewers)
         elif media is None:  # what was missed counts as a drop: the viewers are told
             for viewer, state in list(stream.viewers.items()):
