@@ -21,6 +21,7 @@ from spoc_sockets.channels.brokers import (
     Kept,
     RoomsFull,
 )
+from spoc_sockets.channels.brokers import redis as redis_broker_module
 from spoc_sockets.channels.brokers.memory import MemoryBroker
 from spoc_sockets.channels.brokers.redis import RedisBroker
 
@@ -255,6 +256,21 @@ def test_keys_of_a_room_share_one_hash_slot(redis_server: RedisServer) -> None:
         client = redis.Redis.from_url(redis_server.url)
         keys = client.keys("spoc:*")
         assert len(keys) == 4 and len({key_slot(key) for key in keys}) == 1  # Cluster's rule
+    finally:
+        broker.close()
+
+
+def test_a_new_subscription_is_made_at_once_not_at_the_listeners_next_look(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_broker_module, "LISTEN_INTERVAL", 3600.0)  # it never looks
+    broker = RedisBroker(redis_server.url)
+    try:
+        attached(broker, "room:a")
+        join(broker, "a", "ada")  # subscribed when the listener started
+        broker.subscribe("room:b")  # while the listener waits for an event
+        assert join(broker, "b", "ada") is True  # not "not subscribed" after 5 s: woken
+        assert post(broker, "b", "hi")["text"] == "hi"
     finally:
         broker.close()
 

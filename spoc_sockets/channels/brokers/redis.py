@@ -30,6 +30,7 @@ after ``base``, the Redis time in milliseconds times 1000, so ids never restart 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -574,6 +575,8 @@ class RedisBroker(Broker, MediaBroker):
             self._closed = True
             self._lock.notify_all()
             threads, self._threads = self._threads, []
+        if threads:
+            self._wake()  # the listener sees it is closed now
         for thread in threads:
             thread.join(timeout=SUBSCRIBE_TIMEOUT + 1)
         self._clients.close()
@@ -631,6 +634,10 @@ class RedisBroker(Broker, MediaBroker):
                     batch, self._ops = list(self._ops), deque()
                     break
                 batch, self._ops = list(self._ops), deque()
+                wake = bool(self._unconfirmed(batch))
+            if wake:
+                self._wake()
+            with self._lock:
                 batch, unsubscribed = self._subscribed_first(batch)
                 for op in batch:
                     if op.apply is not None:
@@ -655,16 +662,30 @@ class RedisBroker(Broker, MediaBroker):
         missed between a join's history and the room's fan-out, and every post's
         poster gets it. While the listener is down, nothing waits: what needs a
         subscription fails at once."""
-        needed = {op.topic for op in batch if op.topic is not None}
+        needed = {op.topic for op in batch if op.topic is not None} & self._wanted.keys()
 
-        def missing() -> set[str]:
-            wanted = needed & self._wanted.keys()
-            return wanted - self._confirmed if self._listening else set()
+        def ready_or_closed() -> bool:
+            return self._closed or not self._unconfirmed(batch)
 
-        self._lock.wait_for(lambda: self._closed or not missing(), timeout=SUBSCRIBE_TIMEOUT)
-        unready = missing() if self._listening else needed & self._wanted.keys()
+        self._lock.wait_for(ready_or_closed, timeout=SUBSCRIBE_TIMEOUT)
+        unready = self._unconfirmed(batch) if self._listening else needed
         ready = [op for op in batch if op.topic not in unready]
         return ready, [op for op in batch if op.topic in unready]
+
+    def _unconfirmed(self, batch: list[_Op]) -> set[str]:
+        """The subscriptions the batch waits for: wanted, not yet confirmed by Redis, and
+        being made (none while the listener waits to connect again). With the lock."""
+        if not self._listening:
+            return set()
+        needed = {op.topic for op in batch if op.topic is not None}
+        return (needed & self._wanted.keys()) - self._confirmed
+
+    def _wake(self) -> None:
+        """Wake the listener, which may be waiting for an event, so that it makes the new
+        subscriptions now rather than at its next look (``LISTEN_INTERVAL`` later): a
+        message on this process's own channel, which only its listener hears."""
+        with contextlib.suppress(redis.RedisError):  # it looks again soon all the same
+            self._clients.commands().publish(self._channel(f"wake:{self.node}"), b"")
 
     def _refresh_ops(self) -> list[_Op]:
         """This process's presence in each of its rooms, written again (with the lock)."""
@@ -760,6 +781,8 @@ class RedisBroker(Broker, MediaBroker):
         sent: set[str] = set()  # the topics subscribed on this connection
         skip = len(self.prefix) + 1
         probe = _Probe(self.probe_interval, self.timeout)
+        wake = f"wake:{self.node}"
+        pubsub.subscribe(self._channel(wake))  # see _wake
         with self._lock:  # what was unsubscribed while there was no connection
             for topic in self._last.keys() - self._wanted.keys():
                 del self._last[topic]
@@ -785,7 +808,9 @@ class RedisBroker(Broker, MediaBroker):
                 probe.heard()
                 channel = message["channel"]
                 topic = channel.decode()[skip:] if isinstance(channel, bytes) else ""
-                if message["type"] == "message" and topic.startswith("stream:"):
+                if topic == wake:
+                    pass  # woken: the topics wanted are looked at again, now
+                elif message["type"] == "message" and topic.startswith("stream:"):
                     self._relay_media(topic, bytes(message["data"]))
                 elif message["type"] == "message":
                     self._relay_one(deliver, topic, message["data"].decode())
