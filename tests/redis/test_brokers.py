@@ -408,7 +408,7 @@ def test_messages_posted_while_the_subscription_was_down_are_repaired_once_in_or
         got = events.take(4)  # the three, and what could not be repaired: presence
         post(node_b, "r", "m5")  # after: a duplicate would show before it
         got += events.take(1)
-        told = {"type": "missed", "what": ["presence"], "room": "r"}
+        told = {"type": "missed", "what": ["presence"], "room": "r", "members": ["ada"]}
         assert [event for _, event in got if event["type"] == "missed"] == [told]
         texts = [event["text"] for _, event in got if event["type"] == "message"]
         assert texts == ["m2", "m3", "m4", "m5"] and node_a.reconnects == 1
@@ -429,11 +429,16 @@ def test_after_a_subscription_outage_what_could_not_be_repaired_is_told(
         assert [event["text"] for _, event in events.take(1)] == ["m1"]
         client = redis.Redis.from_url(redis_server.url)
         client.client_kill_filter(_type="pubsub")
+        join(node_b, "r", "bob")  # while node A hears nothing: it is given the members
         for n in range(2, 6):  # the room keeps 2: m2 and m3 are lost to node A
             post(node_b, "r", f"m{n}", max_messages=2)
         got = events.take(4)  # m4, m5 (repaired or not), and two missed events
-        missed = sorted((topic, event["what"]) for topic, event in got if event["type"] == "missed")
-        assert missed == [("room:r", ["messages", "presence"]), ("user:ada", ["notifications"])]
+        missed = sorted((topic, event) for topic, event in got if event["type"] == "missed")
+        assert missed == [
+            ("room:r", {"type": "missed", "what": ["messages", "presence"], "room": "r",
+                        "members": ["ada", "bob"]}),
+            ("user:ada", {"type": "missed", "what": ["notifications"]}),
+        ]  # fmt: skip
         texts = [event["text"] for _, event in got if event["type"] == "message"]
         assert texts == ["m4", "m5"]
     finally:

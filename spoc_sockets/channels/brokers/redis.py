@@ -837,7 +837,7 @@ class RedisBroker(Broker, MediaBroker):
             return
         if kind == "room":
             lost = [] if self._repair(deliver, topic) else ["messages"]
-            event = missed([*lost, "presence"], name)  # presence events are not kept
+            event = missed([*lost, "presence"], name, self._members_now(name))
         else:
             event = missed(["notifications"])  # nor notifications
         for callback in deliver:
@@ -869,6 +869,17 @@ class RedisBroker(Broker, MediaBroker):
                 return False  # not subscribed: nothing to repair
             self._last[topic] = last
             return True
+
+    def _members_now(self, room: str) -> list[str] | None:
+        """The members of ``room`` (presence events are not kept: the list is what can be
+        given again), or ``None`` if Redis did not answer."""
+        try:
+            reply = self._clients.commands().execute_command(
+                "EVAL", _MEMBERS, *self._presence(room)
+            )
+        except redis.RedisError:
+            return None
+        return sorted(_text(reply))
 
     def _repair(self, deliver: list[Deliver], topic: str) -> bool:
         """Deliver the room's messages posted while there was no subscription, from the
