@@ -127,6 +127,18 @@ def notification(payload: Any) -> str:
         raise UsageError(f"the payload is not encodable as JSON: {payload!r:.80}") from None
 
 
+def missed(what: list[str], room: str | None = None, members: list[str] | None = None) -> str:
+    """The ``missed`` event: ``what`` (``messages``, ``presence``, ``notifications``) may
+    have been lost, in ``room`` (whose ``members`` are these now, when known) or, without
+    one, for the user."""
+    event: dict[str, Any] = {"type": "missed", "what": what}
+    if room is not None:
+        event["room"] = room
+    if members is not None:
+        event["members"] = members
+    return dump_json(event)
+
+
 def is_loopback(request: Request) -> bool:
     """Whether ``request`` comes straight from this machine: a loopback peer, and no
     proxy header saying it was forwarded for someone else."""

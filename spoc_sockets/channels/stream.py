@@ -20,6 +20,11 @@ which by default refuses guests; a second one is refused with 409). When it leav
 viewer gets ``{"type": "ended"}`` and close code 4000 (:data:`STREAM_ENDED`); a new
 publisher can then take over.
 
+With a ``broker`` (a :class:`~spoc_sockets.channels.brokers.MediaBroker`, such as
+:class:`~spoc_sockets.channels.brokers.redis.RedisBroker`), a stream spans processes: its
+publisher on one, viewers on any; see ``docs/scale-out.rst``. Without one (the default),
+everything stays in this process.
+
 What a client can make the server hold is bounded: live streams per server and per user,
 streams without a publisher that viewers wait on per address, the init segment kept for
 late viewers, signalling messages (size and nesting).
@@ -36,8 +41,9 @@ from typing import Any, ClassVar
 
 from ..channel import ChannelServer, Connection
 from ..errors import CloseCode, Reject, UsageError
-from ..limits import Number
+from ..limits import Number, shown
 from ..request import Request
+from .brokers import Kept, MediaBroker
 from .chat import dump_json, load_json, utf8_size
 
 __all__ = ["DELTA", "INIT", "KEY", "STREAM_ENDED", "STREAM_ID", "StreamServer", "StreamStats"]
@@ -66,12 +72,17 @@ class _Viewer:
     waiting_key: bool = True  # skip media until a key frame
     lagging: bool = False  # waiting because media was dropped (not a late join)
     dropped: int = 0
+    pending: bool = False  # waiting for what the broker keeps (a late viewer): no media yet
+    init: bytes | None = None  # an init segment relayed while pending
 
 
 @dataclass
 class _Stream:
     publisher: Connection | None = None
     init: bytes | None = None
+    key: bytes | None = None  # the latest key frame (kept with a broker only)
+    claiming: Connection | None = None  # a publisher whose claim the broker has not answered
+    subscribed: bool = False  # to the broker's media of this stream
     viewers: dict[Connection, _Viewer] = field(default_factory=dict)
     addresses: Counter[object] = field(default_factory=Counter)  # address -> viewers
     stats: StreamStats = field(default_factory=StreamStats)
@@ -93,6 +104,7 @@ class StreamServer(ChannelServer):
     max_json_depth: int = 8
     #: largest init segment kept for late viewers, in bytes (larger: ``init_too_large``);
     #: at most half of ``max_buffered_amount``, so a late viewer's queue always takes it
+    #: (with a broker, the latest key frame is kept too, if no larger)
     max_init_size: int = 1 * 2**20
     #: live streams (with a publisher) this server carries at once (more: 503)
     max_streams: int = 1000
@@ -101,6 +113,8 @@ class StreamServer(ChannelServer):
     #: streams without a publisher that viewers from one address wait on at once
     #: (more: 429)
     max_waiting_streams_per_address: int = 16
+    #: shares the streams with other processes (``None``: in this process only)
+    broker: MediaBroker | None = None
 
     RENAMED: ClassVar[dict[str, str]] = {"viewer_buffer": "viewer_buffer_bytes"}
     NUMBERS: ClassVar[dict[str, Number]] = {
@@ -116,6 +130,7 @@ class StreamServer(ChannelServer):
     OPTIONS: ClassVar[tuple[str, ...]] = (
         *ChannelServer.OPTIONS,
         *(name for name in NUMBERS if name not in ChannelServer.OPTIONS),
+        "broker",
     )
 
     def __init__(self, **options: Any) -> None:
@@ -125,6 +140,8 @@ class StreamServer(ChannelServer):
         self._publishing: Counter[object] = Counter()  # publisher key -> streams
         self._live = 0  # streams with a publisher
         self._waiting: Counter[object] = Counter()  # address -> streams without publisher
+        if self.broker is not None:
+            self.broker.attach_media(self._deliver)
 
     def _check_options(self) -> None:
         super()._check_options()
@@ -133,6 +150,8 @@ class StreamServer(ChannelServer):
                 f"max_init_size ({self.max_init_size}) is at most half of max_buffered_amount"
                 f" ({self.max_buffered_amount}), or a late viewer could miss the init segment"
             )
+        if self.broker is not None and not isinstance(self.broker, MediaBroker):
+            raise UsageError(f"broker is a MediaBroker or None, not {shown(self.broker)}")
 
     # -- policy ---------------------------------------------------------------------------
 
@@ -171,7 +190,7 @@ class StreamServer(ChannelServer):
         ``None``. Checked at the handshake, and again (under the lock) when it opens."""
         live = stream is not None and stream.publisher is not None
         if request.query.get("role") == "publish":
-            if live:
+            if live or (stream is not None and stream.claiming is not None):
                 return 409, CloseCode.POLICY_VIOLATION, "this stream already has a publisher"
             if self._live >= self.max_streams:
                 return 503, CloseCode.TRY_AGAIN_LATER, "this server carries all the streams it can"
@@ -211,31 +230,86 @@ class StreamServer(ChannelServer):
             if self._is_publisher(conn):
                 self._publishing[self._publisher_key(conn.request, conn.user)] += 1
                 self._live += 1
-                stream.publisher, stream.init = conn, None
-                _discount(self._waiting, stream.addresses)  # its viewers wait no more
+                if self.broker is None:
+                    self._publish(stream, conn)
+                else:  # the stream's publisher once the broker says no other process is
+                    stream.claiming = conn
             else:
-                stream.viewers[conn] = _Viewer()
+                viewer = stream.viewers[conn] = _Viewer()
                 address = _address(conn.request)
                 stream.addresses[address] += 1
                 if stream.publisher is None and stream.addresses[address] == 1:
                     self._waiting[address] += 1
-            live = stream.publisher is not None
-            init = stream.init
+                remote = self.broker is not None and stream.publisher is None
+                viewer.pending = remote  # its publisher may be on another process
+                subscribe = remote and not stream.subscribed
+                stream.subscribed |= subscribe
+            kept = Kept(stream.publisher is not None, stream.init, stream.key)
         if self._is_publisher(conn):
-            conn.send_json({"type": "publishing", "stream": stream_id})
+            if self.broker is None:
+                conn.send_json({"type": "publishing", "stream": stream_id})
+            else:
+                self.broker.claim(stream_id, lambda claimed: self._claimed(conn, claimed))
             return
-        conn.send_json({"type": "viewing", "stream": stream_id, "live": live, "id": conn.id})
-        if init is not None:
-            conn.send(init)
-        self._to_publisher(stream, {"type": "viewer", "event": "joined", "id": conn.id})
+        if not viewer.pending:
+            self._welcome(conn, stream_id, kept)
+            self._to_publisher(stream, {"type": "viewer", "event": "joined", "id": conn.id})
+            return
+        assert self.broker is not None
+        if subscribe:
+            self.broker.subscribe(f"stream:{stream_id}")
+        self.broker.kept(stream_id, lambda kept: self._kept(conn, stream_id, kept))
+
+    def _welcome(self, conn: Connection, stream_id: str, kept: Kept) -> None:
+        """A new viewer's start: ``viewing``, then the init segment and the latest key
+        frame kept (it skips media until the next key frame)."""
+        conn.send_json({"type": "viewing", "stream": stream_id, "live": kept.live, "id": conn.id})
+        for media in (kept.init, kept.key):
+            if media is not None:
+                conn.send(media)
+
+    def _publish(self, stream: _Stream, conn: Connection) -> None:
+        """``conn`` becomes the stream's publisher (with the lock)."""
+        stream.publisher, stream.init, stream.key = conn, None, None
+        _discount(self._waiting, stream.addresses)  # its viewers wait no more
+
+    def _claimed(self, conn: Connection, claimed: bool | Exception) -> None:
+        """The broker's answer to a publisher's claim of its stream."""
+        with self._lock:
+            stream = self._streams.get(self._stream_id(conn.request))
+            if stream is None or stream.claiming is not conn:
+                return  # it left meanwhile
+            if claimed is True:
+                stream.claiming = None
+                self._publish(stream, conn)
+        if isinstance(claimed, Exception):
+            conn.close(CloseCode.TRY_AGAIN_LATER, "the streams' broker is unavailable")
+        elif not claimed:
+            conn.close(CloseCode.POLICY_VIOLATION, "this stream already has a publisher")
+        else:
+            conn.send_json({"type": "publishing", "stream": self._stream_id(conn.request)})
+
+    def _kept(self, conn: Connection, stream_id: str, kept: Kept | Exception) -> None:
+        """The broker's answer for a late viewer: what the stream keeps."""
+        stream = self._streams.get(stream_id)
+        state = stream.viewers.get(conn) if stream is not None else None
+        if state is None:
+            return  # it left meanwhile
+        if isinstance(kept, Exception):
+            conn.close(CloseCode.TRY_AGAIN_LATER, "the streams' broker is unavailable")
+            return
+        if state.init is not None:  # relayed meanwhile: newer than the one kept
+            kept = Kept(True, state.init)
+        self._welcome(conn, stream_id, kept)
+        state.pending, state.init = False, None
 
     def on_message(self, conn: Connection, message: str | bytes) -> None:
         stream = self._streams.get(self._stream_id(conn.request))
         if stream is None or (conn is not stream.publisher and conn not in stream.viewers):
             return  # a stream that ended: its viewers are being closed
         if isinstance(message, bytes):
-            if conn is stream.publisher and message:
-                self._relay(stream, message)
+            if conn is stream.publisher and message and self._relay(stream, message):
+                self._share(conn, stream, message)
             return
         if utf8_size(message) > self.max_signal_size:
             conn.send_json({"type": "error", "code": "too_long"})
@@ -259,25 +333,39 @@ class StreamServer(ChannelServer):
             stream = self._streams.get(stream_id)
             if stream is None:
                 return
-            if conn is stream.publisher:  # the stream ends: its viewers are closed
-                del self._streams[stream_id]
+            claiming = False
+            if conn is stream.publisher or conn is stream.claiming:
                 self._live -= 1
                 _discount(self._publishing, [self._publisher_key(conn.request, conn.user)])
+            if conn is stream.publisher:  # the stream ends: its viewers are closed
+                del self._streams[stream_id]
                 viewers = list(stream.viewers)
+                if self.broker is not None:
+                    self.broker.release(stream_id)
+            elif claiming := conn is stream.claiming:  # refused, or left before the answer
+                stream.claiming = None
+                viewers = None
             elif stream.viewers.pop(conn, None) is not None:
                 viewers = None
                 address = _address(conn.request)
                 _discount(stream.addresses, [address])
-                if stream.publisher is None:
-                    if not stream.addresses[address]:
-                        _discount(self._waiting, [address])
-                    if not stream.viewers:
-                        del self._streams[stream_id]
+                if stream.publisher is None and not stream.addresses[address]:
+                    _discount(self._waiting, [address])
             else:
                 return  # refused in on_connect, or a viewer of a stream that ended
+            if stream.publisher is None and stream.claiming is None and not stream.viewers:
+                self._streams.pop(stream_id, None)
         if viewers is None:
-            self._to_publisher(stream, {"type": "viewer", "event": "left", "id": conn.id})
+            if not claiming:
+                self._to_publisher(stream, {"type": "viewer", "event": "left", "id": conn.id})
+            if stream_id not in self._streams:
+                self._unsubscribe(stream_id, stream)
             return
+        self._unsubscribe(stream_id, stream)
+        self._end(stream_id, viewers)
+
+    def _end(self, stream_id: str, viewers: list[Connection]) -> None:
+        """Tell ``viewers`` the stream ended, and close them."""
         ended = dump_json({"type": "ended", "stream": stream_id})
         self.broadcast(ended, to=viewers)
         for viewer in viewers:
@@ -285,19 +373,25 @@ class StreamServer(ChannelServer):
 
     # -- relay ------------------------------------------------------------------------------
 
-    def _relay(self, stream: _Stream, media: bytes) -> None:
+    def _relay(self, stream: _Stream, media: bytes) -> bool:
+        """Relay ``media`` to the viewers here; False if it is refused (too large)."""
         kind = media[0]
         if kind == INIT and len(media) > self.max_init_size:
-            stream.init = None  # the recording it started is not decodable either
+            stream.init = stream.key = None  # the recording it started is not decodable
             if stream.publisher is not None:
                 error = {"type": "error", "code": "init_too_large", "max": self.max_init_size}
                 stream.publisher.send_json(error)
-            return
+            return False
         stream.stats.bytes_in += len(media)
         if kind == INIT:
-            stream.init = media
+            stream.init, stream.key = media, None
+        elif kind == KEY and self.broker is not None:
+            stream.key = media if len(media) <= self.max_init_size else None
         recipients = []
         for viewer, state in list(stream.viewers.items()):
+            if state.pending:
+                state.init = media if kind == INIT else state.init
+                continue
             if kind == KEY:
                 if state.lagging:
                     viewer.send_json({"type": "resumed", "dropped": state.dropped})
@@ -314,6 +408,49 @@ class StreamServer(ChannelServer):
         if recipients:
             self.broadcast(media, to=recipients)
             stream.stats.bytes_out += len(media) * len(recipients)
+        return True
+
+    # -- across processes (with a broker) ----------------------------------------------------
+
+    def _share(self, conn: Connection, stream: _Stream, media: bytes) -> None:
+        """Publish the local publisher's ``media`` to the other processes: as it is."""
+        if self.broker is None:
+            return
+        keep = media[0] == INIT or (media[0] == KEY and media is stream.key)
+        self.broker.publish_media(self._stream_id(conn.request), media, keep)
+
+    def _deliver(self, stream_id: str, media: bytes | None) -> None:
+        """Media of a publisher on another process (``b""``: it ended; ``None``: some
+        may have been missed)."""
+        with self._lock:
+            stream = self._streams.get(stream_id)
+            if stream is None or stream.publisher is not None:
+                return  # no viewer here; or published here (relayed here already)
+            if media == b"":  # its viewers here are closed (a publisher claiming it stays)
+                _discount(self._waiting, stream.addresses)
+                viewers = list(stream.viewers)
+                stream.viewers.clear()
+                stream.addresses.clear()
+                if gone := stream.claiming is None:
+                    del self._streams[stream_id]
+        if media == b"":
+            if gone:
+                self._unsubscribe(stream_id, stream)
+            self._end(stream_id, viewers)
+        elif media is None:  # what was missed counts as a drop: the viewers are told
+            for viewer, state in list(stream.viewers.items()):
+                if not state.pending:
+                    state.waiting_key = state.lagging = True
+                    self._drop(stream, viewer, state)
+        else:
+            self._relay(stream, media)
+
+    def _unsubscribe(self, stream_id: str, stream: _Stream) -> None:
+        """The stream is gone from here: its media is not needed any more."""
+        with self._lock:
+            subscribed, stream.subscribed = stream.subscribed, False
+        if subscribed and self.broker is not None:
+            self.broker.unsubscribe(f"stream:{stream_id}")
 
     @staticmethod
     def _drop(stream: _Stream, viewer: Connection, state: _Viewer) -> None:

@@ -11,9 +11,9 @@ and gets a user id the server chose (the name asked for, plus a random suffix) s
 with HMAC-SHA256 under a secret (made for this process, unless given); the chat trusts
 only that token. Both channels accept browsers only from the page's own origin.
 
-With a Redis URL the chat keeps its rooms on Redis
-(:class:`~spoc_sockets.channels.brokers.redis.RedisBroker`), so several demo processes
-share them; given the same secret, each accepts the tokens the others issued.
+With a Redis URL the chat keeps its rooms on Redis, and the stream spans processes
+(one :class:`~spoc_sockets.channels.brokers.redis.RedisBroker` for both), so several demo
+processes share them; given the same secret, each accepts the tokens the others issued.
 """
 
 from __future__ import annotations
@@ -192,18 +192,19 @@ def demo_router(redis_url: str | None = None, secret: bytes | None = None) -> Ro
     """The demo's router: the real chat and stream channels, the page at ``/``, and the
     token route at ``/token``.
 
-    ``redis_url``: keep the chat's rooms on that Redis (a
-    :class:`~spoc_sockets.channels.brokers.redis.RedisBroker`), shared by every demo
+    ``redis_url``: keep the chat's rooms on that Redis, and share the streams through
+    it (one :class:`~spoc_sockets.channels.brokers.redis.RedisBroker`), with every demo
     process using it; ``None``: in this process. ``secret``: what signs the tokens (see
     :class:`TokenIssuer`)."""
     tokens = TokenIssuer(secret=secret)
     if redis_url is None:
-        chat = DemoChat(tokens)
+        chat, stream = DemoChat(tokens), DemoStream()
     else:
         from ..channels.brokers.redis import RedisBroker  # needs the redis extra
 
-        chat = DemoChat(tokens, broker=RedisBroker(redis_url))
-    router = setup_websocket_handlers(chat, DemoStream())
+        broker = RedisBroker(redis_url)
+        chat, stream = DemoChat(tokens, broker=broker), DemoStream(broker=broker)
+    router = setup_websocket_handlers(chat, stream)
     for path, (name, content_type) in STATIC_FILES.items():
         router.add_http(path, static_handler(name, content_type))
     router.add_http("/token", tokens.handler)

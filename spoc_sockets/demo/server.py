@@ -5,7 +5,8 @@ the chat channel at ``/chat`` and the stream channel at ``/stream`` and
 ``/stream/{stream_id}`` on 127.0.0.1:8765, and refuses every other path with 404.
 Ctrl-C or SIGTERM stops it gracefully: each client gets close 1001.
 
-``--redis URL`` keeps the chat's rooms on Redis, shared by every demo process using it;
+``--redis URL`` keeps the chat's rooms on Redis, and shares the streams through it, with
+every demo process using it;
 the token secret comes from ``SPOC_DEMO_SECRET`` (or ``--secret``) so that they accept
 each other's tokens.
 """
@@ -97,8 +98,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--redis",
         type=_redis_url,
         metavar="URL",
-        help="keep the chat's rooms on this Redis (redis://127.0.0.1:6379/0), shared by "
-        "every demo process using it",
+        help="keep the chat's rooms on this Redis (redis://127.0.0.1:6379/0), and share the "
+        "streams through it, with every demo process using it",
     )
     parser.add_argument(
         "--secret",

@@ -14,7 +14,14 @@ import redis
 from redis.crc import key_slot
 
 from spoc_sockets import UsageError
-from spoc_sockets.channels.brokers import Broker, BrokerUnavailable, HistoryPage, RoomsFull
+from spoc_sockets.channels.brokers import (
+    Broker,
+    BrokerUnavailable,
+    HistoryPage,
+    Kept,
+    RoomsFull,
+)
+from spoc_sockets.channels.brokers import redis as redis_broker_module
 from spoc_sockets.channels.brokers.memory import MemoryBroker
 from spoc_sockets.channels.brokers.redis import RedisBroker
 
@@ -65,10 +72,12 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
 
 
 def attached(broker: Broker, *topics: str) -> Events:
+    """An ``Events`` attached to ``broker``, subscribed to ``topics`` before the broker
+    starts (Redis subscribes to them at once: a publication on one before would be lost)."""
     events = Events()
-    broker.attach(events)
     for topic in topics:
         broker.subscribe(topic)
+    broker.attach(events)
     return events
 
 
@@ -175,6 +184,19 @@ def test_membership_counts_connections_per_user(broker: Broker) -> None:
     assert members.value == ["bob"]
 
 
+def test_subscriptions_are_counted_for_channels_sharing_a_broker(broker: Broker) -> None:
+    events = attached(broker, "room:r", "room:r")  # two chats, each with a member in r
+    join(broker, "r", "ada")
+    broker.unsubscribe("room:r")  # one of them no more: the other still gets r's events
+    assert post(broker, "r", "one")["text"] == "one"
+    assert [event["text"] for _, event in events.take(1)] == ["one"]
+    broker.unsubscribe("room:r")  # the last one
+    broker.subscribe("room:q")
+    join(broker, "q", "bob")  # once Redis confirmed q, it had stopped r
+    post(broker, "r", "two")
+    assert events.take_until_marker(broker, "room:q") == []
+
+
 def test_a_new_room_past_max_rooms_is_refused(broker: Broker) -> None:
     attached(broker)
     join(broker, "a", "ada", max_rooms=1)
@@ -234,6 +256,57 @@ def test_keys_of_a_room_share_one_hash_slot(redis_server: RedisServer) -> None:
         client = redis.Redis.from_url(redis_server.url)
         keys = client.keys("spoc:*")
         assert len(keys) == 4 and len({key_slot(key) for key in keys}) == 1  # Cluster's rule
+    finally:
+        broker.close()
+
+
+def test_a_new_subscription_is_made_at_once_not_at_the_listeners_next_look(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_broker_module, "LISTEN_INTERVAL", 3600.0)  # it never looks
+    broker = RedisBroker(redis_server.url)
+    try:
+        attached(broker, "room:a")
+        join(broker, "a", "ada")  # subscribed when the listener started
+        broker.subscribe("room:b")  # while the listener waits for an event
+        assert join(broker, "b", "ada") is True  # not "not subscribed" after 5 s: woken
+        assert post(broker, "b", "hi")["text"] == "hi"
+    finally:
+        broker.close()
+
+
+def test_keys_of_a_stream_share_one_hash_slot(redis_server: RedisServer) -> None:
+    broker = RedisBroker(redis_server.url)
+    try:
+        broker.attach_media(lambda stream, media: None)
+        broker.claim("s}{x", claimed := Result[bool]())
+        assert claimed.value is True
+        for media in (b"\x00init", b"\x01key"):
+            broker.publish_media("s}{x", media, keep=True)
+        broker.kept("s}{x", kept := Result[Kept]())
+        assert kept.value == Kept(True, b"\x00init", b"\x01key")
+        keys = redis.Redis.from_url(redis_server.url).keys("spoc:*")
+        assert len(keys) == 3 and len({key_slot(key) for key in keys}) == 1
+    finally:
+        broker.close()
+
+
+def test_scripts_run_by_sha_and_again_whole_after_redis_forgot_them(
+    redis_server: RedisServer,
+) -> None:
+    broker = RedisBroker(redis_server.url)
+    try:
+        attached(broker)
+        join(broker, "r", "ada")
+        first = post(broker, "r", "one")["id"]
+        client = redis.Redis.from_url(redis_server.url)
+        calls = client.info("commandstats")
+        assert calls["cmdstat_evalsha"]["calls"] >= 2 and "cmdstat_eval" not in calls
+        client.script_flush()
+        assert post(broker, "r", "two")["id"] == first + 1  # once: not stored twice
+        assert texts(history(broker, "r", first - 1)) == ["one", "two"]
+        assert post(broker, "r", "three")["id"] == first + 2
+        assert client.info("commandstats")["cmdstat_eval"]["calls"] == 1  # loaded again
     finally:
         broker.close()
 
@@ -332,10 +405,42 @@ def test_messages_posted_while_the_subscription_was_down_are_repaired_once_in_or
         client.client_kill_filter(_type="pubsub")  # node A's subscription connection drops
         for n in (2, 3, 4):  # while node A connects again (after a backoff of 25 ms or more)
             post(node_b, "r", f"m{n}")
-        texts = [event["text"] for _, event in events.take(3)]
+        got = events.take(4)  # the three, and what could not be repaired: presence
         post(node_b, "r", "m5")  # after: a duplicate would show before it
-        texts += [event["text"] for _, event in events.take(1)]
+        got += events.take(1)
+        told = {"type": "missed", "what": ["presence"], "room": "r", "members": ["ada"]}
+        assert [event for _, event in got if event["type"] == "missed"] == [told]
+        texts = [event["text"] for _, event in got if event["type"] == "message"]
         assert texts == ["m2", "m3", "m4", "m5"] and node_a.reconnects == 1
+    finally:
+        node_a.close()
+        node_b.close()
+
+
+def test_after_a_subscription_outage_what_could_not_be_repaired_is_told(
+    redis_server: RedisServer,
+) -> None:
+    node_a, node_b = RedisBroker(redis_server.url), RedisBroker(redis_server.url)
+    try:
+        events = attached(node_a, "room:r", "user:ada")
+        join(node_a, "r", "ada")
+        attached(node_b)
+        post(node_b, "r", "m1")
+        assert [event["text"] for _, event in events.take(1)] == ["m1"]
+        client = redis.Redis.from_url(redis_server.url)
+        client.client_kill_filter(_type="pubsub")
+        join(node_b, "r", "bob")  # while node A hears nothing: it is given the members
+        for n in range(2, 6):  # the room keeps 2: m2 and m3 are lost to node A
+            post(node_b, "r", f"m{n}", max_messages=2)
+        got = events.take(4)  # m4, m5 (repaired or not), and two missed events
+        missed = sorted((topic, event) for topic, event in got if event["type"] == "missed")
+        assert missed == [
+            ("room:r", {"type": "missed", "what": ["messages", "presence"], "room": "r",
+                        "members": ["ada", "bob"]}),
+            ("user:ada", {"type": "missed", "what": ["notifications"]}),
+        ]  # fmt: skip
+        texts = [event["text"] for _, event in got if event["type"] == "message"]
+        assert texts == ["m4", "m5"]
     finally:
         node_a.close()
         node_b.close()

@@ -1,6 +1,6 @@
-"""``python -m spoc_sockets --redis URL``: demo processes sharing rooms through one real
-redis-server; a user's token, issued by one, is accepted by the others given the same
-secret."""
+"""``python -m spoc_sockets --redis URL``: demo processes sharing rooms and streams
+through one real redis-server; a user's token, issued by one, is accepted by the others
+given the same secret."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 from websockets.sync.client import connect
+from websockets.typing import Origin
 
 from ..processes import ROOT, ServerProcess, running
 from .conftest import RedisServer
@@ -59,3 +60,17 @@ def test_two_demo_processes_share_a_room_exactly_once(redis_server: RedisServer)
             assert demo.stop() == 0
             assert "Traceback" not in demo.output
             assert "no secret" not in demo.output  # the secret came from SPOC_DEMO_SECRET
+
+
+def test_two_demo_processes_share_a_stream(redis_server: RedisServer) -> None:
+    with demo_nodes(redis_server, 2) as ((_, port_a), (_, port_b)):
+        origin_a, origin_b = (Origin(f"http://127.0.0.1:{port}") for port in (port_a, port_b))
+        url_a, url_b = (f"ws://127.0.0.1:{port}/stream/s" for port in (port_a, port_b))
+        with connect(f"{url_a}?role=publish", origin=origin_a) as publisher:
+            assert receive(publisher) == {"type": "publishing", "stream": "s"}
+            with connect(url_b, origin=origin_b) as viewer:
+                assert receive(viewer)["live"] is True
+                sent = [b"\x00header", b"\x01key", b"\x02delta"]
+                for media in sent:
+                    publisher.send(media)
+                assert [viewer.recv(timeout=TIMEOUT) for _ in sent] == sent

@@ -23,13 +23,29 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-__all__ = ["Broker", "BrokerUnavailable", "Deliver", "Done", "HistoryPage", "RoomsFull"]
+__all__ = [
+    "Broker",
+    "BrokerUnavailable",
+    "Deliver",
+    "Done",
+    "HistoryPage",
+    "Kept",
+    "MediaBroker",
+    "MediaDeliver",
+    "RoomsFull",
+]
 
 T = TypeVar("T")
 
 #: ``deliver(topic, event)``: called with the JSON text of every event published on a
 #: subscribed topic, in every process, from whatever thread the broker delivers on.
 Deliver = Callable[[str, str], None]
+
+#: ``deliver(stream_id, media)``: called with the raw bytes of every media message of a
+#: subscribed stream published by another process; ``b""`` when the stream's publisher
+#: left (the stream ended); ``None`` when media may have been missed (the subscription
+#: connection was made again): its viewers restart at the next key frame.
+MediaDeliver = Callable[[str, bytes | None], None]
 
 #: ``done(result)``: called once with an operation's result, or with the exception that
 #: made it fail, from whatever thread the broker completes on.
@@ -61,6 +77,16 @@ class HistoryPage:
     more: bool = False
 
 
+@dataclass(frozen=True)
+class Kept:
+    """What a stream keeps for a late viewer, as :meth:`MediaBroker.kept` returns it:
+    whether some process publishes it, its init segment and its latest key frame."""
+
+    live: bool
+    init: bytes | None = None
+    key: bytes | None = None
+
+
 class Broker(ABC):
     """Room history, membership and publish/subscribe for chat channels.
 
@@ -84,11 +110,12 @@ class Broker(ABC):
 
     @abstractmethod
     def subscribe(self, topic: str) -> None:
-        """Start delivering ``topic``'s events to this process (idempotent)."""
+        """Start delivering ``topic``'s events to this process (counted: channels that
+        share a broker each subscribe, and it stops after as many :meth:`unsubscribe`)."""
 
     @abstractmethod
     def unsubscribe(self, topic: str) -> None:
-        """Stop delivering ``topic``'s events to this process."""
+        """One :meth:`subscribe` less: the last one stops ``topic``'s events."""
 
     @abstractmethod
     def publish(self, topic: str, event: str) -> None:
@@ -143,6 +170,46 @@ class Broker(ABC):
     def room_count(self) -> int:
         """How many rooms this broker holds (with members, or empty and not yet expired).
         Never waits on the network."""
+
+
+class MediaBroker(ABC):
+    """Streams shared by processes: one publisher (on any process) and viewers on every
+    process. Media travels as raw bytes; topics are ``"stream:<id>"``. As with
+    :class:`Broker`, nothing here waits on the network.
+    """
+
+    @abstractmethod
+    def attach_media(self, deliver: MediaDeliver) -> None:
+        """Register the callback that receives media of subscribed streams."""
+
+    @abstractmethod
+    def subscribe(self, topic: str) -> None:
+        """Start delivering ``topic``'s events to this process (counted: as many
+        :meth:`unsubscribe` as subscribe calls stop it)."""
+
+    @abstractmethod
+    def unsubscribe(self, topic: str) -> None:
+        """One :meth:`subscribe` less."""
+
+    @abstractmethod
+    def claim(self, stream: str, done: Done[bool]) -> None:
+        """Become the publisher of ``stream`` (True), unless another process is (False)."""
+
+    @abstractmethod
+    def release(self, stream: str) -> None:
+        """This process publishes ``stream`` no more: its kept media is dropped, and
+        every subscribed process is told it ended."""
+
+    @abstractmethod
+    def publish_media(self, stream: str, media: bytes, keep: bool) -> None:
+        """Deliver ``media`` (a message of the stream protocol) to every other process
+        subscribed to ``stream``; ``keep``: keep it for late viewers (an init segment,
+        or the latest key frame)."""
+
+    @abstractmethod
+    def kept(self, stream: str, done: Done[Kept]) -> None:
+        """What ``stream`` keeps for a late viewer; call it once subscribed, so nothing
+        published after it is missed."""
 
 
 def fit(entries: Iterable[tuple[T, int]], max_bytes: int) -> list[T]:

@@ -33,7 +33,7 @@ class MemoryBroker(Broker):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._deliver: list[Deliver] = []
-        self._topics: set[str] = set()
+        self._topics: Counter[str] = Counter()  # topic -> subscriptions
         self._rooms: dict[str, _Room] = {}
         self._empty: dict[str, float] = {}  # room -> when it became empty, oldest first
         self._high = 0  # the highest id of any room freed so far
@@ -42,10 +42,14 @@ class MemoryBroker(Broker):
         self._deliver.append(deliver)
 
     def subscribe(self, topic: str) -> None:
-        self._topics.add(topic)
+        with self._lock:
+            self._topics[topic] += 1
 
     def unsubscribe(self, topic: str) -> None:
-        self._topics.discard(topic)
+        with self._lock:
+            self._topics[topic] -= 1
+            if self._topics[topic] <= 0:
+                del self._topics[topic]
 
     def publish(self, topic: str, event: str) -> None:
         if topic in self._topics:

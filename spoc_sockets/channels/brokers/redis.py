@@ -10,13 +10,16 @@ broker serves the asyncio, trio, threads and ASGI adapters. :class:`Publisher` p
 notifies from a process that serves no WebSocket, with the same scripts.
 
 The Redis layout of a room ``R`` (every key of a room carries the hash tag ``{R}``, so
-each script touches one slot)::
+each script touches one slot), and of a stream ``S`` (hash tag ``{stream:S}``)::
 
     <prefix>:{R}:meta      hash: base (the epoch), last (the last id), size (bytes kept)
     <prefix>:{R}:log       stream: one entry per message, id "<message id>-0"
     <prefix>:{R}:members   hash: "<node>|<user>" -> connections of that user on that node
     <prefix>:{R}:nodes     sorted set: node -> when its presence expires (ms, Redis time)
     <prefix>:room:R        pub/sub channel of the room's events (and <prefix>:user:U)
+    <prefix>:{stream:S}:claim   string: the node that publishes S (expires: presence_ttl)
+    <prefix>:{stream:S}:init    string: S's init segment; :key, its latest key frame
+    <prefix>:stream:S      pub/sub channel of S's media, raw bytes; b"" when S ended
 
 A post is one Lua script: it numbers the message (``last`` + 1), appends it to the
 stream, trims the stream to the bounds, and publishes it, atomically. The first post of
@@ -27,6 +30,9 @@ after ``base``, the Redis time in milliseconds times 1000, so ids never restart 
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import logging
 import os
 import random
@@ -42,12 +48,24 @@ from typing import Any, ClassVar
 
 from ...errors import UsageError
 from ...limits import Number, check_numbers, shown
-from ..chat import dump_json, notification, room_problem, utf8_size
-from . import Broker, BrokerUnavailable, Deliver, Done, HistoryPage, RoomsFull, fit
+from ..chat import dump_json, missed, notification, room_problem, utf8_size
+from . import (
+    Broker,
+    BrokerUnavailable,
+    Deliver,
+    Done,
+    HistoryPage,
+    Kept,
+    MediaBroker,
+    MediaDeliver,
+    RoomsFull,
+    fit,
+)
 
 try:
     import redis
     from redis.backoff import NoBackoff
+    from redis.cluster import RedisCluster
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - the extra is installed with the tests
     raise ImportError("RedisBroker needs redis-py: pip install 'spoc-sockets[redis]'") from exc
@@ -233,6 +251,51 @@ return 0
 """
 )
 
+# The stream scripts. KEYS: claim, init, key. ARGV: this node, TTL (ms), then their own.
+# Claim the stream (1), unless another node holds it (0); a new claim drops the old media.
+_CLAIM = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('DEL', KEYS[2], KEYS[3])
+  return 1
+end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# ARGV: ..., channel, media, 'init', 'key' or '' (not kept). Publishes the media as it
+# is, if this node still holds the claim (1), and keeps it for late viewers.
+_MEDIA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[5] == 'init' then
+  redis.call('SET', KEYS[2], ARGV[4])
+  redis.call('DEL', KEYS[3])
+elseif ARGV[5] == 'key' then
+  redis.call('SET', KEYS[3], ARGV[4])
+end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+
+# Keep this node's claim and media alive (the presence refresh of a publisher).
+_HOLD = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+return 1
+"""
+
+# ARGV: ..., channel. The stream ended: its media goes, and every node is told (b"").
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('PUBLISH', ARGV[3], '')
+return 1
+"""
+
+#: every script, loaded (SCRIPT LOAD) on each new connection and then run by its SHA1
+_SCRIPTS = (_POST, _HISTORY, _JOIN, _LEAVE, _MEMBERS, _REFRESH, _CLAIM, _MEDIA, _HOLD, _RELEASE)
+
 #: seconds waited, at most, for the subscription a join needs before its history is read
 SUBSCRIBE_TIMEOUT = 5.0
 #: seconds the listener waits for an event before it looks at the topics wanted again
@@ -255,11 +318,14 @@ class _Op:
     fail: Callable[[Exception], None]
     topic: str | None = None  # wait for this subscription first
     apply: Callable[[], None] | None = None  # its effect on the local counts, when sent
+    raw: bool = False  # replies as bytes (media), not text
 
 
-class RedisBroker(Broker):
+class RedisBroker(Broker, MediaBroker):
     """Rooms, history, presence and fan-out on Redis, shared by every process using the
-    same Redis (and ``prefix``).
+    same Redis (and ``prefix``); and streams (a
+    :class:`~spoc_sockets.channels.brokers.MediaBroker`), whose media crosses processes
+    as raw bytes.
 
     ``url`` is a redis-py URL (``redis://127.0.0.1:6379/0``). ``history_ttl``: seconds a
     room's history (and its ids) is kept after its last post. ``presence_ttl``: seconds
@@ -268,7 +334,10 @@ class RedisBroker(Broker):
     third more); each process refreshes its own every third of it.
     ``max_pending``: operations waiting for the broker thread, at most (past it, an
     operation fails with :class:`~spoc_sockets.channels.brokers.BrokerUnavailable`, and
-    a publication is dropped and counted in :attr:`dropped`). ``timeout``: seconds a
+    a publication is dropped and counted in :attr:`dropped`).
+    ``max_pending_bytes``: bytes of media waiting for the broker thread, at most (past
+    it, media is dropped, and counted in :attr:`dropped`, until the stream's next key
+    frame). ``timeout``: seconds a
     Redis round trip may take before it fails. ``probe_interval``: seconds of silence on
     the subscription connection after which it is probed with a PING (no answer within
     ``timeout``: it is dead, and made again).
@@ -279,6 +348,7 @@ class RedisBroker(Broker):
         "history_ttl": Number(integer=False, minimum=1),
         "presence_ttl": Number(integer=False, minimum=1),
         "max_pending": Number(integer=True),
+        "max_pending_bytes": Number(integer=True),
         "timeout": Number(integer=False, minimum=0.01),
         "probe_interval": Number(integer=False, minimum=0.01),
     }
@@ -291,6 +361,7 @@ class RedisBroker(Broker):
         history_ttl: float = 3600.0,
         presence_ttl: float = 30.0,
         max_pending: int = 10_000,
+        max_pending_bytes: int = 64 * 2**20,
         timeout: float = 5.0,
         probe_interval: float = 5.0,
     ) -> None:
@@ -299,15 +370,17 @@ class RedisBroker(Broker):
         self.url, self.prefix = url, prefix
         self.history_ttl, self.presence_ttl = history_ttl, presence_ttl
         self.max_pending, self.timeout = max_pending, timeout
-        self.probe_interval = probe_interval
+        self.max_pending_bytes, self.probe_interval = max_pending_bytes, probe_interval
         check_numbers(self, self.NUMBERS)
-        self._client = _connect(url, timeout)
+        self._clients = _Clients(url, timeout, text=False)  # bytes: media is not text
         self._deliver: list[Deliver] = []
+        self._media: list[MediaDeliver] = []
         self._closed = False
         self._start_afresh()
         after_fork = weakref.WeakMethod(self._start_afresh)
         os.register_at_fork(after_in_child=lambda: _call_weak(after_fork))
-        #: publications dropped because ``max_pending`` operations were waiting
+        #: publications (and media messages) dropped because ``max_pending`` operations
+        #: (or ``max_pending_bytes`` of media) were waiting
         self.dropped = 0
         #: round trips (pipelines) to Redis that failed
         self.failures = 0
@@ -324,17 +397,22 @@ class RedisBroker(Broker):
         self.node = secrets.token_hex(8)  # this process, in the members hashes
         self._lock = threading.Condition()
         self._ops: deque[_Op] = deque()
-        self._wanted: set[str] = set()  # topics this process subscribes to
+        self._wanted: Counter[str] = Counter()  # topic -> subscriptions in this process
         self._confirmed: set[str] = set()  # topics Redis confirmed
         self._listening = True  # False while the listener waits to connect again (backoff)
         self._local: dict[str, Counter[str]] = {}  # room -> user -> connections here
         self._last: dict[str, int] = {}  # room topic -> the last message id delivered here
+        self._claims: set[str] = set()  # the streams this process publishes
+        self._gaps: set[str] = set()  # topics whose subscription was lost
+        self._media_bytes = 0  # media waiting for the broker thread
+        self._skipping: set[str] = set()  # streams dropping media until a key frame
+        self._loaded = False  # the scripts are loaded on the broker's connection
         self._threads: list[threading.Thread] = []
 
     def _start(self) -> None:
         """Start the broker's threads in this process, on first use once attached (with
         the lock)."""
-        if self._threads or self._closed or not self._deliver:
+        if self._threads or self._closed or not (self._deliver or self._media):
             return
         for target, name in ((self._run, "broker"), (self._listen, "listener")):
             thread = threading.Thread(target=target, name=f"spoc-redis-{name}")
@@ -352,12 +430,14 @@ class RedisBroker(Broker):
 
     def subscribe(self, topic: str) -> None:
         with self._lock:
-            self._wanted.add(topic)
+            self._wanted[topic] += 1
             self._start()
 
     def unsubscribe(self, topic: str) -> None:
         with self._lock:
-            self._wanted.discard(topic)
+            self._wanted[topic] -= 1
+            if self._wanted[topic] <= 0:
+                del self._wanted[topic]
 
     def publish(self, topic: str, event: str) -> None:
         def lost(exc: Exception) -> None:
@@ -416,6 +496,70 @@ class RedisBroker(Broker):
         command = ("EVAL", _MEMBERS, *self._presence(room))
         self._call(_Op([command], lambda r: done(sorted(r[0])), done))
 
+    # -- streams (MediaBroker) -----------------------------------------------------------
+
+    def attach_media(self, deliver: MediaDeliver) -> None:
+        with self._lock:
+            self._media.append(deliver)
+            if self._ops or self._wanted:  # used before: start now
+                self._start()
+
+    def claim(self, stream: str, done: Done[bool]) -> None:
+        def finish(replies: list[Any]) -> None:
+            if replies[0] == 1:
+                with self._lock:
+                    self._claims.add(stream)
+            done(replies[0] == 1)
+
+        self._call(_Op([self._stream_script(_CLAIM, stream)], finish, done))
+
+    def release(self, stream: str) -> None:
+        with self._lock:
+            self._claims.discard(stream)
+            self._skipping.discard(stream)
+        command = self._stream_script(_RELEASE, stream, self._channel(f"stream:{stream}"))
+        self._queue(_Op([command], _ignore, _release_failed))
+
+    def publish_media(self, stream: str, media: bytes, keep: bool) -> None:
+        kind = media[0] if media else None
+        size = len(media)
+        with self._lock:
+            if kind in (0, 1):  # an init segment or a key frame: a viewer can start here
+                self._skipping.discard(stream)
+            if self._media_bytes + size > self.max_pending_bytes:
+                self._skipping.add(stream)
+            if stream in self._skipping:
+                self.dropped += 1
+                return
+            self._media_bytes += size
+
+        def sent() -> None:
+            self._media_bytes -= size  # with the lock: the broker thread's batch
+
+        kept = ("init" if kind == 0 else "key") if keep else ""
+        channel = self._channel(f"stream:{stream}")
+        command = self._stream_script(_MEDIA, stream, channel, media, kept)
+        if not self._queue(_Op([command], _ignore, _media_failed, apply=sent)):
+            with self._lock:
+                self._media_bytes -= size
+                self._skipping.add(stream)
+                self.dropped += 1
+
+    def kept(self, stream: str, done: Done[Kept]) -> None:
+        def finish(replies: list[Any]) -> None:
+            claim, init, key = replies[0]
+            done(Kept(claim is not None, init, key))
+
+        keys = [self._stream_key(stream, kind) for kind in ("claim", "init", "key")]
+        self._call(_Op([("MGET", *keys)], finish, done, topic=f"stream:{stream}", raw=True))
+
+    def _stream_key(self, stream: str, kind: str) -> str:
+        return _key(self.prefix, f"stream:{stream}", kind)
+
+    def _stream_script(self, script: str, stream: str, *args: object) -> tuple[object, ...]:
+        keys = [self._stream_key(stream, kind) for kind in ("claim", "init", "key")]
+        return ("EVAL", script, 3, *keys, self.node, _ms(self.presence_ttl), *args)
+
     def expire(self, now: float, after: float) -> float | None:
         return None  # Redis expires rooms by itself (history_ttl, presence_ttl)
 
@@ -431,9 +575,11 @@ class RedisBroker(Broker):
             self._closed = True
             self._lock.notify_all()
             threads, self._threads = self._threads, []
+        if threads:
+            self._wake()  # the listener sees it is closed now
         for thread in threads:
             thread.join(timeout=SUBSCRIBE_TIMEOUT + 1)
-        self._client.close()
+        self._clients.close()
 
     # -- keys, queue -------------------------------------------------------------------
 
@@ -488,6 +634,10 @@ class RedisBroker(Broker):
                     batch, self._ops = list(self._ops), deque()
                     break
                 batch, self._ops = list(self._ops), deque()
+                wake = bool(self._unconfirmed(batch))
+            if wake:
+                self._wake()
+            with self._lock:
                 batch, unsubscribed = self._subscribed_first(batch)
                 for op in batch:
                     if op.apply is not None:
@@ -512,15 +662,30 @@ class RedisBroker(Broker):
         missed between a join's history and the room's fan-out, and every post's
         poster gets it. While the listener is down, nothing waits: what needs a
         subscription fails at once."""
-        needed = {op.topic for op in batch if op.topic is not None}
+        needed = {op.topic for op in batch if op.topic is not None} & self._wanted.keys()
 
-        def missing() -> set[str]:
-            return (needed & self._wanted) - self._confirmed if self._listening else set()
+        def ready_or_closed() -> bool:
+            return self._closed or not self._unconfirmed(batch)
 
-        self._lock.wait_for(lambda: self._closed or not missing(), timeout=SUBSCRIBE_TIMEOUT)
-        unready = missing() if self._listening else needed & self._wanted
+        self._lock.wait_for(ready_or_closed, timeout=SUBSCRIBE_TIMEOUT)
+        unready = self._unconfirmed(batch) if self._listening else needed
         ready = [op for op in batch if op.topic not in unready]
         return ready, [op for op in batch if op.topic in unready]
+
+    def _unconfirmed(self, batch: list[_Op]) -> set[str]:
+        """The subscriptions the batch waits for: wanted, not yet confirmed by Redis, and
+        being made (none while the listener waits to connect again). With the lock."""
+        if not self._listening:
+            return set()
+        needed = {op.topic for op in batch if op.topic is not None}
+        return (needed & self._wanted.keys()) - self._confirmed
+
+    def _wake(self) -> None:
+        """Wake the listener, which may be waiting for an event, so that it makes the new
+        subscriptions now rather than at its next look (``LISTEN_INTERVAL`` later): a
+        message on this process's own channel, which only its listener hears."""
+        with contextlib.suppress(redis.RedisError):  # it looks again soon all the same
+            self._clients.commands().publish(self._channel(f"wake:{self.node}"), b"")
 
     def _refresh_ops(self) -> list[_Op]:
         """This process's presence in each of its rooms, written again (with the lock)."""
@@ -530,41 +695,68 @@ class RedisBroker(Broker):
             ttl = _ms(self.presence_ttl)
             command = ("EVAL", _REFRESH, *self._presence(room), ttl, *pairs)
             ops.append(_Op([command], _ignore, _refresh_failed))
+        for stream in self._claims:
+            ops.append(_Op([self._stream_script(_HOLD, stream)], _ignore, _refresh_failed))
         return ops
 
     def _send(self, batch: list[_Op]) -> bool:
-        """One pipeline for the batch; each operation completes. False if Redis failed."""
-        pipe = self._client.pipeline(transaction=False)
-        for op in batch:
-            for command in op.commands:
-                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+        """One pipeline for the batch; each operation completes. False if Redis failed.
+
+        Scripts run by their SHA1 (EVALSHA), loaded first on each new connection; those
+        Redis no longer knows (a ``SCRIPT FLUSH``: it ran none of them) are sent again
+        whole, once."""
         try:
-            replies = pipe.execute(raise_on_error=False)
+            replies = self._execute(batch, by_sha=True)
+            again = [index for index, mine in enumerate(replies) if _noscript(mine)]
+            if again:
+                self._loaded = False
+                retried = self._execute([batch[index] for index in again], by_sha=False)
+                for index, mine in zip(again, retried, strict=True):
+                    replies[index] = mine
         except Exception as exc:  # Redis, or the connection to it: the thread lives on
             self.failures += 1
+            self._loaded = False  # a new connection, maybe a new Redis: load them again
             logger.warning("Redis at %s failed: %s", self.url, exc)
             for op in batch:
                 _complete(op.fail, BrokerUnavailable(f"Redis failed: {exc}"))
             return False
-        finally:
-            pipe.reset()
-        index = 0
-        for op in batch:
-            mine = replies[index : index + len(op.commands)]
-            index += len(op.commands)
+        for op, mine in zip(batch, replies, strict=True):
             errors = [reply for reply in mine if isinstance(reply, Exception)]
             if errors:
                 _complete(op.fail, BrokerUnavailable(f"Redis refused: {errors[0]}"))
             else:
-                _complete(op.finish, mine)
+                _complete(op.finish, mine if op.raw else _text(mine))
         return True
+
+    def _execute(self, batch: list[_Op], by_sha: bool) -> list[list[Any]]:
+        """The replies to each operation's commands, in one pipeline."""
+        client = self._clients.commands()
+        if by_sha and not self._loaded:  # on every node of a cluster
+            for script in _SCRIPTS:
+                client.script_load(script)
+            self._loaded = True
+        pipe = client.pipeline(transaction=False)
+        for op in batch:
+            for command in op.commands:
+                if by_sha and command[0] == "EVAL":
+                    command = ("EVALSHA", _sha(command[1]), *command[2:])
+                pipe.execute_command(*command)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        finally:
+            pipe.reset()
+        out, index = [], 0
+        for op in batch:
+            out.append(replies[index : index + len(op.commands)])
+            index += len(op.commands)
+        return out
 
     # -- the listener thread -----------------------------------------------------------
 
     def _listen(self) -> None:
         failures = 0
         while not self._closed:
-            pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+            pubsub = self._clients.node.pubsub()  # type: ignore[no-untyped-call]
             with self._lock:
                 self._listening = True
             try:
@@ -577,6 +769,7 @@ class RedisBroker(Broker):
             finally:
                 with self._lock:
                     self._listening = False
+                    self._gaps.update(self._confirmed)
                     self._confirmed.clear()
                     self._lock.notify_all()
                 pubsub.close()
@@ -588,9 +781,12 @@ class RedisBroker(Broker):
         sent: set[str] = set()  # the topics subscribed on this connection
         skip = len(self.prefix) + 1
         probe = _Probe(self.probe_interval, self.timeout)
+        wake = f"wake:{self.node}"
+        pubsub.subscribe(self._channel(wake))  # see _wake
         with self._lock:  # what was unsubscribed while there was no connection
-            for topic in set(self._last) - self._wanted:
+            for topic in self._last.keys() - self._wanted.keys():
                 del self._last[topic]
+            self._gaps.intersection_update(self._wanted.keys())
         while True:
             with self._lock:
                 if self._closed:
@@ -604,14 +800,20 @@ class RedisBroker(Broker):
                 with self._lock:
                     for topic in sent - wanted:
                         self._last.pop(topic, None)
+                        self._gaps.discard(topic)
             sent = wanted
             probe.check(pubsub, bool(sent))
             message = pubsub.get_message(timeout=LISTEN_INTERVAL)
             while message is not None:
                 probe.heard()
-                topic = str(message["channel"])[skip:]
-                if message["type"] == "message":
-                    self._relay_one(deliver, topic, str(message["data"]))
+                channel = message["channel"]
+                topic = channel.decode()[skip:] if isinstance(channel, bytes) else ""
+                if topic == wake:
+                    pass  # woken: the topics wanted are looked at again, now
+                elif message["type"] == "message" and topic.startswith("stream:"):
+                    self._relay_media(topic, bytes(message["data"]))
+                elif message["type"] == "message":
+                    self._relay_one(deliver, topic, message["data"].decode())
                 elif message["type"] in ("subscribe", "unsubscribe"):
                     with self._lock:
                         if message["type"] == "subscribe":
@@ -619,10 +821,33 @@ class RedisBroker(Broker):
                         else:
                             self._confirmed.discard(topic)
                         self._lock.notify_all()
-                        repair = message["type"] == "subscribe" and topic in self._last
-                    if repair:
-                        self._repair(deliver, topic)
+                        again = message["type"] == "subscribe" and (
+                            topic in self._gaps or topic in self._last
+                        )
+                        self._gaps.discard(topic)
+                    if again:
+                        self._resubscribed(deliver, topic)
                 message = pubsub.get_message(timeout=0)
+
+    def _resubscribed(self, deliver: list[Deliver], topic: str) -> None:
+        """A subscription made again: repair what can be, and tell what cannot."""
+        kind, _, name = topic.partition(":")
+        if kind == "stream":  # media published meanwhile is lost: restart at a key frame
+            self._relay_media(topic, None)
+            return
+        if kind == "room":
+            lost = [] if self._repair(deliver, topic) else ["messages"]
+            event = missed([*lost, "presence"], name, self._members_now(name))
+        else:
+            event = missed(["notifications"])  # nor notifications
+        for callback in deliver:
+            _complete(callback, topic, event)
+
+    def _relay_media(self, topic: str, media: bytes | None) -> None:
+        with self._lock:
+            deliver = list(self._media)
+        for callback in deliver:
+            _complete(callback, topic.partition(":")[2], media)
 
     def _relay_one(self, deliver: list[Deliver], topic: str, event: str) -> bool:
         """Deliver ``event``, unless it is a room message delivered here already."""
@@ -645,20 +870,38 @@ class RedisBroker(Broker):
             self._last[topic] = last
             return True
 
-    def _repair(self, deliver: list[Deliver], topic: str) -> None:
-        """A subscription made again: deliver the room's messages posted while there was
-        none, from the room's stream, before any event that came after (they wait on
-        the connection meanwhile)."""
+    def _members_now(self, room: str) -> list[str] | None:
+        """The members of ``room`` (presence events are not kept: the list is what can be
+        given again), or ``None`` if Redis did not answer."""
+        try:
+            reply = self._clients.commands().execute_command(
+                "EVAL", _MEMBERS, *self._presence(room)
+            )
+        except redis.RedisError:
+            return None
+        return sorted(_text(reply))
+
+    def _repair(self, deliver: list[Deliver], topic: str) -> bool:
+        """Deliver the room's messages posted while there was no subscription, from the
+        room's stream, before any event that came after (they wait on the connection
+        meanwhile); False if some could not be (trimmed, a new epoch, too many)."""
         with self._lock:
-            after = self._last.get(topic)
-        if after is None:
-            return
-        log = self._key(topic.partition(":")[2], "log")
-        entries: list[tuple[str, dict[str, str]]]
-        entries = self._client.xrange(log, f"{after + 1}-0", "+", count=REPAIR_MESSAGES)  # type: ignore[assignment]
+            after = self._last.get(topic)  # None: none delivered yet, so all are new
+        room = topic.partition(":")[2]
+        pipe = self._clients.commands().pipeline(transaction=True)
+        pipe.hget(self._key(room, "meta"), "last")
+        start = "-" if after is None else f"{after + 1}-0"
+        pipe.xrange(self._key(room, "log"), start, "+", count=REPAIR_MESSAGES)
+        last, entries = pipe.execute()
         for _, fields in entries:
-            if self._relay_one(deliver, topic, str(fields["m"])):
+            if self._relay_one(deliver, topic, fields[b"m"].decode()):
                 self.repaired += 1
+        if last is None:  # the room has no history: nothing to repair
+            return True
+        ids = [int(entry_id.partition(b"-")[0]) for entry_id, _ in entries]
+        if not ids:
+            return after is not None and int(last) <= after
+        return (after is None or ids[0] == after + 1) and ids[-1] >= int(last)
 
 
 class Publisher:
@@ -702,7 +945,7 @@ class Publisher:
         self.max_history_messages, self.max_history_bytes = max_history_messages, max_history_bytes
         self.max_text_bytes, self.max_room_name_bytes = max_text_bytes, max_room_name_bytes
         check_numbers(self, self.NUMBERS)
-        self._client = _connect(url, timeout)
+        self._clients = _Clients(url, timeout, text=True)
 
     def post(self, room: str, user: str, text: str) -> int:
         """Post ``text`` to ``room`` as ``user``, as a member of the room would: stored
@@ -739,7 +982,7 @@ class Publisher:
 
     def close(self) -> None:
         """Close the connections to Redis."""
-        self._client.close()
+        self._clients.close()
 
     def __enter__(self) -> Publisher:
         return self
@@ -749,20 +992,44 @@ class Publisher:
 
     def _call(self, *command: Any) -> Any:
         try:
-            return self._client.execute_command(*command)  # type: ignore[no-untyped-call]
+            return self._clients.commands().execute_command(*command)
         except redis.RedisError as exc:
             raise BrokerUnavailable(f"Redis at {self.url} failed: {exc}") from exc
 
 
-def _connect(url: str, timeout: float) -> redis.Redis:
-    """A client of ``url`` whose round trips take at most ``timeout`` seconds."""
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),  # a script is never sent twice: a post, twice stored
-    )
+class _Clients:
+    """The clients of one Redis, or of a Redis Cluster (found out on first use): one of
+    the node ``url`` names, for pub/sub (a cluster gives every ``PUBLISH`` to every
+    node), and one for commands (sent to the node of their keys' slot, on a cluster).
+    Their round trips take at most ``timeout`` seconds; their replies are ``str``
+    (``text``) or ``bytes``."""
+
+    def __init__(self, url: str, timeout: float, text: bool) -> None:
+        self.options: dict[str, Any] = {
+            "decode_responses": text,
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),  # a script is never sent twice: a post, twice stored
+        }
+        self.url = url
+        self.node = redis.Redis.from_url(url, **self.options)
+        self._commands: Any = None
+        self._lock = threading.Lock()
+
+    def commands(self) -> Any:
+        """The client for commands (the first call asks Redis whether it is a cluster)."""
+        with self._lock:
+            if self._commands is None:
+                if self.node.info("cluster").get("cluster_enabled"):
+                    self._commands = RedisCluster.from_url(self.url, **self.options)
+                else:
+                    self._commands = self.node
+            return self._commands
+
+    def close(self) -> None:
+        if self._commands is not None and self._commands is not self.node:
+            self._commands.close()
+        self.node.close()
 
 
 def _key(prefix: str, room: str, kind: str) -> str:
@@ -836,6 +1103,32 @@ def _call_weak(method: weakref.WeakMethod[Callable[[], None]]) -> None:
 
 def _ignore(replies: list[Any]) -> None:
     pass
+
+
+@functools.cache
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
+
+
+def _noscript(replies: list[Any]) -> bool:
+    return any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies)
+
+
+def _text(reply: Any) -> Any:
+    """``reply`` with its bytes decoded (UTF-8): what a text client would have had."""
+    if isinstance(reply, bytes):
+        return reply.decode()
+    if isinstance(reply, list):
+        return [_text(item) for item in reply]
+    return reply
+
+
+def _media_failed(exc: Exception) -> None:
+    logger.warning("publishing media on Redis failed: %s", exc)
+
+
+def _release_failed(exc: Exception) -> None:
+    logger.warning("ending a stream on Redis failed: %s", exc)
 
 
 def _refresh_failed(exc: Exception) -> None:
