@@ -1,4 +1,4 @@
-"""RedisBroker: chat rooms shared by every process (on any machine) using one Redis.
+"""RedisBroker: chat rooms and streams shared by every process (on any machine) using one Redis.
 
 Nothing here makes a loop or a hook wait on Redis. Every operation is queued (a bounded
 queue) for one *broker thread*, which sends what is waiting as one pipeline and calls
