@@ -6,13 +6,16 @@ import errno
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ._hub import Hub
 from .errors import UsageError
 from .limits import check_flag, check_number, shown
 
 if TYPE_CHECKING:
-    from ._hub import Hub
+    from .channel import Spawn
+    from .router import Router
 
 __all__ = [
     "BACKLOG",
@@ -20,7 +23,9 @@ __all__ = [
     "accept_waiting",
     "bind",
     "check_listening",
+    "open_hub",
     "peer_address",
+    "watch_listeners",
 ]
 
 logger = logging.getLogger("spoc_sockets.server")
@@ -41,6 +46,20 @@ def check_listening(backlog: object, reuse_port: object, tls: object) -> None:
     check_flag("reuse_port", reuse_port)
     if tls is not None and not isinstance(tls, ssl.SSLContext):
         raise UsageError(f"ssl is an ssl.SSLContext or None, not {shown(tls)}")
+
+
+def open_hub(
+    router: Router,
+    wakeup: Callable[[], None],
+    spawn: Spawn | None,
+    shutdown_timeout: float | None,
+    drain_timeout: float,
+) -> Hub:
+    """An adapter server's hub, the core's side of it (``spawn``: how the adapter runs
+    ``async def`` hooks; ``None`` refuses them), with the two deadlines every adapter takes."""
+    return Hub(
+        router, wakeup, spawn, drain_timeout=drain_timeout, shutdown_timeout=shutdown_timeout
+    )
 
 
 def peer_address(address: object) -> tuple[str, int] | None:
@@ -97,3 +116,24 @@ def bind(host: str | None, port: int, backlog: int, reuse_port: bool) -> list[so
             sock.close()
         raise
     return listeners
+
+
+def watch_listeners(
+    hub: Hub,
+    listeners: list[socket.socket],
+    watching: bool,
+    watch: Callable[[socket.socket, bool], object],
+) -> bool:
+    """Have the adapter ``watch`` its listeners (``True``) while ``hub`` says to accept,
+    and unwatch them (``False``) otherwise; once the hub refuses for good, they are
+    closed and forgotten. ``watching``: whether they are watched now; returns the same,
+    after."""
+    if hub.accepting != watching:
+        watching = hub.accepting
+        for listener in listeners:  # unwatched, else the loop wakes for them in vain
+            watch(listener, watching)
+    if hub.refusing:
+        for listener in listeners:
+            listener.close()
+        listeners.clear()
+    return watching

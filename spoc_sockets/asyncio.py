@@ -1,8 +1,9 @@
 """Serve a :class:`~spoc_sockets.Router` on asyncio (protocols and transports).
 
-Each transport's :class:`asyncio.Protocol` feeds its connection; after every feed, timer
-and wake-up the server writes what the core returns and obeys its verdicts. One
-``loop.call_at`` timer follows the hub's earliest deadline. See :doc:`/serving-asyncio`.
+Each transport's :class:`asyncio.BufferedProtocol` feeds its connection (every transport
+reads into the server's one buffer); after every feed, timer and wake-up the server
+writes what the core returns and obeys its verdicts. One ``loop.call_at`` timer follows
+the hub's earliest deadline. See :doc:`/serving-asyncio`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,15 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, cast
 
-from ._hub import Hub
-from ._listen import BACKLOG, accept_waiting, bind, check_listening, peer_address
+from ._listen import (
+    BACKLOG,
+    accept_waiting,
+    bind,
+    check_listening,
+    open_hub,
+    peer_address,
+    watch_listeners,
+)
 from .router import Router
 
 if TYPE_CHECKING:
@@ -28,8 +36,11 @@ __all__ = ["Server", "serve"]
 
 logger = logging.getLogger("spoc_sockets.server")
 
+#: Bytes a transport reads at most per ``recv``, into the server's buffer.
+READ_SIZE = 262144
 
-class _Protocol(asyncio.Protocol):
+
+class _Protocol(asyncio.BufferedProtocol):
     """One transport: bytes in to its connection, end of stream as ``b""``."""
 
     conn: ServerConnection  # from connection_made on (asyncio calls it first)
@@ -37,7 +48,6 @@ class _Protocol(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.reading = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast("asyncio.Transport", transport)
@@ -46,12 +56,20 @@ class _Protocol(asyncio.Protocol):
         self.conn = server.hub.open(server._loop.time(), peer=peer, transport=self)
         server._flush()  # the new handshake deadline may be the earliest: rearm
 
-    def data_received(self, data: bytes) -> None:
-        self.conn.receive_data(data, self.server._loop.time())
-        self.server._flush()
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.server._buffer  # read into, then consumed before the next read
+
+    def buffer_updated(self, nbytes: int, eof: bool = False) -> None:
+        server = self.server
+        server._turn = True  # the flush that follows writes what the core has
+        try:
+            data = b"" if eof else server._buffer[:nbytes].tobytes()
+            self.conn.receive_data(data, server._loop.time())
+        finally:
+            server._flush()
 
     def eof_received(self) -> None:
-        self.data_received(b"")  # the transport closes itself (after writing what it holds)
+        self.buffer_updated(0, eof=True)  # the transport closes itself after its last bytes
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -76,12 +94,10 @@ class _Protocol(asyncio.Protocol):
             transport.write(data)
         if conn.should_close:
             transport.close()  # after the last bytes; the hub bounds the drain
-        elif conn.input_paused == self.reading:
-            self.reading = not self.reading
-            if self.reading:
-                transport.resume_reading()
-            else:
-                transport.pause_reading()
+        elif conn.input_paused:
+            transport.pause_reading()  # both are no-ops when already done
+        else:
+            transport.resume_reading()
 
 
 class Server:
@@ -105,13 +121,7 @@ class Server:
         self.router = router
         self._address = (host, port, backlog, reuse_port)
         #: the core's side of this server (its drain and shutdown deadlines too)
-        self.hub = Hub(
-            router,
-            self._wakeup,
-            self._spawn,
-            drain_timeout=drain_timeout,
-            shutdown_timeout=shutdown_timeout,
-        )
+        self.hub = open_hub(router, self._wakeup, self._spawn, shutdown_timeout, drain_timeout)
         self._ssl = ssl
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
@@ -121,9 +131,10 @@ class Server:
         self._hooks: set[asyncio.Task[None]] = set()  # async hooks running
         self._port: int | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._closing = False
         self._finished = asyncio.Event()  # the hub has finished its shutdown
         self._closed = asyncio.Event()
+        self._turn = False  # in a core call that a flush follows: no wake-up needed
+        self._buffer = memoryview(bytearray(READ_SIZE))  # every transport reads here
 
     @property
     def port(self) -> int:
@@ -138,7 +149,7 @@ class Server:
             self._listeners = bind(host, port, backlog, reuse_port)
             names = [s.getsockname() for s in self._listeners]
             self._port = int(names[0][1])
-            self._follow_accepting()
+            self._flush()  # watches the listeners
             scheme = "wss" if self._ssl is not None else "ws"
             logger.info("serving on %s", ", ".join(f"{scheme}://{n[0]}:{n[1]}" for n in names))
         return self
@@ -170,16 +181,11 @@ class Server:
             sock.close()
             raise
 
-    def _follow_accepting(self) -> None:
-        """Watch the listeners while the hub says to accept (a closed one never again)."""
-        accepting = self.hub.accepting and not self._closing and bool(self._listeners)
-        if accepting != self._accepting:
-            self._accepting = accepting
-            for listener in self._listeners:
-                if accepting:
-                    self._loop.add_reader(listener, self._accept, listener)
-                else:
-                    self._loop.remove_reader(listener)
+    def _watch(self, listener: socket.socket, accepting: bool) -> None:
+        if accepting:
+            self._loop.add_reader(listener, self._accept, listener)
+        else:
+            self._loop.remove_reader(listener)
 
     async def adopt(self, sock: socket.socket) -> None:
         """Serve a connected TCP socket accepted elsewhere (with ``ssl``, once its TLS
@@ -193,26 +199,19 @@ class Server:
             lambda: _Protocol(self), sock, ssl=self._ssl, ssl_handshake_timeout=timeout
         )
 
-    async def serve_forever(self) -> None:
-        """Wait until the server is closed (connections are served from the start)."""
-        await self._closed.wait()
-
     async def close(self) -> None:
         """Graceful shutdown (:meth:`Hub.shutdown <spoc_sockets.Hub.shutdown>`);
         returns once the hub has finished. Cancelled, it drops the remaining transports at
         once. A second call waits for the first."""
-        if self._closing:
+        if self.hub.refusing:
             await self._closed.wait()
             return
-        self._closing = True
         try:
             logger.info("shutting down (%d connections)", len(self.hub.connections))
             self.hub.shutdown(self._loop.time())
             for task in self._adopting:
                 task.cancel()
-            self._flush()
-            for listener in self._listeners:
-                listener.close()
+            self._flush()  # closes the listeners
             await self._finished.wait()
         finally:
             try:
@@ -231,8 +230,11 @@ class Server:
                 logger.info("server closed")
 
     async def wait_closed(self) -> None:
-        """Wait until :meth:`close` has finished."""
+        """Wait until :meth:`close` has finished (``serve_forever`` is the same: the
+        connections are served from the start)."""
         await self._closed.wait()
+
+    serve_forever = wait_closed
 
     # -- the flush rule --------------------------------------------------------------
 
@@ -241,17 +243,19 @@ class Server:
         # a RuntimeError means the loop is closed: every connection is gone already
         with contextlib.suppress(RuntimeError):
             if threading.get_ident() == self._thread:
-                self._loop.call_soon(self._flush)  # no need to wake the selector
+                if not self._turn:
+                    self._loop.call_soon(self._flush)  # no need to wake the selector
             else:
                 self._loop.call_soon_threadsafe(self._flush)
 
     def _flush(self) -> None:
         """Write what the core has for each pending connection, and obey the verdicts."""
+        self._turn = False
         now = self._loop.time()
         for conn in self.hub.take_pending():
             cast("_Protocol", conn.transport).obey(conn, conn.data_to_send(now))
         self._rearm()
-        self._follow_accepting()
+        self._accepting = watch_listeners(self.hub, self._listeners, self._accepting, self._watch)
         if self.hub.finished:
             self._finished.set()
 

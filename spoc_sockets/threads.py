@@ -18,8 +18,7 @@ import time
 from typing import cast
 
 from ._connection import ServerConnection
-from ._hub import Hub
-from ._listen import BACKLOG, accept_waiting, bind, check_listening
+from ._listen import BACKLOG, accept_waiting, bind, check_listening, open_hub, watch_listeners
 from .router import Router
 
 __all__ = ["Server", "serve"]
@@ -66,9 +65,7 @@ class Server:
     ) -> None:
         check_listening(backlog, reuse_port, ssl)
         #: the core's side (``hub.connections``); ``async def`` hooks are refused here
-        self.hub = Hub(
-            router, self._wake, drain_timeout=drain_timeout, shutdown_timeout=shutdown_timeout
-        )
+        self.hub = open_hub(router, self._wake, None, shutdown_timeout, drain_timeout)
         self.router = router
         self._listeners = bind(host, port, backlog, reuse_port)
         #: the port listened on (useful with port 0)
@@ -83,6 +80,7 @@ class Server:
         self._transports: dict[ServerConnection, _Transport] = {}
         self._loop_lock = threading.Lock()
         self._loop_thread: int | None = None
+        self._flush_again = False  # woken on the loop thread: flush before sleeping
         self._accepting = True  # the listeners are registered
         self._stop_requested = False
         self._closed = False
@@ -133,6 +131,9 @@ class Server:
 
     def _wake(self) -> None:
         """Make the loop flush soon; from any thread (the hub's wake-up call)."""
+        if self._loop_thread == threading.get_ident():
+            self._flush_again = True  # the loop flushes before it sleeps: no byte to send
+            return
         with contextlib.suppress(OSError):  # full (a wake-up is pending already), or closed
             self._wake_w.send(b"\0")
 
@@ -141,18 +142,18 @@ class Server:
             return
         self._loop_thread = threading.get_ident()
         try:
-            now = time.monotonic()  # a flush an exception (Ctrl-C) cut short: flush everyone
-            for conn, transport in list(self._transports.items()):
-                self._flush_one(conn, transport, now)
+            for conn in self._transports:  # a flush an exception (Ctrl-C) cut short
+                self.hub.schedule(conn)
             while True:
                 now = time.monotonic()
                 if self._stop_requested:
                     self.hub.shutdown(now)
                 self.hub.handle_timeouts(now)
+                self._flush_again = False
                 self._flush(now)
                 if self.hub.finished:
                     return
-                deadline = self.hub.next_deadline()
+                deadline = now if self._flush_again else self.hub.next_deadline()
                 timeout = None if deadline is None else max(0.0, deadline - now)
                 for key, events in self._selector.select(timeout):
                     self._ready(key.fileobj, key.data, events, time.monotonic())
@@ -242,36 +243,29 @@ class Server:
         return True
 
     def _flush(self, now: float) -> None:
-        if self.hub.accepting != self._accepting:
-            self._accepting = self.hub.accepting
-            for listener in self._listeners:  # unwatched, else select() returns at once
-                if self._accepting:
-                    self._selector.register(listener, _READ)
-                else:
-                    self._selector.unregister(listener)
-        if self.hub.refusing:
-            for listener in self._listeners:
-                listener.close()
-            self._listeners = []
+        self._accepting = watch_listeners(self.hub, self._listeners, self._accepting, self._watch)
         for conn in self.hub.take_pending():
             transport = self._transports.get(conn)
             try:
-                self._flush_one(conn, transport, now)
+                data = conn.data_to_send(now)
+                if transport is None:  # gone: the core knows
+                    continue
+                if conn.should_abort:
+                    self._close(transport, now)
+                    continue
+                transport.out += data
+                transport.closing = conn.should_close
+                self._send(transport, now)  # and reading pauses while the core holds input
             except Exception:
                 logger.exception("flushing the connection from %s failed", conn.peer)
                 if transport is not None:
                     self._close(transport, now)
 
-    def _flush_one(self, conn: ServerConnection, transport: _Transport | None, now: float) -> None:
-        data = conn.data_to_send(now)
-        if transport is None:  # gone: the core knows
-            return
-        if conn.should_abort:
-            self._close(transport, now)
-            return
-        transport.out += data
-        transport.closing = conn.should_close
-        self._send(transport, now)  # and reading pauses while the core holds input
+    def _watch(self, listener: socket.socket, accepting: bool) -> None:
+        if accepting:
+            self._selector.register(listener, _READ)
+        else:
+            self._selector.unregister(listener)
 
     def _update(self, transport: _Transport) -> None:
         """Register the events this (open) transport waits for now."""
