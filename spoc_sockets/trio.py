@@ -36,7 +36,7 @@ class _Link:
         self.conn = conn
         self.out = b""  # given to the writer; the core holds the rest until it is sent
         self.closing = False  # the core said close: write the rest, then close
-        self.event = trio.Event()
+        self.event = trio.Event()  # set when there is output or a verdict for the writer
         self.readable = trio.Event()  # set when the core wants input again
         self.scope = trio.CancelScope()  # cancelled when the core gives up on the stream
 
@@ -184,7 +184,7 @@ class Server:
         """Accept streams (wrapped in TLS with ``tls``) while the hub says to accept."""
         while True:
             try:
-                stream = await listener.accept()
+                stream: trio.abc.Stream = await listener.accept()
             except trio.ClosedResourceError:
                 return  # closed by the shutdown
             except OSError as exc:
@@ -196,11 +196,9 @@ class Server:
                 self._flush()
                 await self._accept_again.wait()
                 continue
-            if tls is None:
-                nursery.start_soon(self.handle_stream, stream)
-            else:  # the TLS handshake runs in the first reads, within the handshake timeout
-                tls_stream = trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
-                nursery.start_soon(self.handle_stream, tls_stream)
+            if tls is not None:  # its handshake runs in the first reads, within handshake_timeout
+                stream = trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
+            nursery.start_soon(self.handle_stream, stream)
 
     # -- shutdown -------------------------------------------------------------------------
 
