@@ -115,7 +115,9 @@ class Server:
         if self.hub.finished:
             self._idle.set()
         deadline = self.hub.next_deadline()
-        self._timer.deadline = math.inf if deadline is None else deadline
+        deadline = math.inf if deadline is None else deadline
+        if deadline != self._timer.deadline:  # setting it costs, even to the same value
+            self._timer.deadline = deadline
 
     async def _tick(self) -> None:
         while True:
