@@ -1,26 +1,37 @@
-"""Listening sockets for the adapters (not part of the sans-IO core)."""
+"""What the adapters share (not part of the sans-IO core): their listening sockets and
+hub, and :class:`Link`, one accepted socket served by a loop that polls sockets itself."""
 
 from __future__ import annotations
 
 import errno
 import logging
+import selectors
 import socket
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ._connection import ServerConnection
+from ._hub import Hub
 from .errors import UsageError
 from .limits import check_flag, check_number, shown
 
 if TYPE_CHECKING:
-    from ._hub import Hub
+    from .channel import Spawn
+    from .router import Router
 
 __all__ = [
     "BACKLOG",
     "OUT_OF_RESOURCES",
+    "READ",
+    "WRITE",
+    "Link",
     "accept_waiting",
     "bind",
     "check_listening",
+    "open_hub",
     "peer_address",
+    "watch_listeners",
 ]
 
 logger = logging.getLogger("spoc_sockets.server")
@@ -33,6 +44,12 @@ OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 BACKLOG = 128
 #: Connections accepted per readiness of a non-blocking listener, at most.
 ACCEPT_BATCH = 64
+#: Bytes asked of a socket per read.
+READ_SIZE = 65536
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 def check_listening(backlog: object, reuse_port: object, tls: object) -> None:
@@ -41,6 +58,20 @@ def check_listening(backlog: object, reuse_port: object, tls: object) -> None:
     check_flag("reuse_port", reuse_port)
     if tls is not None and not isinstance(tls, ssl.SSLContext):
         raise UsageError(f"ssl is an ssl.SSLContext or None, not {shown(tls)}")
+
+
+def open_hub(
+    router: Router,
+    wakeup: Callable[[], None],
+    spawn: Spawn | None,
+    shutdown_timeout: float | None,
+    drain_timeout: float,
+) -> Hub:
+    """An adapter server's hub, the core's side of it (``spawn``: how the adapter runs
+    ``async def`` hooks; ``None`` refuses them), with the two deadlines every adapter takes."""
+    return Hub(
+        router, wakeup, spawn, drain_timeout=drain_timeout, shutdown_timeout=shutdown_timeout
+    )
 
 
 def peer_address(address: object) -> tuple[str, int] | None:
@@ -97,3 +128,167 @@ def bind(host: str | None, port: int, backlog: int, reuse_port: bool) -> list[so
             sock.close()
         raise
     return listeners
+
+
+def watch_listeners(
+    hub: Hub,
+    listeners: list[socket.socket],
+    watching: bool,
+    watch: Callable[[socket.socket, bool], object],
+) -> bool:
+    """Have the adapter ``watch`` its listeners (``True``) while ``hub`` says to accept,
+    and unwatch them (``False``) otherwise; once the hub refuses for good, they are
+    closed and forgotten. ``watching``: whether they are watched now; returns the same,
+    after."""
+    if hub.accepting != watching:
+        watching = hub.accepting
+        for listener in listeners:  # unwatched, else the loop wakes for them in vain
+            watch(listener, watching)
+    if hub.refusing:
+        for listener in listeners:
+            listener.close()
+        listeners.clear()
+    return watching
+
+
+class Link:
+    """One accepted non-blocking socket and its connection, for an adapter whose loop
+    polls sockets (a selector, asyncio's ``add_reader``): it reads and feeds the core
+    (a TLS handshake runs inside the first reads), writes what the core gives, holds
+    what the socket does not take (the connection paused meanwhile), and obeys the
+    verdicts. ``watch(link, events)`` has the loop wait for ``events`` (:data:`READ`,
+    :data:`WRITE`; 0: none) instead of ``link.events``, and call :meth:`ready`."""
+
+    __slots__ = ("closing", "conn", "events", "lost", "out", "paused", "sock", "want", "watch")
+
+    conn: ServerConnection
+
+    def __init__(self, sock: socket.socket, watch: Callable[[Link, int], None]) -> None:
+        self.sock = sock
+        self.watch = watch
+        self.out = b""  # not sent yet
+        self.paused = False
+        self.want = READ  # what a read waits for (WRITE: a TLS read needs writability)
+        self.closing = False  # the core said close and gave its last bytes
+        self.lost = False
+        self.events = 0  # what the loop waits for
+
+    @classmethod
+    def open(
+        cls,
+        hub: Hub,
+        sock: socket.socket,
+        peer: tuple[str, int] | None,
+        tls: ssl.SSLContext | None,
+        watch: Callable[[Link, int], None],
+        now: float,
+    ) -> Link | None:
+        """Serve a connected TCP socket on ``hub``; ``None`` if it cannot be set up."""
+        try:
+            sock.setblocking(False)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is not None:
+                sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except OSError as exc:
+            logger.warning("could not set up a socket from %s: %s", peer, exc)
+            sock.close()
+            return None
+        link = cls(sock, watch)
+        link.conn = hub.open(now, peer=peer, transport=link)
+        link.update()
+        return link
+
+    def ready(self, events: int, now: float) -> None:
+        """The socket is ready for ``events``: write what waits, read what came."""
+        try:
+            if events & WRITE and not self.send(now):
+                return
+            if events & READ or (self.want == WRITE and events & WRITE):
+                self.read(now)
+        except Exception:
+            logger.exception("connection from %s failed", self.conn.peer)
+            self.close(now)
+
+    def flush(self, now: float) -> None:
+        """Write what the core has (the connection was pending), and obey its verdicts."""
+        try:
+            data = self.conn.data_to_send(now)
+            if self.lost:  # gone: the core knows
+                return
+            if self.conn.should_abort:
+                self.close(now)
+                return
+            self.out += data
+            self.closing = self.conn.should_close
+            self.send(now)  # and reading pauses while the core holds input
+        except Exception:
+            logger.exception("flushing the connection from %s failed", self.conn.peer)
+            self.close(now)
+
+    def read(self, now: float) -> None:
+        sock = self.sock
+        self.want = READ
+        if self.conn.should_close:
+            return
+        try:  # with TLS, the first reads run the handshake
+            data = sock.recv(READ_SIZE)
+            if data and isinstance(sock, ssl.SSLSocket):
+                while sock.pending():  # decrypted bytes the loop cannot see
+                    data += sock.recv(READ_SIZE)
+        except ssl.SSLWantWriteError:
+            self.want = WRITE  # a TLS read needs the socket writable
+            self.update()
+            return
+        except _WOULD_BLOCK:
+            return
+        except OSError as exc:  # reset, or a TLS error: the transport is lost
+            logger.debug("reading from %s failed: %s", self.conn.peer, exc)
+            data = b""
+        self.conn.receive_data(data, now)  # b"": the core finishes, the flush closes
+
+    def send(self, now: float) -> bool:
+        """Write what the socket takes, then close once the core's last bytes left;
+        False if the socket is closed now."""
+        if self.out:
+            try:
+                sent = self.sock.send(self.out)
+            except _WOULD_BLOCK:
+                sent = 0
+            except OSError as exc:
+                logger.debug("writing to %s failed: %s", self.conn.peer, exc)
+                self.close(now)
+                return False
+            self.out = self.out[sent:]
+            if bool(self.out) != self.paused:  # resumed: the next flush writes more
+                self.paused = not self.paused
+                if self.paused:
+                    self.conn.pause_writing()
+                else:
+                    self.conn.resume_writing()
+        if self.closing and not self.out:
+            self.close(now)
+            return False
+        self.update()
+        return True
+
+    def update(self) -> None:
+        """Have the loop wait for what this (open) socket waits for now."""
+        events = 0 if self.conn.should_close or self.conn.input_paused else self.want
+        if self.out:
+            events |= WRITE
+        if events != self.events:
+            self.watch(self, events)
+            self.events = events
+
+    def close(self, now: float) -> None:
+        """Close the socket, and tell the core the transport is gone."""
+        if self.lost:
+            return
+        self.lost = True
+        if self.events:
+            self.watch(self, 0)
+            self.events = 0
+        self.out = b""
+        self.sock.close()
+        self.conn.transport_lost(now)

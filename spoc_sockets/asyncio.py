@@ -1,8 +1,9 @@
-"""Serve a :class:`~spoc_sockets.Router` on asyncio (protocols and transports).
+"""Serve a :class:`~spoc_sockets.Router` on asyncio (its loop's ``add_reader``).
 
-Each transport's :class:`asyncio.Protocol` feeds its connection; after every feed, timer
-and wake-up the server writes what the core returns and obeys its verdicts. One
-``loop.call_at`` timer follows the hub's earliest deadline. See :doc:`/serving-asyncio`.
+The loop watches each accepted socket (a :class:`~spoc_sockets._listen.Link`); after
+every read, timer and wake-up the server writes what the core returns and obeys its
+verdicts. One ``loop.call_at`` timer follows the hub's earliest deadline; a TLS
+handshake runs inside the first reads, within the core's. See :doc:`/serving-asyncio`.
 """
 
 from __future__ import annotations
@@ -15,73 +16,26 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, cast
 
-from ._hub import Hub
-from ._listen import BACKLOG, accept_waiting, bind, check_listening, peer_address
+from ._listen import (
+    BACKLOG,
+    READ,
+    WRITE,
+    Link,
+    accept_waiting,
+    bind,
+    check_listening,
+    open_hub,
+    peer_address,
+    watch_listeners,
+)
 from .router import Router
 
 if TYPE_CHECKING:
     from ssl import SSLContext
 
-    from ._connection import ServerConnection
-
 __all__ = ["Server", "serve"]
 
 logger = logging.getLogger("spoc_sockets.server")
-
-
-class _Protocol(asyncio.Protocol):
-    """One transport: bytes in to its connection, end of stream as ``b""``."""
-
-    conn: ServerConnection  # from connection_made on (asyncio calls it first)
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.transport: asyncio.Transport | None = None
-        self.reading = True
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast("asyncio.Transport", transport)
-        server = self.server
-        peer = peer_address(transport.get_extra_info("peername"))
-        self.conn = server.hub.open(server._loop.time(), peer=peer, transport=self)
-        server._flush()  # the new handshake deadline may be the earliest: rearm
-
-    def data_received(self, data: bytes) -> None:
-        self.conn.receive_data(data, self.server._loop.time())
-        self.server._flush()
-
-    def eof_received(self) -> None:
-        self.data_received(b"")  # the transport closes itself (after writing what it holds)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self.conn.transport_lost(self.server._loop.time())
-        self.server._flush()
-
-    def pause_writing(self) -> None:
-        self.conn.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.conn.resume_writing()  # makes the connection pending: the hub wakes us
-
-    def obey(self, conn: ServerConnection, data: bytes) -> None:
-        """Write ``data``, then do what the core says: drop, close, or pause reading."""
-        transport = self.transport
-        if transport is None:  # gone: the core knows
-            return
-        if conn.should_abort:
-            transport.abort()
-            return
-        if data and not transport.is_closing():
-            transport.write(data)
-        if conn.should_close:
-            transport.close()  # after the last bytes; the hub bounds the drain
-        elif conn.input_paused == self.reading:
-            self.reading = not self.reading
-            if self.reading:
-                transport.resume_reading()
-            else:
-                transport.pause_reading()
 
 
 class Server:
@@ -105,25 +59,18 @@ class Server:
         self.router = router
         self._address = (host, port, backlog, reuse_port)
         #: the core's side of this server (its drain and shutdown deadlines too)
-        self.hub = Hub(
-            router,
-            self._wakeup,
-            self._spawn,
-            drain_timeout=drain_timeout,
-            shutdown_timeout=shutdown_timeout,
-        )
+        self.hub = open_hub(router, self._wakeup, self._spawn, shutdown_timeout, drain_timeout)
         self._ssl = ssl
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._listeners: list[socket.socket] = []
         self._accepting = False
-        self._adopting: set[asyncio.Task[None]] = set()
         self._hooks: set[asyncio.Task[None]] = set()  # async hooks running
         self._port: int | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._closing = False
         self._finished = asyncio.Event()  # the hub has finished its shutdown
         self._closed = asyncio.Event()
+        self._turn = False  # in a core call that a flush follows: no wake-up needed
 
     @property
     def port(self) -> int:
@@ -138,13 +85,60 @@ class Server:
             self._listeners = bind(host, port, backlog, reuse_port)
             names = [s.getsockname() for s in self._listeners]
             self._port = int(names[0][1])
-            self._follow_accepting()
+            self._flush()  # watches the listeners
             scheme = "wss" if self._ssl is not None else "ws"
             logger.info("serving on %s", ", ".join(f"{scheme}://{n[0]}:{n[1]}" for n in names))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    async def adopt(self, sock: socket.socket) -> None:
+        """Serve a connected TCP socket accepted elsewhere (with ``ssl``, its TLS
+        handshake runs in the first reads). The socket is the server's now."""
+        if self._closed.is_set():
+            sock.close()
+            raise RuntimeError("this server is closed")
+        try:
+            peer = peer_address(sock.getpeername())
+        except OSError:
+            peer = None
+        self._turn = True
+        Link.open(self.hub, sock, peer, self._ssl, self._watch_link, self._loop.time())
+        self._flush()
+
+    async def close(self) -> None:
+        """Graceful shutdown (:meth:`Hub.shutdown <spoc_sockets.Hub.shutdown>`);
+        returns once the hub has finished. Cancelled, it drops the remaining transports at
+        once. A second call waits for the first."""
+        if self.hub.refusing:
+            await self._closed.wait()
+            return
+        try:
+            logger.info("shutting down (%d connections)", len(self.hub.connections))
+            self.hub.shutdown(self._loop.time())
+            self._flush()  # closes the listeners
+            await self._finished.wait()
+        finally:
+            now = self._loop.time()
+            for conn in self.hub.connections + self.hub.draining:  # only when cancelled
+                cast("Link", conn.transport).close(now)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            for task in list(self._hooks):  # the hub gave up on them
+                task.cancel()
+            self._closed.set()
+            logger.info("server closed")
+
+    async def wait_closed(self) -> None:
+        """Wait until :meth:`close` has finished (``serve_forever`` is the same: the
+        connections are served from the start)."""
+        await self._closed.wait()
+
+    serve_forever = wait_closed
+
+    # -- the loop's callbacks ------------------------------------------------------------
 
     def _spawn(self, coroutine: Coroutine[object, None, None]) -> Callable[[], object]:
         """Run an async hook's coroutine for the core (it reports back when done)."""
@@ -154,85 +148,32 @@ class Server:
         return task.cancel
 
     def _accept(self, listener: socket.socket) -> None:
-        for sock, _ in accept_waiting(listener, self.hub, self._loop.time()):
-            task = self._loop.create_task(self._adopt_accepted(sock))
-            self._adopting.add(task)
-            task.add_done_callback(self._adopting.discard)
-        self._flush()  # stop watching the listener if the hub says so
+        now = self._loop.time()
+        self._turn = True
+        for sock, peer in accept_waiting(listener, self.hub, now):
+            Link.open(self.hub, sock, peer, self._ssl, self._watch_link, now)
+        self._flush()  # and stop watching the listener if the hub says so
 
-    async def _adopt_accepted(self, sock: socket.socket) -> None:
-        try:
-            await self.adopt(sock)
-        except Exception as exc:  # a failed TLS handshake, a reset...
-            logger.debug("could not set up a connection: %r", exc)
-            sock.close()
-        except BaseException:  # cancelled by close(): the socket is ours to close
-            sock.close()
-            raise
+    def _ready(self, link: Link, events: int) -> None:
+        self._turn = True
+        link.ready(events, self._loop.time())
+        self._flush()
 
-    def _follow_accepting(self) -> None:
-        """Watch the listeners while the hub says to accept (a closed one never again)."""
-        accepting = self.hub.accepting and not self._closing and bool(self._listeners)
-        if accepting != self._accepting:
-            self._accepting = accepting
-            for listener in self._listeners:
-                if accepting:
-                    self._loop.add_reader(listener, self._accept, listener)
-                else:
-                    self._loop.remove_reader(listener)
+    def _watch(self, listener: socket.socket, accepting: bool) -> None:
+        if accepting:
+            self._loop.add_reader(listener, self._accept, listener)
+        else:
+            self._loop.remove_reader(listener)
 
-    async def adopt(self, sock: socket.socket) -> None:
-        """Serve a connected TCP socket accepted elsewhere (with ``ssl``, once its TLS
-        handshake is done; this raises if it fails). The socket is the server's now."""
-        if self._closed.is_set():
-            sock.close()
-            raise RuntimeError("this server is closed")
-        # the TLS handshake is part of the opening handshake: the same bound applies
-        timeout = None if self._ssl is None else self.router.handshake_timeout
-        await self._loop.connect_accepted_socket(
-            lambda: _Protocol(self), sock, ssl=self._ssl, ssl_handshake_timeout=timeout
-        )
-
-    async def serve_forever(self) -> None:
-        """Wait until the server is closed (connections are served from the start)."""
-        await self._closed.wait()
-
-    async def close(self) -> None:
-        """Graceful shutdown (:meth:`Hub.shutdown <spoc_sockets.Hub.shutdown>`);
-        returns once the hub has finished. Cancelled, it drops the remaining transports at
-        once. A second call waits for the first."""
-        if self._closing:
-            await self._closed.wait()
-            return
-        self._closing = True
-        try:
-            logger.info("shutting down (%d connections)", len(self.hub.connections))
-            self.hub.shutdown(self._loop.time())
-            for task in self._adopting:
-                task.cancel()
-            self._flush()
-            for listener in self._listeners:
-                listener.close()
-            await self._finished.wait()
-        finally:
-            try:
-                for conn in self.hub.connections + self.hub.draining:  # only when cancelled
-                    conn.abort()
-                self._flush()
-                while self.hub.connections or self.hub.draining:  # connection_lost follows
-                    await asyncio.sleep(0)
-            finally:
-                if self._timer is not None:
-                    self._timer.cancel()
-                    self._timer = None
-                for task in list(self._hooks):  # the hub gave up on them
-                    task.cancel()
-                self._closed.set()
-                logger.info("server closed")
-
-    async def wait_closed(self) -> None:
-        """Wait until :meth:`close` has finished."""
-        await self._closed.wait()
+    def _watch_link(self, link: Link, events: int) -> None:
+        if events & READ and not link.events & READ:
+            self._loop.add_reader(link.sock, self._ready, link, READ)
+        elif link.events & READ and not events & READ:
+            self._loop.remove_reader(link.sock)
+        if events & WRITE and not link.events & WRITE:
+            self._loop.add_writer(link.sock, self._ready, link, WRITE)
+        elif link.events & WRITE and not events & WRITE:
+            self._loop.remove_writer(link.sock)
 
     # -- the flush rule --------------------------------------------------------------
 
@@ -240,18 +181,19 @@ class Server:
         """Called by the hub from any thread: schedule a flush on the loop."""
         # a RuntimeError means the loop is closed: every connection is gone already
         with contextlib.suppress(RuntimeError):
-            if threading.get_ident() == self._thread:
-                self._loop.call_soon(self._flush)  # no need to wake the selector
-            else:
+            if threading.get_ident() != self._thread:
                 self._loop.call_soon_threadsafe(self._flush)
+            elif not self._turn:
+                self._loop.call_soon(self._flush)  # no need to wake the selector
 
     def _flush(self) -> None:
         """Write what the core has for each pending connection, and obey the verdicts."""
+        self._turn = False
         now = self._loop.time()
         for conn in self.hub.take_pending():
-            cast("_Protocol", conn.transport).obey(conn, conn.data_to_send(now))
+            cast("Link", conn.transport).flush(now)
         self._rearm()
-        self._follow_accepting()
+        self._accepting = watch_listeners(self.hub, self._listeners, self._accepting, self._watch)
         if self.hub.finished:
             self._finished.set()
 
@@ -268,6 +210,7 @@ class Server:
         assert self._timer is not None
         when = self._timer.when()
         self._timer = None
+        self._turn = True
         # the loop may run a timer up to its clock resolution early
         self.hub.handle_timeouts(max(self._loop.time(), when))
         self._flush()

@@ -2,30 +2,28 @@
 
 Per stream, a reader task feeds the core (waiting while it holds input) and a writer
 task writes what it returns, one ``send_all`` at a time; a verdict to abort cancels
-both. One timer task follows the hub's earliest deadline. See :doc:`/serving-trio`.
+both. One timer task follows the hub's earliest deadline; woken by a task on the trio
+thread (an async hook that sent), it flushes at once. See :doc:`/serving-trio`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
-from collections.abc import Awaitable, Callable, Coroutine
+import threading
+from collections.abc import Callable, Coroutine
 from ssl import SSLContext
 
 import trio
 
 from ._connection import ServerConnection
-from ._hub import Hub
-from ._listen import BACKLOG, OUT_OF_RESOURCES, bind, check_listening, peer_address
+from ._listen import BACKLOG, OUT_OF_RESOURCES, bind, check_listening, open_hub, peer_address
 from .router import Router
 
 __all__ = ["Server", "handle_stream", "serve"]
 
 #: Bytes asked of the transport per read.
 READ_SIZE = 65536
-
-logger = logging.getLogger("spoc_sockets.server")
 
 
 class _Link:
@@ -36,9 +34,9 @@ class _Link:
     def __init__(self, stream: trio.abc.Stream, conn: ServerConnection) -> None:
         self.stream = stream
         self.conn = conn
-        self.out: list[bytes] = []
+        self.out = b""  # given to the writer; the core holds the rest until it is sent
         self.closing = False  # the core said close: write the rest, then close
-        self.event = trio.Event()
+        self.event = trio.Event()  # set when there is output or a verdict for the writer
         self.readable = trio.Event()  # set when the core wants input again
         self.scope = trio.CancelScope()  # cancelled when the core gives up on the stream
 
@@ -55,20 +53,15 @@ class Server:
     ) -> None:
         self.router = router
         #: the core's side of this server (its drain and shutdown deadlines too)
-        self.hub = Hub(
-            router,
-            self._wakeup,
-            self._spawn,
-            drain_timeout=drain_timeout,
-            shutdown_timeout=shutdown_timeout,
-        )
+        self.hub = open_hub(router, self._wakeup, self._spawn, shutdown_timeout, drain_timeout)
         #: the listeners (empty for :func:`handle_stream`)
         self.listeners: list[trio.SocketListener] = []
         self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.get_ident()
+        self._turn = False  # in a core call that a flush follows: no wake-up needed
         self._links: dict[ServerConnection, _Link] = {}
         self._timer = trio.CancelScope()  # the one timer: its deadline is the hub's next
         self._hooks: trio.Nursery | None = None  # where async hooks run
-        self._accepting = trio.CancelScope()
         self._accept_again = trio.Event()  # set while the hub says to accept
         self._idle = trio.Event()  # set once the hub has finished
         self._done = trio.Event()
@@ -86,8 +79,11 @@ class Server:
     # -- the core's flush rule --------------------------------------------------------
 
     def _wakeup(self) -> None:  # any thread
-        with contextlib.suppress(trio.RunFinishedError):  # gone: nothing left to flush
-            self._token.run_sync_soon(self._flush)
+        if threading.get_ident() != self._thread:
+            with contextlib.suppress(trio.RunFinishedError):  # gone: nothing left to flush
+                self._token.run_sync_soon(self._flush)
+        elif not self._turn:
+            self._timer.cancel()  # the timer task flushes, with no trip through the kernel
 
     def _spawn(self, coroutine: Coroutine[object, None, None]) -> Callable[[], object]:
         """Run an async hook's coroutine for the core (it reports back when done)."""
@@ -97,6 +93,7 @@ class Server:
         return scope.cancel
 
     def _flush(self) -> None:  # the trio thread
+        self._turn = False
         now = trio.current_time()
         for conn in self.hub.take_pending():
             data = conn.data_to_send(now)  # b"" while a write is in flight
@@ -109,7 +106,7 @@ class Server:
             if not conn.input_paused:
                 link.readable.set()
             if data:
-                link.out.append(data)
+                link.out += data  # b"" before: the core pauses while a write is in flight
                 conn.pause_writing()
             link.closing = conn.should_close
             link.event.set()
@@ -118,7 +115,9 @@ class Server:
         if self.hub.finished:
             self._idle.set()
         deadline = self.hub.next_deadline()
-        self._timer.deadline = math.inf if deadline is None else deadline
+        deadline = math.inf if deadline is None else deadline
+        if deadline != self._timer.deadline:  # setting it costs, even to the same value
+            self._timer.deadline = deadline
 
     async def _tick(self) -> None:
         while True:
@@ -154,6 +153,7 @@ class Server:
                 data = await link.stream.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
+            self._turn = True
             conn.receive_data(bytes(data), trio.current_time())
             self._flush()
             if not data:
@@ -166,13 +166,14 @@ class Server:
         conn = link.conn
         while True:
             if link.out:
-                data = b"".join(link.out) if len(link.out) > 1 else link.out[0]
-                link.out.clear()
+                data, link.out = link.out, b""
                 try:
                     await link.stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return  # transport lost: handle_stream tells the core
-                conn.resume_writing()  # schedules a flush of what waited meanwhile
+                self._turn = True
+                conn.resume_writing()  # makes the connection pending: flush what waited
+                self._flush()
                 continue
             if link.closing:
                 return
@@ -185,7 +186,9 @@ class Server:
         """Accept streams (wrapped in TLS with ``tls``) while the hub says to accept."""
         while True:
             try:
-                stream = await listener.accept()
+                stream: trio.abc.Stream = await listener.accept()
+            except trio.ClosedResourceError:
+                return  # closed by the shutdown
             except OSError as exc:
                 if exc.errno not in OUT_OF_RESOURCES:
                     raise
@@ -195,22 +198,22 @@ class Server:
                 self._flush()
                 await self._accept_again.wait()
                 continue
-            if tls is None:
-                nursery.start_soon(self.handle_stream, stream)
-            else:  # the TLS handshake runs in the first reads, within the handshake timeout
-                tls_stream = trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
-                nursery.start_soon(self.handle_stream, tls_stream)
+            if tls is not None:  # its handshake runs in the first reads, within handshake_timeout
+                stream = trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
+            nursery.start_soon(self.handle_stream, stream)
 
     # -- shutdown -------------------------------------------------------------------------
 
     def _begin_shutdown(self) -> None:
         if not self.hub.refusing:
-            self._accepting.cancel()
+            for listener in self.listeners:
+                listener.socket.close()  # wakes its accept with ClosedResourceError
             self.hub.shutdown(trio.current_time())
             self._flush()
 
-    async def _run(self, body: Callable[[trio.Nursery], Awaitable[None]]) -> None:
-        """Run ``body`` and the timer; an outer cancellation becomes a graceful shutdown."""
+    async def _run(self, start: Callable[[trio.Nursery], object]) -> None:
+        """Run the timer and what ``start`` starts until the hub has finished its shutdown
+        (an outer cancellation begins it)."""
         try:
             async with trio.open_nursery() as watch:
                 watch.start_soon(self._watch_cancellation)
@@ -218,10 +221,9 @@ class Server:
                     async with trio.open_nursery() as nursery:
                         self._hooks = nursery
                         nursery.start_soon(self._tick)
-                        await body(nursery)
-                        self._begin_shutdown()
+                        start(nursery)
                         await self._idle.wait()  # no stream, no hook left: the hub finished
-                        nursery.cancel_scope.cancel()  # the timer
+                        nursery.cancel_scope.cancel()  # the timer (and accepts paused)
                 watch.cancel_scope.cancel()
         finally:
             self._done.set()
@@ -240,15 +242,12 @@ async def _await(coroutine: Coroutine[object, None, None], scope: trio.CancelSco
 
 def _peer(stream: trio.abc.Stream) -> tuple[str, int] | None:
     """The remote address under ``stream`` (through SSLStream layers), if it has one."""
-    inner: object = stream
-    while not isinstance(inner, trio.SocketStream):
-        inner = getattr(inner, "transport_stream", None)
-        if inner is None:
-            return None
-    try:
-        return peer_address(inner.socket.getpeername())
-    except OSError:
-        return None
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    with contextlib.suppress(OSError):
+        if isinstance(stream, trio.SocketStream):
+            return peer_address(stream.socket.getpeername())
+    return None
 
 
 async def serve(
@@ -274,12 +273,10 @@ async def serve(
         for sock in bind(host, port, backlog, reuse_port)
     ]
 
-    async def accept(nursery: trio.Nursery) -> None:
-        with server._accepting:
-            task_status.started(server)
-            async with trio.open_nursery() as accepting:
-                for listener in server.listeners:
-                    accepting.start_soon(server._accept, listener, ssl, nursery)
+    def accept(nursery: trio.Nursery) -> None:
+        for listener in server.listeners:
+            nursery.start_soon(server._accept, listener, ssl, nursery)
+        task_status.started(server)
 
     try:
         await server._run(accept)
@@ -299,7 +296,8 @@ async def handle_stream(
     its own; returns once it is closed. Cancelled, it closes its client with 1001."""
     server = Server(router, shutdown_timeout=shutdown_timeout, drain_timeout=drain_timeout)
 
-    async def one(nursery: trio.Nursery) -> None:
+    async def one() -> None:
         await server.handle_stream(stream)
+        server._begin_shutdown()  # the stream is closed: nothing left to serve
 
-    await server._run(one)
+    await server._run(lambda nursery: nursery.start_soon(one))
