@@ -3,6 +3,7 @@ hub, and :class:`Link`, one accepted socket served by a loop that polls sockets 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import selectors
@@ -290,5 +291,8 @@ class Link:
             self.watch(self, 0)
             self.events = 0
         self.out = b""
+        if isinstance(self.sock, ssl.SSLSocket):
+            with contextlib.suppress(OSError, ValueError):  # a close_notify, if taken now
+                self.sock.unwrap()  # (non-blocking: it never waits for the peer's)
         self.sock.close()
         self.conn.transport_lost(now)

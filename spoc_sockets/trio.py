@@ -29,13 +29,14 @@ READ_SIZE = 65536
 class _Link:
     """The adapter's side of one stream: output in flight and the writer's wake-up."""
 
-    __slots__ = ("closing", "conn", "event", "out", "readable", "scope", "stream")
+    __slots__ = ("closing", "conn", "event", "heard", "out", "readable", "scope", "stream")
 
     def __init__(self, stream: trio.abc.Stream, conn: ServerConnection) -> None:
         self.stream = stream
         self.conn = conn
         self.out = b""  # given to the writer; the core holds the rest until it is sent
         self.closing = False  # the core said close: write the rest, then close
+        self.heard = False  # bytes came in: with TLS, its handshake is done
         self.event = trio.Event()  # set when there is output or a verdict for the writer
         self.readable = trio.Event()  # set when the core wants input again
         self.scope = trio.CancelScope()  # cancelled when the core gives up on the stream
@@ -139,7 +140,9 @@ class Server:
                     nursery.start_soon(self._read, link)
                     await self._write(link)
                     nursery.cancel_scope.cancel()
-                await stream.aclose()  # after the last bytes (a TLS close_notify too)
+                if link.heard:  # after the last bytes, a TLS close_notify (never waited for)
+                    with contextlib.suppress(trio.BrokenResourceError, OSError):
+                        await stream.aclose()
         finally:
             del self._links[conn]
             await trio.aclose_forcefully(stream)  # nothing left to do if closed already
@@ -154,6 +157,7 @@ class Server:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             self._turn = True
+            link.heard = link.heard or bool(data)
             conn.receive_data(bytes(data), trio.current_time())
             self._flush()
             if not data:
@@ -199,7 +203,7 @@ class Server:
                 await self._accept_again.wait()
                 continue
             if tls is not None:  # its handshake runs in the first reads, within handshake_timeout
-                stream = trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
+                stream = trio.SSLStream(stream, tls, server_side=True)
             nursery.start_soon(self.handle_stream, stream)
 
     # -- shutdown -------------------------------------------------------------------------

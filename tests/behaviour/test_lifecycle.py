@@ -9,6 +9,7 @@ once, or at its ``drain_timeout``; both hold.
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import struct
 import threading
@@ -133,6 +134,26 @@ def test_tls_echo(serve_tls: Harness, tls: TLS, request: pytest.FixtureRequest) 
         served.connect("/echo").close()  # still serving
         # gone before the server stops (uvicorn would try to close it again: a warning)
         served.wait_for(lambda: served.held() == 0)
+        if request.node.callspec.params["serve_tls"] != "asgi":  # uvicorn's TLS, not ours
+            assert _closes_with_close_notify(served.server.port, tls)
+
+
+def _closes_with_close_notify(port: int, tls: TLS) -> bool:
+    """Upgrade, close, and read to the end: whether the server's TLS ended with a
+    close_notify (a truncation attack is indistinguishable from a bare TCP close)."""
+    context = ssl.create_default_context(cafile=str(tls.cert))
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as plain:
+        with context.wrap_socket(
+            plain, server_hostname="127.0.0.1", suppress_ragged_eofs=False
+        ) as sock:
+            sock.sendall(upgrade_request("/echo"))
+            sock.sendall(client_frame(0x8, struct.pack("!H", 1000)))
+            try:
+                while sock.recv(65536):
+                    pass
+            except ssl.SSLEOFError:
+                return False
+    return True
 
 
 # -- churn ------------------------------------------------------------------------------
