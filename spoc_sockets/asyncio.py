@@ -166,14 +166,15 @@ class Server:
             self._loop.remove_reader(listener)
 
     def _watch_link(self, link: Link, events: int) -> None:
+        fd = link.sock.fileno()  # not the socket: a new one's repr would be made (slow)
         if events & READ and not link.events & READ:
-            self._loop.add_reader(link.sock, self._ready, link, READ)
+            self._loop.add_reader(fd, self._ready, link, READ)
         elif link.events & READ and not events & READ:
-            self._loop.remove_reader(link.sock)
+            self._loop.remove_reader(fd)
         if events & WRITE and not link.events & WRITE:
-            self._loop.add_writer(link.sock, self._ready, link, WRITE)
+            self._loop.add_writer(fd, self._ready, link, WRITE)
         elif link.events & WRITE and not events & WRITE:
-            self._loop.remove_writer(link.sock)
+            self._loop.remove_writer(fd)
 
     # -- the flush rule --------------------------------------------------------------
 
