@@ -32,8 +32,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -138,6 +137,25 @@ class Wire(Protocol):
         """The session just finished (CLOSED): release what the wire holds."""
 
 
+class Guard:
+    """``with session.guard():`` (see :meth:`Session.guard`); a class rather than a
+    generator, as every message enters it twice."""
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, error: BaseException | None, trace: object) -> bool:
+        if not isinstance(error, Exception):
+            return False  # none, or KeyboardInterrupt and the like: not ours to stop
+        self._session.fail_internally(error)
+        return True
+
+
 class Session:
     """One connection's decisions, handle, output limit and end (see the module)."""
 
@@ -152,6 +170,7 @@ class Session:
     ) -> None:
         self.router = router
         self.wire = wire
+        self._guard = Guard(self)
         #: the client's address, if known
         self.peer = peer
         #: the latest time the owner gave (for durations in logs)
@@ -243,16 +262,16 @@ class Session:
             if self.mailbox:
                 self.intake(now)
 
-    @contextmanager
-    def guard(self) -> Iterator[None]:
+    def guard(self) -> Guard:
         """Nothing raises out of the core: an unexpected error ends this connection only
         (logged on ``spoc_sockets.core``, and the transport is dropped)."""
-        try:
-            yield
-        except Exception:
-            core_logger.exception("internal error in the core; dropping %r", self.wire)
-            self.wire.discard_output()
-            self.finish(CloseCode.INTERNAL_ERROR, "internal error")
+        return self._guard
+
+    def fail_internally(self, error: Exception) -> None:
+        """An unexpected ``error`` in the core: end this connection only."""
+        core_logger.error("internal error in the core; dropping %r", self.wire, exc_info=error)
+        self.wire.discard_output()
+        self.finish(CloseCode.INTERNAL_ERROR, "internal error")
 
     def post(self, item: Outgoing | CloseRequest) -> None:
         """Queue a message or close request from any thread (see :meth:`Connection.send`).
