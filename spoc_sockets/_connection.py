@@ -460,29 +460,30 @@ class ServerConnection:
 
     def _handle_events(self, now: float) -> None:
         """Handle up to :data:`EVENTS_PER_TURN` events; keep the rest for the next turn."""
-        events = self._events
+        events, session = self._events, self.session
         assert events is not None
         for budget in range(EVENTS_PER_TURN, 0, -1):
-            if self.session.busy:  # an async hook runs: the rest waits until it is done
+            if session.busy:  # an async hook runs: the rest waits until it is done
                 return
             event = next(events, None)
             if event is None:
                 self._events = None
                 return
-            self._handle_event(event, now)
-            if self.session.state is CLOSED:
+            if isinstance(event, (str, bytes)):  # a message in one frame, from the fast path
+                if session.state is OPEN:
+                    self._on_frame(event, True, True, now)
+            else:
+                self._handle_event(event, now)
+            if session.state is CLOSED:
                 return
-            if self.session.mailbox:  # replies leave before a later frame can fail or close
-                self.session.intake(now)
+            if session.mailbox:  # replies leave before a later frame can fail or close
+                session.intake(now)
             if budget == 1:
-                self.session.schedule()  # more next turn: the adapter pauses reading meanwhile
+                session.schedule()  # more next turn: the adapter pauses reading meanwhile
 
-    def _handle_event(self, event: Event | Message, now: float) -> None:
+    def _handle_event(self, event: Event, now: float) -> None:
         kind = type(event)
-        if kind is str or kind is bytes:  # a message in one frame, from the fast path
-            if self.session.state is OPEN:
-                self._on_frame(event, True, True, now)  # type: ignore[arg-type]
-        elif kind is TextMessage or kind is BytesMessage:
+        if kind is TextMessage or kind is BytesMessage:
             if self.session.state is OPEN:
                 self._on_data(event, now)  # type: ignore[arg-type]
         elif kind is Progress:  # part of a message: the peer is not idle
