@@ -254,7 +254,7 @@ class ServerConnection:
         if session.state is CLOSED:
             return
         session.clock = now
-        with session.guard():
+        with session.guard:
             if self._ws is None:
                 self._receive_handshake(data, now)
             else:
@@ -294,7 +294,7 @@ class ServerConnection:
         """Everything to write now, coalesced; ``b""`` when nothing, or while paused
         (once finished, the last bytes come even then: they are bounded)."""
         session = self.session
-        with session.guard():
+        with session.guard:
             session.begin_turn(now)
             if self._events is not None and not session.busy:
                 self._handle_events(now)
@@ -460,29 +460,30 @@ class ServerConnection:
 
     def _handle_events(self, now: float) -> None:
         """Handle up to :data:`EVENTS_PER_TURN` events; keep the rest for the next turn."""
-        events = self._events
+        events, session = self._events, self.session
         assert events is not None
         for budget in range(EVENTS_PER_TURN, 0, -1):
-            if self.session.busy:  # an async hook runs: the rest waits until it is done
+            if session.busy:  # an async hook runs: the rest waits until it is done
                 return
             event = next(events, None)
             if event is None:
                 self._events = None
                 return
-            self._handle_event(event, now)
-            if self.session.state is CLOSED:
+            if isinstance(event, (str, bytes)):  # a message in one frame, from the fast path
+                if session.state is OPEN:
+                    self._on_frame(event, True, True, now)
+            else:
+                self._handle_event(event, now)
+            if session.state is CLOSED:
                 return
-            if self.session.mailbox:  # replies leave before a later frame can fail or close
-                self.session.intake(now)
+            if session.mailbox:  # replies leave before a later frame can fail or close
+                session.intake(now)
             if budget == 1:
-                self.session.schedule()  # more next turn: the adapter pauses reading meanwhile
+                session.schedule()  # more next turn: the adapter pauses reading meanwhile
 
-    def _handle_event(self, event: Event | Message, now: float) -> None:
+    def _handle_event(self, event: Event, now: float) -> None:
         kind = type(event)
-        if kind is str or kind is bytes:  # a message in one frame, from the fast path
-            if self.session.state is OPEN:
-                self._on_frame(event, True, True, now)  # type: ignore[arg-type]
-        elif kind is TextMessage or kind is BytesMessage:
+        if kind is TextMessage or kind is BytesMessage:
             if self.session.state is OPEN:
                 self._on_data(event, now)  # type: ignore[arg-type]
         elif kind is Progress:  # part of a message: the peer is not idle
@@ -524,22 +525,23 @@ class ServerConnection:
     def _on_frame(self, data: Message, frame_finished: bool, finished: bool, now: float) -> None:
         """Data of a message: a whole frame, or part of one (``frame_finished`` false);
         ``finished``: the message's last."""
+        session = self.session
         if isinstance(data, str):
             self._size += len(data) if data.isascii() else len(data.encode())
         else:
             self._size += len(data)
-        self.session.last_input = now  # a message in progress is not idleness
+        session.last_input = now  # a message in progress is not idleness
         if frame_finished:
             self._fragments += 1
         fault = self._over_limits()
         if fault is not None:
             self._first = self._rest = None
-            self.session.error = ProtocolError(fault, code=CloseCode.MESSAGE_TOO_BIG)
-            self.session.close(CloseCode.MESSAGE_TOO_BIG, fault, now)
+            session.error = ProtocolError(fault, code=CloseCode.MESSAGE_TOO_BIG)
+            session.close(CloseCode.MESSAGE_TOO_BIG, fault, now)
         elif finished:
-            message, size = self._reassemble(data), self._size
-            self._size = self._fragments = 0
-            self.session.deliver(message, size, now)
+            message = data if self._first is None else self._reassemble(data)
+            size, self._size, self._fragments = self._size, 0, 0
+            session.deliver(message, size, now)
         else:
             self._accumulate(data)
 

@@ -19,10 +19,18 @@ _LEN16 = struct.Struct("!BBH")
 _LEN64 = struct.Struct("!BBQ")
 
 
+#: the two-byte headers of small text and binary frames, built once
+_SMALL = {
+    opcode: [bytes((_FIN | opcode, length)) for length in range(126)]
+    for opcode in (OP_TEXT, OP_BINARY)
+}
+
+
 def frame_header(opcode: int, length: int) -> bytes:
     """The header of a final, unmasked, uncompressed frame of ``length`` payload bytes."""
     if length < 126:
-        return bytes((_FIN | opcode, length))
+        small = _SMALL.get(opcode)
+        return small[length] if small is not None else bytes((_FIN | opcode, length))
     if length < 65536:
         return _LEN16.pack(_FIN | opcode, 126, length)
     return _LEN64.pack(_FIN | opcode, 127, length)

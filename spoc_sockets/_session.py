@@ -32,8 +32,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -138,6 +137,25 @@ class Wire(Protocol):
         """The session just finished (CLOSED): release what the wire holds."""
 
 
+class Guard:
+    """What ``with session.guard:`` does (see :attr:`Session.guard`); a class rather than
+    a generator, as every message enters it twice."""
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, error: BaseException | None, trace: object) -> bool:
+        if not isinstance(error, Exception):
+            return False  # none, or KeyboardInterrupt and the like: not ours to stop
+        self._session.fail_internally(error)
+        return True
+
+
 class Session:
     """One connection's decisions, handle, output limit and end (see the module)."""
 
@@ -152,6 +170,9 @@ class Session:
     ) -> None:
         self.router = router
         self.wire = wire
+        #: ``with session.guard:`` nothing raises out of the core: an unexpected error
+        #: ends this connection only (logged on ``spoc_sockets.core``, the transport dropped)
+        self.guard = Guard(self)
         #: the client's address, if known
         self.peer = peer
         #: the latest time the owner gave (for durations in logs)
@@ -218,7 +239,7 @@ class Session:
         if self._deadline is None or now < self._deadline:
             return
         self.clock = now
-        with self.guard():
+        with self.guard:
             if self.state is CONNECTING:
                 self._handshake_expired()
             elif self.state is OPEN:
@@ -233,26 +254,23 @@ class Session:
         input)."""
         self._scheduled = False
         self.clock = now
-        self._take_decision(now)
-        self._take_hook_end(now)
+        if self._deferred is not None:
+            self._take_decision(now)
+        if self._hook_ended is not None:
+            self._take_hook_end(now)
 
     def turn(self, now: float) -> None:
         """The owner's whole turn (:meth:`begin_turn`, then :meth:`intake`), guarded."""
-        with self.guard():
+        with self.guard:
             self.begin_turn(now)
             if self.mailbox:
                 self.intake(now)
 
-    @contextmanager
-    def guard(self) -> Iterator[None]:
-        """Nothing raises out of the core: an unexpected error ends this connection only
-        (logged on ``spoc_sockets.core``, and the transport is dropped)."""
-        try:
-            yield
-        except Exception:
-            core_logger.exception("internal error in the core; dropping %r", self.wire)
-            self.wire.discard_output()
-            self.finish(CloseCode.INTERNAL_ERROR, "internal error")
+    def fail_internally(self, error: Exception) -> None:
+        """An unexpected ``error`` in the core: end this connection only."""
+        core_logger.error("internal error in the core; dropping %r", self.wire, exc_info=error)
+        self.wire.discard_output()
+        self.finish(CloseCode.INTERNAL_ERROR, "internal error")
 
     def post(self, item: Outgoing | CloseRequest) -> None:
         """Queue a message or close request from any thread (see :meth:`Connection.send`).
@@ -265,11 +283,12 @@ class Session:
         if conn is None or channel is None or self.state is CLOSED or self._overflowed:
             return  # discarded, and nothing accumulates on a dead connection
         if isinstance(item, Outgoing):
-            fits = self._fits(channel, conn, item.size)
+            size = item.size
+            fits = self._fits(channel, conn, size)
             if fits is False:
                 return  # dropped (and counted)
             if fits is True:
-                self._posted += item.size
+                self._posted += size
             else:
                 item = fits
         self.mailbox.append(item)
@@ -465,7 +484,7 @@ class Session:
             return
         self.clock = now
         size = len(message.encode()) if isinstance(message, str) else len(message)
-        with self.guard():
+        with self.guard:
             too_big = self.too_big(size)
             if too_big is not None:
                 self.close(CloseCode.MESSAGE_TOO_BIG, too_big, now)
@@ -480,7 +499,9 @@ class Session:
         self.last_input = now  # the idle deadline follows lazily (_open_deadline_passed)
         conn.messages_in += 1
         conn.bytes_in += size
-        self._after_hook(self.channel._received(conn, message), now)
+        outcome = self.channel._received(conn, message)
+        if outcome is not True:
+            self._after_hook(outcome, now)
 
     def _after_hook(self, outcome: Outcome, now: float) -> None:
         """Act on what ``on_connect`` or ``on_message`` gave: nothing, 1011 for a
@@ -522,14 +543,13 @@ class Session:
 
     def intake(self, now: float) -> None:
         """Take what other threads posted, in order, on the owner's thread."""
-        mailbox = self.mailbox
+        mailbox, wire, conn = self.mailbox, self.wire, self.connection
         while mailbox:
             item = mailbox.popleft()
             if isinstance(item, Outgoing):
                 self._taken += item.size
                 if self.state is OPEN:
-                    self.wire.send_message(item, now)
-                    conn = self.connection
+                    wire.send_message(item, now)
                     assert conn is not None
                     conn.messages_out += 1
                     conn.bytes_out += len(item.payload)

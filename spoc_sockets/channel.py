@@ -83,18 +83,17 @@ class Outgoing:
     message: Message
     header: bytes
     payload: bytes
-
-    @property
-    def size(self) -> int:
-        """Bytes on the wire (header and payload), what the output limit counts."""
-        return len(self.header) + len(self.payload)
+    #: bytes on the wire (header and payload), what the output limit counts
+    size: int
 
     @classmethod
     def build(cls, message: Message) -> Outgoing:
         if isinstance(message, str):
-            payload = message.encode()
-            return cls(message, frame_header(OP_TEXT, len(payload)), payload)
-        return cls(message, frame_header(OP_BINARY, len(message)), message)
+            payload, opcode = message.encode(), OP_TEXT
+        else:
+            payload, opcode = message, OP_BINARY
+        header = frame_header(opcode, len(payload))
+        return cls(message, header, payload, len(header) + len(payload))
 
 
 @dataclass(frozen=True, slots=True)
@@ -547,9 +546,9 @@ def _call(hook: Callable[..., object], *args: object) -> Outcome:
     except Exception:
         logger.exception("%s raised", _name(hook))
         return False
-    if inspect.isawaitable(result):
-        return result
-    return True
+    if result is None or not inspect.isawaitable(result):  # None: the common case, at once
+        return True
+    return result
 
 
 def verdict(decision: object) -> tuple[object]:
