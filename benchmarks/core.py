@@ -5,6 +5,9 @@ Each case feeds one masked client frame with ``receive_data``, lets the channel'
 median, over ``--repeat`` runs, of the mean CPU time of this process per message over
 ``--number`` messages (so other work on the machine hardly counts). ``websockets``'
 sans-IO ``ServerProtocol`` does the same work for reference, when it is importable.
+The fast path runs with the masker in use (``spoc_sockets._fastpath.MASKER``: the compiled
+one when it was built) and again with the pure-Python one; then the maskers alone are
+timed (µs per call, the median of ``--repeat`` runs), beside ``websockets``' compiled one.
 
     python benchmarks/core.py [--repeat 7] [--number 20000]
 """
@@ -17,9 +20,10 @@ import os
 import statistics
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-from spoc_sockets import ChannelServer, Connection, Hub, Router
+from spoc_sockets import ChannelServer, Connection, Hub, Router, _fastpath
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
 REQUEST = (
@@ -101,6 +105,53 @@ def websockets_echo(frame: bytes) -> Callable[[int], float] | None:
     return run
 
 
+@contextmanager
+def masker(unmask: _fastpath.Masker) -> Iterator[None]:
+    """The fast path unmasks with ``unmask`` meanwhile."""
+    saved, _fastpath.unmask = _fastpath.unmask, unmask
+    try:
+        yield
+    finally:
+        _fastpath.unmask = saved
+
+
+def pure_python_echo(frame: bytes) -> Callable[[int], float]:
+    """The fast path with the pure-Python masker."""
+    inner = spoc_echo(frame, True)
+
+    def run(n: int) -> float:
+        with masker(_fastpath.unmask_python):
+            return inner(n)
+
+    return run
+
+
+def masking(size: int, unmask: _fastpath.Masker) -> Callable[[int], float]:
+    """Seconds for ``n`` unmaskings of ``size`` bytes."""
+    data, key = os.urandom(size), os.urandom(4)
+
+    def run(n: int) -> float:
+        start = time.process_time()
+        for _ in range(n):
+            unmask(data, key)
+        return time.process_time() - start
+
+    return run
+
+
+def maskers() -> list[tuple[str, _fastpath.Masker | None]]:
+    """The maskers to time alone (None: not there)."""
+    try:
+        from websockets.speedups import apply_mask
+    except ImportError:
+        apply_mask = None
+    return [
+        ("compiled", _fastpath.unmask_compiled),
+        ("python", _fastpath.unmask_python),
+        ("websockets", apply_mask),
+    ]
+
+
 def measure(run: Callable[[int], float], number: int, repeat: int) -> float:
     """Median µs per message over ``repeat`` runs of ``number`` messages."""
     run(max(1, number // 10))  # warm up
@@ -116,10 +167,13 @@ def main() -> None:
         ("text 32 B", client_frame(0x1, b"x" * 32), args.number),
         ("binary 1 MiB", client_frame(0x2, os.urandom(2**20)), max(1, args.number // 400)),
     ]
-    print(f"{'message':<14}{'fast path':>12}{'wsproto':>12}{'websockets':>12}   (µs/message)")
+    print(f"masker in use: {_fastpath.MASKER}")
+    columns = ("fast path", "(pure Py)", "wsproto", "websockets")
+    print(f"{'message':<14}{''.join(f'{c:>12}' for c in columns)}   (µs/message)")
     for name, frame, number in cases:
         figures = [
             measure(spoc_echo(frame, True), number, args.repeat),
+            measure(pure_python_echo(frame), number, args.repeat),
             measure(spoc_echo(frame, False), number, args.repeat),
         ]
         reference = websockets_echo(frame)
@@ -128,6 +182,16 @@ def main() -> None:
             f"{measure(reference, number, args.repeat):12.1f}" if reference else f"{'-':>12}"
         )
         print(f"{name:<14}{''.join(cells)}")
+    print(f"\n{'unmask':<14}{''.join(f'{name:>12}' for name, _ in maskers())}   (µs/call)")
+    for size, label in ((32, "32 B"), (8192, "8 KiB"), (2**20, "1 MiB")):
+        number = max(10, args.number * 32 // size)
+        cells = [
+            f"{measure(masking(size, unmask), number, args.repeat):12.3f}"
+            if unmask
+            else f"{'-':>12}"
+            for _, unmask in maskers()
+        ]
+        print(f"{label:<14}{''.join(cells)}")
 
 
 if __name__ == "__main__":
