@@ -21,6 +21,11 @@ fails as soon as wsproto would fail it); for a binary frame each new piece yield
 of it (the peer is not idle). A simple frame longer than the channel's
 ``max_message_size`` goes to wsproto, whose partial messages let the connection close
 with 1009 as soon as the limit is crossed, before the frame is buffered.
+
+Unmasking is :data:`unmask`: the optional compiled masker (``spoc_sockets._speedups``,
+built at install time when a C compiler is there), which reads the payload straight from
+the input buffer into the message, else :func:`unmask_python`; :data:`MASKER` says which.
+wsproto keeps its own masker for the frames it reads.
 """
 
 from __future__ import annotations
@@ -36,8 +41,10 @@ __all__ = [
     "PROGRESS",
     "UNMASK_LANES_FROM",
     "FrameReader",
+    "Masker",
     "Progress",
     "unmask",
+    "unmask_compiled",
     "unmask_python",
 ]
 
@@ -71,6 +78,7 @@ def unmask_python(data: bytes | bytearray | memoryview, key: bytes | bytearray) 
     return bytes(out)
 
 
+#: A masker: ``(data, key) -> bytes``, ``data`` XORed with the repeated 4-byte ``key``.
 Masker = Callable[[bytes | bytearray | memoryview, bytes | bytearray], bytes]
 
 unmask_compiled: Masker | None

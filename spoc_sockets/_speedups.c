@@ -50,6 +50,7 @@ apply_mask(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_buffer data, mask;
     PyObject *result = NULL;
 
+    (void)module;
     if (nargs != 2) {
         PyErr_Format(PyExc_TypeError,
                      "apply_mask() takes 2 arguments (data, mask), not %zd", nargs);
