@@ -1,6 +1,7 @@
 """The core alone, no sockets: µs per echoed message through a ServerConnection.
 
-Each case feeds one masked client frame with ``receive_data``, lets the channel's
+Each case feeds one masked client frame with ``receive_data`` (whole, or in 64 KiB pieces
+as a socket gives a large one), lets the channel's
 ``on_message`` send it back, and takes the answer with ``data_to_send``; the figure is the
 median, over ``--repeat`` runs, of the mean CPU time of this process per message over
 ``--number`` messages (so other work on the machine hardly counts). ``websockets``'
@@ -45,25 +46,32 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
     return head + mask + masked.to_bytes(n, "little")
 
 
+def pieces(data: bytes, size: int) -> tuple[bytes, ...]:
+    """``data`` cut every ``size`` bytes."""
+    return tuple(data[i : i + size] for i in range(0, len(data), size))
+
+
 class Echo(ChannelServer):
     def on_message(self, conn: Connection, message: str | bytes) -> None:
         conn.send(message)
 
 
-def spoc_echo(frame: bytes, fast_path: bool) -> Callable[[int], float]:
+def spoc_echo(pieces: tuple[bytes, ...], fast_path: bool) -> Callable[[int], float]:
     """Seconds for ``n`` echoes through one ServerConnection."""
     router = Router(fast_path=fast_path)
     router.add("/echo", Echo(max_message_size=2**21))
     conn = Hub(router).open(0.0)
     conn.receive_data(REQUEST, 0.0)
     assert conn.data_to_send(0.0).startswith(b"HTTP/1.1 101")
-    size = len(frame) - (2 if len(frame) < 132 else 4 if len(frame) < 65544 else 10) - 4
+    whole = sum(map(len, pieces))
+    size = whole - (2 if whole < 132 else 4 if whole < 65544 else 10) - 4
 
     def run(n: int) -> float:
         receive, send = conn.receive_data, conn.data_to_send
         start = time.process_time()
         for _ in range(n):
-            receive(frame, 0.0)
+            for piece in pieces:
+                receive(piece, 0.0)
             out = send(0.0)
         elapsed = time.process_time() - start
         assert len(out) >= size, out[:20]
@@ -72,7 +80,7 @@ def spoc_echo(frame: bytes, fast_path: bool) -> Callable[[int], float]:
     return run
 
 
-def websockets_echo(frame: bytes) -> Callable[[int], float] | None:
+def websockets_echo(pieces: tuple[bytes, ...]) -> Callable[[int], float] | None:
     """The same loop on ``websockets``' ServerProtocol (None: not importable)."""
     try:
         from websockets.frames import Frame, Opcode
@@ -90,7 +98,8 @@ def websockets_echo(frame: bytes) -> Callable[[int], float] | None:
         text, binary, out_of = protocol.send_text, protocol.send_binary, protocol.data_to_send
         start = time.process_time()
         for _ in range(n):
-            receive(frame)
+            for piece in pieces:
+                receive(piece)
             for event in events():
                 if isinstance(event, Frame):
                     if event.opcode is Opcode.TEXT:
@@ -115,9 +124,9 @@ def masker(unmask: _fastpath.Masker) -> Iterator[None]:
         _fastpath.unmask = saved
 
 
-def pure_python_echo(frame: bytes) -> Callable[[int], float]:
+def pure_python_echo(pieces: tuple[bytes, ...]) -> Callable[[int], float]:
     """The fast path with the pure-Python masker."""
-    inner = spoc_echo(frame, True)
+    inner = spoc_echo(pieces, True)
 
     def run(n: int) -> float:
         with masker(_fastpath.unmask_python):
@@ -163,20 +172,22 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--number", type=int, default=20000, help="32 B messages per run")
     args = parser.parse_args()
+    large = client_frame(0x2, os.urandom(2**20))
     cases = [
-        ("text 32 B", client_frame(0x1, b"x" * 32), args.number),
-        ("binary 1 MiB", client_frame(0x2, os.urandom(2**20)), max(1, args.number // 400)),
+        ("text 32 B", (client_frame(0x1, b"x" * 32),), args.number),
+        ("binary 1 MiB", (large,), max(1, args.number // 400)),
+        ("  64 KiB reads", pieces(large, 65536), max(1, args.number // 400)),
     ]
     print(f"masker in use: {_fastpath.MASKER}")
     columns = ("fast path", "(pure Py)", "wsproto", "websockets")
     print(f"{'message':<14}{''.join(f'{c:>12}' for c in columns)}   (µs/message)")
-    for name, frame, number in cases:
+    for name, frames, number in cases:
         figures = [
-            measure(spoc_echo(frame, True), number, args.repeat),
-            measure(pure_python_echo(frame), number, args.repeat),
-            measure(spoc_echo(frame, False), number, args.repeat),
+            measure(spoc_echo(frames, True), number, args.repeat),
+            measure(pure_python_echo(frames), number, args.repeat),
+            measure(spoc_echo(frames, False), number, args.repeat),
         ]
-        reference = websockets_echo(frame)
+        reference = websockets_echo(frames)
         cells = [f"{figure:12.1f}" for figure in figures]
         cells.append(
             f"{measure(reference, number, args.repeat):12.1f}" if reference else f"{'-':>12}"
