@@ -21,16 +21,32 @@ fails as soon as wsproto would fail it); for a binary frame each new piece yield
 of it (the peer is not idle). A simple frame longer than the channel's
 ``max_message_size`` goes to wsproto, whose partial messages let the connection close
 with 1009 as soon as the limit is crossed, before the frame is buffered.
+
+Unmasking is :data:`unmask`: the optional compiled masker (``spoc_sockets._speedups``,
+built at install time when a C compiler is there), which reads the payload straight from
+the input buffer into the message, else :func:`unmask_python`; :data:`MASKER` says which.
+wsproto keeps its own masker for the frames it reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Final
 
 from wsproto.connection import Connection as WSConnection
 from wsproto.events import CloseConnection, Event
 
-__all__ = ["PROGRESS", "UNMASK_LANES_FROM", "FrameReader", "Progress", "unmask"]
+__all__ = [
+    "MASKER",
+    "PROGRESS",
+    "UNMASK_LANES_FROM",
+    "FrameReader",
+    "Masker",
+    "Progress",
+    "unmask",
+    "unmask_compiled",
+    "unmask_python",
+]
 
 _TEXT = 0x81  # first header byte of a simple frame: FIN, no RSV bit, text
 _BINARY = 0x82  # or binary
@@ -39,17 +55,19 @@ _OPCODES = frozenset((0x0, 0x1, 0x2, 0x8, 0x9, 0xA))  # those RFC 6455 defines
 _UNLIMITED = 1 << 63  # no payload length reaches it (RFC 6455 section 5.2)
 
 
-#: Up to this many bytes, :func:`unmask` XORs big integers; past it, byte lanes.
+#: Up to this many bytes, :func:`unmask_python` XORs big integers; past it, byte lanes.
 UNMASK_LANES_FROM = 2048
 _XOR = [bytes(byte ^ key for byte in range(256)) for key in range(256)]
 
 
-def unmask(data: bytes | bytearray | memoryview, key: bytes | bytearray) -> bytes:
+def unmask_python(data: bytes | bytearray | memoryview, key: bytes | bytearray) -> bytes:
     """``data`` XORed with the repeated 4-byte masking ``key`` (RFC 6455 section 5.3).
 
     A short payload is one big-integer XOR; a long one is four translations, one per
     byte lane (the conversions to and from an integer cost more per byte than they do).
     """
+    if len(key) != 4:
+        raise ValueError(f"the mask is 4 bytes, not {len(key)}")
     n = len(data)
     if n <= UNMASK_LANES_FROM:
         mask = int.from_bytes(key * (n >> 2) + key[: n & 3], "little")
@@ -58,6 +76,23 @@ def unmask(data: bytes | bytearray | memoryview, key: bytes | bytearray) -> byte
     for lane in range(4):
         out[lane::4] = out[lane::4].translate(_XOR[key[lane]])
     return bytes(out)
+
+
+#: A masker: ``(data, key) -> bytes``, ``data`` XORed with the repeated 4-byte ``key``.
+Masker = Callable[[bytes | bytearray | memoryview, bytes | bytearray], bytes]
+
+unmask_compiled: Masker | None
+try:
+    from ._speedups import apply_mask as unmask_compiled
+except ImportError:  # not built (no compiler, or SPOC_SOCKETS_NO_SPEEDUPS=1): pure Python
+    unmask_compiled = None
+
+#: The masker in use, chosen once at import: ``"compiled"`` (the optional extension
+#: ``spoc_sockets._speedups``) or ``"python"`` (:func:`unmask_python`).
+MASKER: Final = "python" if unmask_compiled is None else "compiled"
+
+#: ``unmask(data, key)``: the compiled masker when it was built, else :func:`unmask_python`.
+unmask: Masker = unmask_python if unmask_compiled is None else unmask_compiled
 
 
 class Progress(Event):

@@ -1,0 +1,3 @@
+from _typeshed import ReadableBuffer
+
+def apply_mask(data: ReadableBuffer, mask: ReadableBuffer, /) -> bytes: ...
