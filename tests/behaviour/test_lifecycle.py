@@ -142,17 +142,17 @@ def _closes_with_close_notify(port: int, tls: TLS) -> bool:
     """Upgrade, close, and read to the end: whether the server's TLS ended with a
     close_notify (a truncation attack is indistinguishable from a bare TCP close)."""
     context = ssl.create_default_context(cafile=str(tls.cert))
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as plain:
-        with context.wrap_socket(
-            plain, server_hostname="127.0.0.1", suppress_ragged_eofs=False
-        ) as sock:
-            sock.sendall(upgrade_request("/echo"))
-            sock.sendall(client_frame(0x8, struct.pack("!H", 1000)))
-            try:
-                while sock.recv(65536):
-                    pass
-            except ssl.SSLEOFError:
-                return False
+    plain = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    with context.wrap_socket(
+        plain, server_hostname="127.0.0.1", suppress_ragged_eofs=False
+    ) as sock:
+        sock.sendall(upgrade_request("/echo"))
+        sock.sendall(client_frame(0x8, struct.pack("!H", 1000)))
+        try:
+            while sock.recv(65536):
+                pass
+        except ssl.SSLEOFError:
+            return False
     return True
 
 
