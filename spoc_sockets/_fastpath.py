@@ -174,14 +174,10 @@ class FrameReader:
         first, second = buf[pos], buf[pos + 1]
         if (first != _TEXT and first != _BINARY) or not second & _MASKED or self._in_message:
             return self._other_frame(first, second)
-        length, head = second & 0x7F, 6
-        if length > 125:
-            measured = self._long_header(length)
-            if measured is None:
-                return None
-            length, head = measured
-        if available < head:
-            return None  # the masking key is not all here
+        measured = self._header(second & 0x7F)
+        if measured is None:
+            return None
+        length, head = measured
         total = head + length
         if length > self._max:  # wsproto's partial messages meet the limit as it is crossed
             self._owed = total
@@ -216,8 +212,6 @@ class FrameReader:
         """A frame for wsproto: once its header is complete, hand it over whole (and the
         frames of the message it starts, up to its last); if wsproto must refuse it,
         hand everything over now (None either way)."""
-        buf, pos = self._buf, self._pos
-        available = len(buf) - pos
         opcode, length = first & 0x0F, second & 0x7F
         control = opcode >= 0x8
         if (
@@ -228,39 +222,39 @@ class FrameReader:
         ):
             self._hand_off()
             return None
-        head = 6
-        if length > 125:
-            measured = self._long_header(length)
-            if measured is None:
-                return None
-            length, head = measured
-        if available < head:
+        measured = self._header(length)
+        if measured is None:
             return None
+        length, head = measured
         if not control:
             self._in_message = not first & 0x80
         self._owed = head + length
         return None
 
-    def _long_header(self, short: int) -> tuple[int, int] | None:
-        """The payload length in the 2-byte (``short`` 126) or 8-byte (127) length field
-        of the header at the start of the input, and the header's size with the masking
-        key; None while the field is not all here, or when wsproto must refuse it (not in
-        its shortest form, or the 8-byte field's top bit set): handed off."""
+    def _header(self, short: int) -> tuple[int, int] | None:
+        """The payload length of the frame at the start of the input (``short``: its 7-bit
+        length; 126 and 127 announce a 2-byte and an 8-byte field) and the header's size
+        with the masking key, once the whole header is here; None until then, or when
+        wsproto must refuse the length field (not in its shortest form, or the 8-byte
+        field's top bit set): handed off."""
         buf, pos = self._buf, self._pos
-        if short == 126:
-            if len(buf) - pos < 4:
+        available = len(buf) - pos
+        if short <= 125:
+            length, head, refused = short, 6, False
+        elif short == 126:
+            if available < 4:
                 return None
             length, head = buf[pos + 2] << 8 | buf[pos + 3], 8
             refused = length < 126
         else:
-            if len(buf) - pos < 10:
+            if available < 10:
                 return None
             length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 14
             refused = length < 65536 or length >= _UNLIMITED
         if refused:
             self._hand_off()
             return None
-        return length, head
+        return (length, head) if available >= head else None
 
     def _hand_frame(self) -> None:
         """Give wsproto what is here of the frame it reads."""
