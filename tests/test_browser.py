@@ -107,7 +107,7 @@ class DemoServer:
         def abort() -> None:
             chosen = [c for c in server.hub.connections if c.connection and which(c)]
             for conn in chosen:
-                conn.transport.transport.abort()  # type: ignore[union-attr]
+                conn.transport.close(loop.time())  # type: ignore[union-attr]
             future.set_result(len(chosen))
 
         loop.call_soon_threadsafe(abort)
