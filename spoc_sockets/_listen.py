@@ -198,6 +198,7 @@ class Link:
         link = cls(sock, watch)
         link.conn = hub.open(now, peer=peer, transport=link)
         link.update()
+        link.ready(READ, now)  # the request often comes with the connection: read it now
         return link
 
     def ready(self, events: int, now: float) -> None:
