@@ -117,21 +117,22 @@ def websockets_echo(pieces: tuple[bytes, ...]) -> Callable[[int], float] | None:
 
 
 @contextmanager
-def masker(unmask: _fastpath.Masker) -> Iterator[None]:
-    """The fast path unmasks with ``unmask`` meanwhile."""
-    saved, _fastpath.unmask = _fastpath.unmask, unmask
+def pure_python() -> Iterator[None]:
+    """The fast path unmasks and assembles in pure Python meanwhile."""
+    saved = _fastpath.unmask, _fastpath.Assembler
+    _fastpath.unmask, _fastpath.Assembler = _fastpath.unmask_python, _fastpath.PythonAssembler
     try:
         yield
     finally:
-        _fastpath.unmask = saved
+        _fastpath.unmask, _fastpath.Assembler = saved
 
 
 def pure_python_echo(pieces: tuple[bytes, ...]) -> Callable[[int], float]:
-    """The fast path with the pure-Python masker."""
+    """The fast path with the pure-Python masker and assembler."""
     inner = spoc_echo(pieces, True)
 
     def run(n: int) -> float:
-        with masker(_fastpath.unmask_python):
+        with pure_python():
             return inner(n)
 
     return run

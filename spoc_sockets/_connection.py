@@ -73,6 +73,26 @@ _PING = struct.Struct("!I")
 #: Frames (and other protocol events) one connection may have handled per turn of the
 #: adapter's loop; the rest wait, with reading paused, for its next turn.
 EVENTS_PER_TURN = 64
+#: :meth:`ServerConnection.buffers_to_send` gives output pieces of this many bytes or more
+#: as they are (a large payload is never copied) and joins the smaller ones between them.
+JOIN_BELOW = 16384
+
+
+def _coalesced(pieces: list[bytes]) -> list[bytes]:
+    """``pieces`` with every run of pieces smaller than :data:`JOIN_BELOW` joined."""
+    out: list[bytes] = []
+    run: list[bytes] = []
+    for piece in pieces:
+        if len(piece) < JOIN_BELOW:
+            run.append(piece)
+            continue
+        if run:
+            out.append(b"".join(run))
+            run = []
+        out.append(piece)
+    if run:
+        out.append(b"".join(run))
+    return out
 
 
 def http_response(
@@ -293,6 +313,20 @@ class ServerConnection:
     def data_to_send(self, now: float) -> bytes:
         """Everything to write now, coalesced; ``b""`` when nothing, or while paused
         (once finished, the last bytes come even then: they are bounded)."""
+        out = self._take_output(now)
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def buffers_to_send(self, now: float) -> list[bytes]:
+        """What :meth:`data_to_send` gives, as buffers for a vectored write (``sendmsg``,
+        ``writelines``): a payload of :data:`JOIN_BELOW` bytes or more comes as it is,
+        never copied, and the smaller pieces between are joined; ``[]`` when nothing."""
+        out = self._take_output(now)
+        if len(out) > 1:
+            out = _coalesced(out)
+        return out
+
+    def _take_output(self, now: float) -> list[bytes]:
+        """Run this connection's turn; the pieces to write now, taken."""
         session = self.session
         with session.guard:
             session.begin_turn(now)
@@ -301,13 +335,12 @@ class ServerConnection:
             if session.mailbox:
                 session.intake(now)
         if (self._paused and session.state is not CLOSED) or not self._out:
-            return b""
+            return []
         out = self._out
-        data = out[0] if len(out) == 1 else b"".join(out)
         self._out = []
         self._kept = 0
         self.buffered = 0
-        return data
+        return out
 
     def pause_writing(self) -> None:
         """The transport's buffer is full: keep output here (where the limit applies)."""

@@ -22,27 +22,39 @@ of it (the peer is not idle). A simple frame longer than the channel's
 ``max_message_size`` goes to wsproto, whose partial messages let the connection close
 with 1009 as soon as the limit is crossed, before the frame is buffered.
 
-Unmasking is :data:`unmask`: the optional compiled masker (``spoc_sockets._speedups``,
-built at install time when a C compiler is there), which reads the payload straight from
-the input buffer into the message, else :func:`unmask_python`; :data:`MASKER` says which.
-wsproto keeps its own masker for the frames it reads.
+A simple binary frame of :data:`ASSEMBLE_FROM` bytes or more (within the channel's
+``max_message_size``) is not gathered in the input buffer: an :data:`Assembler` unmasks
+each piece as it is received straight into the message, so the frame costs one
+allocation of its size.
+
+Unmasking is :data:`unmask` and assembling :data:`Assembler`: the optional compiled ones
+(``spoc_sockets._speedups``, built at install time when a C compiler is there), which read
+the payload straight from the input into the message, else :func:`unmask_python` and
+:class:`PythonAssembler`; :data:`MASKER` says which. wsproto keeps its own masker for the
+frames it reads.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import Final, Protocol
 
 from wsproto.connection import Connection as WSConnection
 from wsproto.events import CloseConnection, Event
 
 __all__ = [
+    "ASSEMBLE_FROM",
     "MASKER",
     "PROGRESS",
     "UNMASK_LANES_FROM",
+    "Assembler",
+    "Assembling",
     "FrameReader",
     "Masker",
     "Progress",
+    "PythonAssembler",
     "unmask",
     "unmask_compiled",
     "unmask_python",
@@ -81,18 +93,71 @@ def unmask_python(data: bytes | bytearray | memoryview, key: bytes | bytearray) 
 #: A masker: ``(data, key) -> bytes``, ``data`` XORed with the repeated 4-byte ``key``.
 Masker = Callable[[bytes | bytearray | memoryview, bytes | bytearray], bytes]
 
-unmask_compiled: Masker | None
-try:
-    from ._speedups import apply_mask as unmask_compiled
-except ImportError:  # not built (no compiler, or SPOC_SOCKETS_NO_SPEEDUPS=1): pure Python
-    unmask_compiled = None
+
+class Assembling(Protocol):
+    """A payload being assembled (what :data:`Assembler` makes)."""
+
+    def feed(self, piece: bytes | bytearray | memoryview, /) -> int: ...
+    def take(self) -> bytes: ...
+
+
+class PythonAssembler:
+    """One masked payload of ``length`` bytes arriving in pieces (the pure-Python
+    :data:`Assembler`: it gathers the pieces, then unmasks them at once)."""
+
+    __slots__ = ("_gathered", "_key", "_length")
+
+    def __init__(self, length: int, key: bytes | bytearray, /) -> None:
+        if len(key) != 4:
+            raise ValueError(f"the mask is 4 bytes, not {len(key)}")
+        if length < 0:
+            raise ValueError(f"a length is 0 or more, not {length}")
+        self._length, self._key = length, bytes(key)
+        self._gathered: bytearray | None = bytearray()
+
+    def feed(self, piece: bytes | bytearray | memoryview, /) -> int:
+        """Take the next piece of the payload; the bytes still missing."""
+        if self._gathered is None:
+            raise ValueError("the message was taken")
+        missing = self._length - len(self._gathered)
+        if len(piece) > missing:
+            raise ValueError(f"{len(piece)} bytes given where {missing} are missing")
+        self._gathered += piece
+        return missing - len(piece)
+
+    def take(self) -> bytes:
+        """The message, once full (once only)."""
+        if self._gathered is None:
+            raise ValueError("the message was taken")
+        if len(self._gathered) != self._length:
+            full = f"{len(self._gathered)} of {self._length} bytes"
+            raise ValueError(f"the message is not full: {full}")
+        gathered, self._gathered = self._gathered, None
+        return unmask(gathered, self._key)
+
+
+unmask_compiled: Masker | None = None
+assembler_compiled: Callable[[int, bytes | bytearray], Assembling] | None = None
+if os.environ.get("SPOC_SOCKETS_NO_SPEEDUPS") != "1":  # set at run time: pure Python too
+    # not built (no compiler, or SPOC_SOCKETS_NO_SPEEDUPS=1 at install): pure Python
+    with contextlib.suppress(ImportError):
+        from ._speedups import Assembler as assembler_compiled
+        from ._speedups import apply_mask as unmask_compiled
 
 #: The masker in use, chosen once at import: ``"compiled"`` (the optional extension
-#: ``spoc_sockets._speedups``) or ``"python"`` (:func:`unmask_python`).
+#: ``spoc_sockets._speedups``) or ``"python"`` (:func:`unmask_python`; also when
+#: ``SPOC_SOCKETS_NO_SPEEDUPS=1`` is set in the environment).
 MASKER: Final = "python" if unmask_compiled is None else "compiled"
 
 #: ``unmask(data, key)``: the compiled masker when it was built, else :func:`unmask_python`.
 unmask: Masker = unmask_python if unmask_compiled is None else unmask_compiled
+
+#: ``Assembler(length, key)``: the compiled assembler when it was built, else
+#: :class:`PythonAssembler` (``feed(piece) -> missing``, then ``take() -> bytes``).
+Assembler: Callable[[int, bytes | bytearray], Assembling] = assembler_compiled or PythonAssembler
+
+#: Simple binary frames of this many payload bytes or more are assembled as they come.
+ASSEMBLE_FROM = 65536
 
 
 class Progress(Event):
@@ -118,14 +183,27 @@ class FrameReader:
         self._seen = 0  # payload bytes of the incomplete simple binary frame seen so far
         self._handed_off = False  # wsproto reads everything from now on
         self._ended = False  # wsproto gave its close event: nothing more is read
+        self._assembling: Assembling | None = None  # the large binary frame coming in
+        self._missing = 0  # payload bytes it still misses
+        self._fed = False  # it got some since the last event
 
     def receive_data(self, data: bytes) -> None:
         """Bytes read from the transport (never ``b""``: end of stream is the caller's)."""
         if self._handed_off:
             self._ws.receive_data(data)
-        elif self._ended:
             return
-        elif self._pos == len(self._buf):  # the usual case: no copy (bytes cannot change)
+        if self._ended:
+            return
+        if self._missing:  # the next bytes are the assembled frame's
+            assembling, missing = self._assembling, self._missing
+            assert assembling is not None
+            self._fed = True
+            if len(data) <= missing:
+                self._missing = assembling.feed(data)
+                return
+            self._missing = assembling.feed(memoryview(data)[:missing])
+            data = data[missing:]
+        if self._pos == len(self._buf):  # the usual case: no copy (bytes cannot change)
             self._buf, self._pos = data if type(data) is bytes else bytes(data), 0
         else:
             buf = self._buf
@@ -140,6 +218,16 @@ class FrameReader:
         generator is suspended), as wsproto would give them; a simple frame's message
         comes as a ``str`` or ``bytes``."""
         while not self._ended:
+            if self._assembling is not None:
+                if self._missing:
+                    if not self._fed:
+                        return  # wait for more input
+                    self._fed = False
+                    yield PROGRESS
+                    continue
+                message, self._assembling = self._assembling.take(), None
+                yield message
+                continue
             if self._handed_off:
                 yield from self._ws.events()
                 return
@@ -188,6 +276,13 @@ class FrameReader:
             if first == _TEXT:  # wsproto decodes the part that is here now
                 self._owed = total
                 return None
+            if length >= ASSEMBLE_FROM and self._max != _UNLIMITED:
+                with contextlib.suppress(MemoryError):  # (then it is gathered here)
+                    assembling = Assembler(length, buf[pos + head - 4 : pos + head])
+                    self._missing = assembling.feed(memoryview(buf)[pos + head :])
+                    self._assembling, self._fed, self._seen = assembling, False, 0
+                    self._buf, self._pos = b"", 0
+                    return PROGRESS
             if available - head > self._seen:
                 self._seen = available - head
                 return PROGRESS

@@ -47,6 +47,8 @@ BACKLOG = 128
 ACCEPT_BATCH = 64
 #: Bytes asked of a socket per read.
 READ_SIZE = 65536
+#: Buffers given to one ``sendmsg``, at most (below every system's ``IOV_MAX``).
+SENDMSG_BUFFERS = 512
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
@@ -155,9 +157,10 @@ def watch_listeners(
 class Link:
     """One accepted non-blocking socket and its connection, for an adapter whose loop
     polls sockets (a selector, asyncio's ``add_reader``): it reads and feeds the core
-    (a TLS handshake runs inside the first reads), writes what the core gives, holds
-    what the socket does not take (the connection paused meanwhile), and obeys the
-    verdicts. ``watch(link, events)`` has the loop wait for ``events`` (:data:`READ`,
+    (a TLS handshake runs inside the first reads), writes what the core gives (in one
+    ``sendmsg`` of its buffers: a large payload is never copied), holds what the socket
+    does not take (the connection paused meanwhile), and obeys the verdicts.
+    ``watch(link, events)`` has the loop wait for ``events`` (:data:`READ`,
     :data:`WRITE`; 0: none) instead of ``link.events``, and call :meth:`ready`."""
 
     __slots__ = ("closing", "conn", "events", "lost", "out", "paused", "sock", "want", "watch")
@@ -167,7 +170,7 @@ class Link:
     def __init__(self, sock: socket.socket, watch: Callable[[Link, int], None]) -> None:
         self.sock = sock
         self.watch = watch
-        self.out = b""  # not sent yet
+        self.out: list[bytes | memoryview] = []  # not sent yet, in order
         self.paused = False
         self.want = READ  # what a read waits for (WRITE: a TLS read needs writability)
         self.closing = False  # the core said close and gave its last bytes
@@ -215,13 +218,17 @@ class Link:
     def flush(self, now: float) -> None:
         """Write what the core has (the connection was pending), and obey its verdicts."""
         try:
-            data = self.conn.data_to_send(now)
+            if isinstance(self.sock, ssl.SSLSocket):  # no vectored writes through TLS
+                data = self.conn.data_to_send(now)
+                buffers = [data] if data else []
+            else:
+                buffers = self.conn.buffers_to_send(now)
             if self.lost:  # gone: the core knows
                 return
             if self.conn.should_abort:
                 self.close(now)
                 return
-            self.out += data
+            self.out += buffers
             self.closing = self.conn.should_close
             self.send(now)  # and reading pauses while the core holds input
         except Exception:
@@ -252,17 +259,19 @@ class Link:
     def send(self, now: float) -> bool:
         """Write what the socket takes, then close once the core's last bytes left;
         False if the socket is closed now."""
-        if self.out:
+        out = self.out
+        if out:
             try:
-                sent = self.sock.send(self.out)
+                sent = self.sock.send(out[0]) if len(out) == 1 else self._send_buffers()
             except _WOULD_BLOCK:
                 sent = 0
             except OSError as exc:
                 logger.debug("writing to %s failed: %s", self.conn.peer, exc)
                 self.close(now)
                 return False
-            self.out = self.out[sent:]
-            if bool(self.out) != self.paused:  # resumed: the next flush writes more
+            if sent:
+                self._drop(sent)
+            if bool(out) != self.paused:  # resumed: the next flush writes more
                 self.paused = not self.paused
                 if self.paused:
                     self.conn.pause_writing()
@@ -273,6 +282,25 @@ class Link:
             return False
         self.update()
         return True
+
+    def _drop(self, sent: int) -> None:
+        """Forget the first ``sent`` bytes of the output (a view keeps a buffer's rest)."""
+        out = self.out
+        whole = 0
+        for buffer in out:
+            if sent < len(buffer):
+                break
+            sent -= len(buffer)
+            whole += 1
+        del out[:whole]
+        if sent:
+            out[0] = memoryview(out[0])[sent:]
+
+    def _send_buffers(self) -> int:
+        """Write the first buffers in one system call; the bytes written."""
+        if isinstance(self.sock, ssl.SSLSocket):  # one at a time (its output is joined)
+            return self.sock.send(self.out[0])
+        return self.sock.sendmsg(self.out[:SENDMSG_BUFFERS])
 
     def update(self) -> None:
         """Have the loop wait for what this (open) socket waits for now."""
@@ -291,7 +319,7 @@ class Link:
         if self.events:
             self.watch(self, 0)
             self.events = 0
-        self.out = b""
+        self.out = []
         if isinstance(self.sock, ssl.SSLSocket):
             with contextlib.suppress(OSError, ValueError):  # a close_notify, if taken now
                 self.sock.unwrap()  # (non-blocking: it never waits for the peer's)

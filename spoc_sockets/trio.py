@@ -34,7 +34,7 @@ class _Link:
     def __init__(self, stream: trio.abc.Stream, conn: ServerConnection) -> None:
         self.stream = stream
         self.conn = conn
-        self.out = b""  # given to the writer; the core holds the rest until it is sent
+        self.out: list[bytes] = []  # given to the writer; the core holds the rest meanwhile
         self.closing = False  # the core said close: write the rest, then close
         self.heard = False  # bytes came in: with TLS, its handshake is done
         self.event = trio.Event()  # set when there is output or a verdict for the writer
@@ -97,7 +97,7 @@ class Server:
         self._turn = False
         now = trio.current_time()
         for conn in self.hub.take_pending():
-            data = conn.data_to_send(now)  # b"" while a write is in flight
+            buffers = conn.buffers_to_send(now)  # none while a write is in flight
             link = self._links.get(conn)
             if link is None:  # its stream is gone: late sends are discarded by the core
                 continue
@@ -106,8 +106,8 @@ class Server:
                 continue
             if not conn.input_paused:
                 link.readable.set()
-            if data:
-                link.out += data  # b"" before: the core pauses while a write is in flight
+            if buffers:
+                link.out += buffers  # none before: the core pauses while a write is in flight
                 conn.pause_writing()
             link.closing = conn.should_close
             link.event.set()
@@ -170,9 +170,10 @@ class Server:
         conn = link.conn
         while True:
             if link.out:
-                data, link.out = link.out, b""
+                buffers, link.out = link.out, []
                 try:
-                    await link.stream.send_all(data)
+                    for data in buffers:  # a large payload as it is: never copied
+                        await link.stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return  # transport lost: handle_stream tells the core
                 self._turn = True

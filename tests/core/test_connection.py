@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import tracemalloc
 import zlib
@@ -21,6 +22,7 @@ from spoc_sockets import (
     ServerConnection,
     UsageError,
 )
+from spoc_sockets._connection import JOIN_BELOW
 from spoc_sockets.testing import ConnectionClosed, HandshakeRejected, TestClient
 
 from ..frames import KEY, client_frame, upgrade_request
@@ -802,6 +804,28 @@ def test_broadcast_frames_once_and_shares_the_bytes() -> None:
     assert got["b"] == [big.encode(), b"only b", b"not a", b"not c"]
     assert got["c"] == [big.encode(), b"not a"]
     assert cb.buffered_amount == 0
+
+
+def test_buffers_to_send_give_a_large_payload_uncopied_and_join_the_small_pieces() -> None:
+    """What a vectored write takes: the bytes of data_to_send, with a payload of
+    JOIN_BELOW bytes or more as the very object sent, and the small pieces joined."""
+    room = Recorder(max_message_size=None)
+    router = router_with("/room", room)
+    hub = Hub(router)
+    vectored, joined = Peer(router, hub=hub), Peer(router, hub=hub)
+    for peer in (vectored, joined):
+        peer.handshake("/room")
+        peer.server.pause_writing()
+    big, small = os.urandom(JOIN_BELOW), b"s" * (JOIN_BELOW - 1)
+    for payload in (b"a", b"b", big, small, b"c"):
+        room.broadcast(payload)
+    for peer in (vectored, joined):
+        peer.server.resume_writing()
+    buffers = vectored.server.buffers_to_send(0.0)
+    assert b"".join(buffers) == joined.server.data_to_send(0.0)
+    assert [len(b) for b in buffers] == [3 + 3 + 4, JOIN_BELOW, 4 + len(small) + 3]
+    assert buffers[1] is big
+    assert vectored.server.buffers_to_send(0.0) == []
 
 
 def test_broadcast_skips_closing_connections() -> None:

@@ -13,6 +13,7 @@ import re
 import struct
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import NoReturn
 
 import pytest
 from hypothesis import given, settings
@@ -22,8 +23,14 @@ from wsproto.connection import ConnectionType
 from wsproto.events import CloseConnection
 from wsproto.frame_protocol import XorMaskerSimple
 
-from spoc_sockets import ChannelServer, Hub, Router, UsageError
-from spoc_sockets._fastpath import PROGRESS, UNMASK_LANES_FROM, FrameReader, unmask
+from spoc_sockets import ChannelServer, Hub, Router, UsageError, _fastpath
+from spoc_sockets._fastpath import (
+    ASSEMBLE_FROM,
+    PROGRESS,
+    UNMASK_LANES_FROM,
+    FrameReader,
+    unmask,
+)
 
 from ..frames import upgrade_request
 from .test_properties import DEFLATE, PROPERTY
@@ -270,6 +277,64 @@ def test_the_reader_holds_no_frame_it_has_read_while_it_waits() -> None:
     reader.receive_data(simple(0x2, b"m" * 100_000) + simple(0x2, b"next")[:3])
     assert list(reader.events()) == [b"m" * 100_000]
     assert len(reader._buf) == 3  # the start of the next frame, nothing more
+
+
+def test_large_binary_frames_assembled_as_they_come_read_as_wsproto_reads_them() -> None:
+    data = (
+        simple(0x2, os.urandom(70_000))
+        + simple(0x1, b"between")
+        + simple(0x2, os.urandom(ASSEMBLE_FROM), mask=os.urandom(4))
+        + simple(0x9, b"ping")
+        + simple(0x2, os.urandom(ASSEMBLE_FROM + 1))[:-5]  # the peer stops in the middle
+    )
+    for cut in (*range(1, 40), *range(40, len(data), 997)):
+        cuts = tuple(range(cut, len(data), 20_000 + cut))
+        stream = Stream(data, cuts, (), True, {"max_message_size": 2**20})
+        assert run(stream, True) == run(stream, False), cut
+
+
+def assembling_reader(limit: int | None) -> FrameReader:
+    return FrameReader(WSConnection(ConnectionType.SERVER), limit)
+
+
+def test_a_large_binary_frame_is_unmasked_into_its_message_as_it_comes() -> None:
+    """No gathering buffer: each piece goes into the message, the input buffer holds
+    only what follows the frame."""
+    payload = os.urandom(2**20)
+    data = simple(0x2, payload, mask=os.urandom(4)) + simple(0x1, b"next")
+    reader = assembling_reader(2**20)
+    events: list[object] = []
+    for start in range(0, len(data), 65536):
+        reader.receive_data(data[start : start + 65536])
+        events += reader.events()
+        assert len(reader._buf) - reader._pos <= len(simple(0x1, b"next"))
+    assert events == [PROGRESS] * 16 + [payload, "next"]
+    assert reader._assembling is None and reader._buf == b""
+
+
+def test_without_a_limit_a_large_frame_is_gathered_as_it_comes() -> None:
+    """No message size to bound it: nothing is allocated before the bytes are here."""
+    payload = os.urandom(ASSEMBLE_FROM * 2)
+    data = simple(0x2, payload)
+    reader = assembling_reader(None)
+    reader.receive_data(data[:1000])
+    assert list(reader.events()) == [PROGRESS]
+    assert reader._assembling is None and len(reader._buf) == 1000
+    reader.receive_data(data[1000:])
+    assert list(reader.events()) == [payload]
+
+
+def test_a_frame_whose_buffer_cannot_be_had_is_gathered(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_memory(length: int, key: bytes) -> NoReturn:
+        raise MemoryError
+
+    monkeypatch.setattr(_fastpath, "Assembler", no_memory)
+    payload = os.urandom(ASSEMBLE_FROM)
+    data = simple(0x2, payload)
+    stream = Stream(data, (100, 30_000), (), False, {"max_message_size": 2**20})
+    outcome = run(stream, True)
+    assert outcome.messages == [payload]
+    assert outcome == run(stream, False)
 
 
 # -- the reader itself -----------------------------------------------------------------------
