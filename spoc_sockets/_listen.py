@@ -50,6 +50,9 @@ READ_SIZE = 65536
 #: Buffers given to one ``sendmsg``, at most (below every system's ``IOV_MAX``).
 SENDMSG_BUFFERS = 512
 
+#: Whether sockets here write several buffers at once (``sendmsg``; not on Windows).
+_VECTORED = hasattr(socket.socket, "sendmsg")
+
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
@@ -218,7 +221,7 @@ class Link:
     def flush(self, now: float) -> None:
         """Write what the core has (the connection was pending), and obey its verdicts."""
         try:
-            if isinstance(self.sock, ssl.SSLSocket):  # no vectored writes through TLS
+            if not _VECTORED or isinstance(self.sock, ssl.SSLSocket):  # one buffer then
                 data = self.conn.data_to_send(now)
                 buffers = [data] if data else []
             else:
@@ -298,7 +301,7 @@ class Link:
 
     def _send_buffers(self) -> int:
         """Write the first buffers in one system call; the bytes written."""
-        if isinstance(self.sock, ssl.SSLSocket):  # one at a time (its output is joined)
+        if not _VECTORED or isinstance(self.sock, ssl.SSLSocket):  # one at a time then
             return self.sock.send(self.out[0])
         return self.sock.sendmsg(self.out[:SENDMSG_BUFFERS])
 

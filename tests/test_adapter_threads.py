@@ -5,19 +5,20 @@ from the context manager and from a hook on the loop thread.
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager as ContextManager
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from spoc_sockets import ChannelServer, Connection, Router
+from spoc_sockets import ChannelServer, Connection, Router, _listen
 from spoc_sockets.threads import Server, serve
 
 from .behaviour.harness_net import wait_for
@@ -190,3 +191,32 @@ def test_shutdown_from_a_hook_on_the_loop_thread() -> None:
         thread.join(TIMEOUT)
         assert not thread.is_alive()
         assert not router.upgraded
+
+
+@pytest.mark.parametrize("vectored", [True, False])
+def test_large_messages_cross_whole_with_or_without_vectored_writes(
+    vectored: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames written with one ``sendmsg`` of their buffers, or one joined buffer where
+    sockets have no ``sendmsg``: a client that does not read gets a write cut short (a
+    view of the rest is kept), then, reading, every byte in order."""
+    monkeypatch.setattr(_listen, "_VECTORED", vectored)
+    messages = [os.urandom(3 * 2**20), b"small", os.urandom(70_000), os.urandom(4 * 2**20)]
+    with running(make_router()) as (server, _):
+        sock, rest = raw_upgrade(server.port)
+        with sock:
+            sender = threading.Thread(
+                target=sock.sendall, args=(b"".join(client_frame(0x2, m) for m in messages),)
+            )
+            sender.start()
+            (core,) = server.hub.connections
+            link = cast("_listen.Link", core.transport)
+            wait_for(lambda: any(isinstance(buffer, memoryview) for buffer in link.out))
+            expected = sum(len(m) + (2 if len(m) < 126 else 10) for m in messages)
+            data = bytearray(rest)
+            while len(data) < expected:
+                chunk = sock.recv(2**20)
+                assert chunk, "closed before every echo came"
+                data += chunk
+            sender.join(TIMEOUT)
+    assert [payload for _, payload in server_frames(bytes(data))] == messages
