@@ -511,6 +511,8 @@ class ChannelServer(Generic[U]):
         self.check_origin(request)
         subprotocol = self.select_subprotocol(request)
         decision = self.authenticate(request)
+        if decision is None:  # the default: everyone, as None
+            return subprotocol, None
         if isinstance(decision, Deferred) or inspect.isawaitable(decision):
             return subprotocol, decision
         return subprotocol, verdict(decision)[0]
