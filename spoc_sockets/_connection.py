@@ -462,7 +462,6 @@ class ServerConnection:
 
     def _handle_request(self, event: h11.Request, now: float) -> None:
         """Route and validate the request (raising ProtocolError), then decide."""
-        assert self._h11 is not None
         if len(event.headers) > self.router.max_headers:
             raise ProtocolError(f"more than {self.router.max_headers} header lines", status=431)
         request = Request.parse(
@@ -480,8 +479,9 @@ class ServerConnection:
                 self._respond(response)
                 return
         channel, request = self.session.routed(route, request)
+        # the request has no body: h11's EndOfMessage is not read (h11 is dropped on
+        # acceptance; what follows the head stays in its buffer, as early frames)
         self._key = check_upgrade(request, event.http_version.decode())
-        self._h11.next_event()  # the EndOfMessage of a bodiless GET
         if channel.compression:
             self._extension = negotiate(request, channel.max_message_size)
         self.session.decide(channel, request, now)
