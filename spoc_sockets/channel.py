@@ -468,8 +468,10 @@ class ChannelServer(Generic[U]):
 
     def select_subprotocol(self, request: Request) -> str | None:
         """Pick the subprotocol (this channel's preference wins), or raise Reject(400)."""
+        if not self.subprotocols:  # the offer is not read: nothing to choose from
+            return None
         offered = request.subprotocols
-        if not self.subprotocols or not offered:
+        if not offered:
             return None
         for protocol in self.subprotocols:
             if protocol in offered:
