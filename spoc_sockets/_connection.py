@@ -73,6 +73,8 @@ _PING = struct.Struct("!I")
 #: Frames (and other protocol events) one connection may have handled per turn of the
 #: adapter's loop; the rest wait, with reading paused, for its next turn.
 EVENTS_PER_TURN = 64
+#: The reason phrase of every status :class:`http.HTTPStatus` names.
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
 #: :meth:`ServerConnection.buffers_to_send` gives output pieces of this many bytes or more
 #: as they are (a large payload is never copied) and joins the smaller ones between them.
 JOIN_BELOW = 16384
@@ -95,13 +97,24 @@ def _coalesced(pieces: list[bytes]) -> list[bytes]:
     return out
 
 
+def _decoded(request: h11.Request) -> list[tuple[str, str]]:
+    """The request's headers as text: lower-cased names (as h11 gives them), values as
+    received.
+
+    ``raw_items`` is a plain list: cheaper to walk than the ``Sequence`` h11 exposes.
+    """
+    return [
+        (name.lower().decode("latin-1"), value.decode("latin-1"))
+        for name, value in request.headers.raw_items()
+    ]
+
+
 def http_response(
     status: int, headers: tuple[tuple[str, str], ...] | list[tuple[str, str]], body: bytes = b""
 ) -> bytes:
     """The bytes of a complete HTTP/1.1 response."""
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:  # a status http.HTTPStatus does not name, e.g. Reject(499)
+    phrase = _PHRASES.get(status)
+    if phrase is None:  # a status http.HTTPStatus does not name, e.g. Reject(499)
         phrase = "Error" if status >= 400 else "Status"
     lines = [f"HTTP/1.1 {status} {phrase}"]
     lines += [f"{name}: {value}" for name, value in headers]
@@ -449,13 +462,12 @@ class ServerConnection:
 
     def _handle_request(self, event: h11.Request, now: float) -> None:
         """Route and validate the request (raising ProtocolError), then decide."""
-        assert self._h11 is not None
         if len(event.headers) > self.router.max_headers:
             raise ProtocolError(f"more than {self.router.max_headers} header lines", status=431)
         request = Request.parse(
             event.method.decode("latin-1"),
             event.target.decode("latin-1"),
-            [(name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers],
+            _decoded(event),
             self.peer,
         )
         route = self.session.resolve(request, self._hub is not None and self._hub.refusing)
@@ -467,8 +479,9 @@ class ServerConnection:
                 self._respond(response)
                 return
         channel, request = self.session.routed(route, request)
+        # the request has no body: h11's EndOfMessage is not read (h11 is dropped on
+        # acceptance; what follows the head stays in its buffer, as early frames)
         self._key = check_upgrade(request, event.http_version.decode())
-        self._h11.next_event()  # the EndOfMessage of a bodiless GET
         if channel.compression:
             self._extension = negotiate(request, channel.max_message_size)
         self.session.decide(channel, request, now)

@@ -41,16 +41,22 @@ def check_head(head: bytes) -> None:
     a line ending in a bare LF (section 3.5), a header folded onto the next line
     (obs-fold, section 3.2.4) and a repeated ``Content-Length`` (section 3.3.2).
 
-    ``head`` is the request head as received, up to and including its blank line.
+    ``head`` is the request head as received, up to and including its blank line
+    (so every line of it ends in LF). The scans are over the whole head at once; only a
+    head that names ``Content-Length`` twice is split into lines.
     """
-    lines = head.split(b"\n")
-    if any(not line.endswith(b"\r") for line in lines[:-1]):
+    if head.count(b"\n") != head.count(b"\r\n"):
         raise ProtocolError("a line of the request head ends in a bare LF, not CRLF", status=400)
-    if any(line[:1] in (b" ", b"\t") for line in lines[1:-1]):
+    if b"\n " in head or b"\n\t" in head:
         raise ProtocolError("a header is folded onto the next line (obs-fold)", status=400)
-    lengths = sum(line.split(b":", 1)[0].lower() == b"content-length" for line in lines[1:])
-    if lengths > 1:
+    if head.lower().count(b"content-length") > 1 and _lengths(head) > 1:
         raise ProtocolError("the request has more than one Content-Length header", status=400)
+
+
+def _lengths(head: bytes) -> int:
+    """How many ``Content-Length`` header lines ``head`` has."""
+    lines = head.split(b"\n")[1:]
+    return sum(line.split(b":", 1)[0].lower() == b"content-length" for line in lines)
 
 
 def check_upgrade(request: Request, http_version: str = "1.1") -> str:

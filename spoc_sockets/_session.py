@@ -368,6 +368,8 @@ class Session:
         :class:`ProtocolError` (404) when no channel is there."""
         if route is None:
             raise ProtocolError(f"no channel at {request.path}", status=404)
+        if not route.params and not request.path_params:  # a static path: nothing to add
+            return route.channel, request
         return route.channel, replace(request, path_params=route.params)
 
     def refuse_for(self, error: ProtocolError) -> None:
@@ -388,7 +390,7 @@ class Session:
             self.refuse(500, (), b"internal server error\n")
             return
         self.channel, self._request, self._subprotocol = channel, request, subprotocol
-        if inspect.isawaitable(decision):  # an async authenticate: decided when it is done
+        if decision is not None and inspect.isawaitable(decision):  # an async authenticate
             decision = self._defer(decision)
             if decision is None:
                 self.refuse(500, (), b"internal server error\n")
@@ -449,9 +451,14 @@ class Session:
             self, channel, request, user, self._subprotocol, self._route or "", now
         )
         self.router.enter(conn)
-        connections_logger.info(
-            "open %s peer=%s user=%s conn=%d", request.path, _peer(self.peer), _who(user), conn.id
-        )
+        if connections_logger.isEnabledFor(logging.INFO):
+            connections_logger.info(
+                "open %s peer=%s user=%s conn=%d",
+                request.path,
+                _peer(self.peer),
+                _who(user),
+                conn.id,
+            )
         self.last_input = now
         self.arm_open()
         self._after_hook(channel._opened(conn), now)
@@ -636,19 +643,8 @@ class Session:
         if conn is not None:
             assert self.channel is not None
             self.router.leave(conn, code)
-            connections_logger.info(
-                "closed %s peer=%s user=%s conn=%d code=%d duration=%.3fs in=%d/%dB out=%d/%dB",
-                conn.request.path,
-                _peer(self.peer),
-                _who(conn.user),
-                conn.id,
-                code,
-                self.clock - conn.opened_at,
-                conn.messages_in,
-                conn.bytes_in,
-                conn.messages_out,
-                conn.bytes_out,
-            )
+            if connections_logger.isEnabledFor(logging.INFO):
+                _log_closed(conn, self.peer, code, self.clock)
             outcome = self.channel._closed(conn, code, reason)
             if outcome is not True and outcome is not False:
                 if self._spawn is not None:
@@ -752,6 +748,22 @@ class ActionQueue:
 
     def ended(self, now: float) -> None:
         """Nothing to release."""
+
+
+def _log_closed(conn: Connection, peer: tuple[str, int] | None, code: int, now: float) -> None:
+    connections_logger.info(
+        "closed %s peer=%s user=%s conn=%d code=%d duration=%.3fs in=%d/%dB out=%d/%dB",
+        conn.request.path,
+        _peer(peer),
+        _who(conn.user),
+        conn.id,
+        code,
+        now - conn.opened_at,
+        conn.messages_in,
+        conn.bytes_in,
+        conn.messages_out,
+        conn.bytes_out,
+    )
 
 
 def _ignore(ok: bool, result: object) -> None:

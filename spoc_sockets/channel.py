@@ -468,8 +468,10 @@ class ChannelServer(Generic[U]):
 
     def select_subprotocol(self, request: Request) -> str | None:
         """Pick the subprotocol (this channel's preference wins), or raise Reject(400)."""
+        if not self.subprotocols:  # the offer is not read: nothing to choose from
+            return None
         offered = request.subprotocols
-        if not self.subprotocols or not offered:
+        if not offered:
             return None
         for protocol in self.subprotocols:
             if protocol in offered:
@@ -511,6 +513,8 @@ class ChannelServer(Generic[U]):
         self.check_origin(request)
         subprotocol = self.select_subprotocol(request)
         decision = self.authenticate(request)
+        if decision is None:  # the default: everyone, as None
+            return subprotocol, None
         if isinstance(decision, Deferred) or inspect.isawaitable(decision):
             return subprotocol, decision
         return subprotocol, verdict(decision)[0]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar, overload
 from urllib.parse import parse_qsl, unquote
 
 __all__ = ["Headers", "Query", "Request"]
 
 
 Pairs = Iterable[tuple[str, str]]
+T = TypeVar("T")
 
 
 class MultiDict(Mapping[str, str]):
@@ -60,6 +62,17 @@ class MultiDict(Mapping[str, str]):
     def __len__(self) -> int:
         return len(self._indexed())
 
+    @overload
+    def get(self, key: str) -> str | None: ...
+
+    @overload
+    def get(self, key: str, default: str | T) -> str | T: ...
+
+    def get(self, key: str, default: object = None) -> object:
+        """The first value of ``key``, or ``default`` when absent (no KeyError raised)."""
+        values = self._indexed().get(self._fold(key))
+        return values[0] if values else default
+
     def get_all(self, key: str) -> list[str]:
         """Every value of ``key``, in order; ``[]`` when absent."""
         return list(self._indexed().get(self._fold(key), ()))
@@ -87,12 +100,8 @@ class Headers(MultiDict):
 
         ``Connection: keep-alive, Upgrade`` gives ``["keep-alive", "upgrade"]``.
         """
-        return [
-            token.strip().lower()
-            for value in self.get_all(key)
-            for token in value.split(",")
-            if token.strip()
-        ]
+        joined = ",".join(self._indexed().get(self._fold(key), ())).lower()
+        return [token for token in map(str.strip, joined.split(",")) if token]
 
 
 class Query(MultiDict):

@@ -234,9 +234,14 @@ class Router:
         if not raw_path.startswith("/"):
             return None
         segments = raw_path.split("/")[1:]
-        decoded = [unquote(segment) for segment in segments]
-        if not any("/" in segment for segment in decoded):  # %2F stays inside a segment
-            path = "/" + "/".join(decoded)
+        path: str | None
+        if "%" not in raw_path:  # nothing encoded: the path is its own decoding
+            decoded, path = segments, raw_path
+        else:
+            decoded = [unquote(segment) for segment in segments]
+            # %2F stays inside a segment: such a path is no static one
+            path = None if any("/" in segment for segment in decoded) else "/" + "/".join(decoded)
+        if path is not None:
             server = self._static.get(path)
             if server is not None:
                 return Route(path, server, {})
