@@ -182,6 +182,41 @@ class ServerConnection:
     head, wsproto the frames; the keepalive, flow control and the drain are its own.
     """
 
+    # one per connection: no instance dictionary (about 1.3 KiB each)
+    __slots__ = (
+        "_aborted",
+        "_compressed",
+        "_control",
+        "_drain_at",
+        "_early",
+        "_events",
+        "_extension",
+        "_first",
+        "_fragments",
+        "_h11",
+        "_head",
+        "_hub",
+        "_kept",
+        "_key",
+        "_lost",
+        "_out",
+        "_paused",
+        "_ping_base",
+        "_ping_payload",
+        "_ping_sent",
+        "_pings",
+        "_reader",
+        "_received",
+        "_rest",
+        "_size",
+        "_ws",
+        "buffered",
+        "peer",
+        "router",
+        "session",
+        "transport",
+    )
+
     def __init__(
         self,
         router: Router,

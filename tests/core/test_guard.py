@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -19,18 +20,23 @@ def no_internal_errors_in_the_core() -> Iterator[None]:
     yield
 
 
-def _break_reading(server: ServerConnection, error: BaseException) -> None:
-    """Make the core itself fail on the next frame (no hook is involved)."""
+def _break_reading(
+    monkeypatch: pytest.MonkeyPatch, server: ServerConnection, error: BaseException
+) -> None:
+    """Make the core itself fail on ``server``'s next frame (no hook is involved)."""
+    reading = ServerConnection._on_frame
 
-    def broken(*args: object) -> None:
-        raise error
+    def broken(self: ServerConnection, *args: Any) -> Any:
+        if self is server:
+            raise error
+        return reading(self, *args)
 
-    server._on_frame = broken  # type: ignore[method-assign]
+    monkeypatch.setattr(ServerConnection, "_on_frame", broken)
 
 
 @pytest.mark.parametrize("fast_path", [True, False])
 def test_an_error_in_the_core_ends_that_connection_only(
-    caplog: pytest.LogCaptureFixture, fast_path: bool
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, fast_path: bool
 ) -> None:
     echo = Echo()
     router = router_with("/echo", echo, fast_path=fast_path)
@@ -38,7 +44,7 @@ def test_an_error_in_the_core_ends_that_connection_only(
     broken, healthy = Peer(router, hub=hub), Peer(router, hub=hub)
     broken.handshake()
     healthy.handshake()
-    _break_reading(broken.server, RuntimeError("core bug"))
+    _break_reading(monkeypatch, broken.server, RuntimeError("core bug"))
     with caplog.at_level(logging.ERROR, "spoc_sockets.core"):
         broken.send(frame(0x1, b"one") + frame(0x1, b"two"))
     assert broken.server.should_close
@@ -51,9 +57,11 @@ def test_an_error_in_the_core_ends_that_connection_only(
     assert [f.payload for f in healthy.frames] == [b"still here"]
 
 
-def test_the_core_guard_lets_a_keyboard_interrupt_through() -> None:
+def test_the_core_guard_lets_a_keyboard_interrupt_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     peer = Peer(router_with())
     peer.handshake()
-    _break_reading(peer.server, KeyboardInterrupt())
+    _break_reading(monkeypatch, peer.server, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         peer.send(frame(0x1, b"x"))
