@@ -1,8 +1,9 @@
-"""The optional compiled masker (``spoc_sockets._speedups``); everything else is in
-pyproject.toml.
+"""The optional compiled masker and assembler (``spoc_sockets._speedups``); everything
+else is in pyproject.toml.
 
 It is built when a C compiler is there; when the build fails, the package installs
-without it and uses its pure-Python masker. ``SPOC_SOCKETS_NO_SPEEDUPS=1`` skips it.
+without it and uses its pure-Python twins. ``SPOC_SOCKETS_NO_SPEEDUPS=1`` skips it (and,
+set at run time, leaves a built one unused).
 """
 
 import os

@@ -15,16 +15,17 @@ streams. Compressed connections do not use it (the router's ``fast_path`` option
 it off for all).
 
 Two departures, neither observable by the connection: a simple frame whose payload is
-not all here yet waits in the buffer (text frames go to wsproto, so that invalid UTF-8
-fails as soon as wsproto would fail it); for a binary frame each new piece yields
-:data:`PROGRESS` instead of wsproto's partial message, which is what a connection needs
-of it (the peer is not idle). A simple frame longer than the channel's
+not all here yet waits in the buffer, or in its assembler (text frames go to wsproto, so
+that invalid UTF-8 fails as soon as wsproto would fail it); for a binary frame each new
+piece yields :data:`PROGRESS` instead of wsproto's partial message, which is what a
+connection needs of it (the peer is not idle). A simple frame longer than the channel's
 ``max_message_size`` goes to wsproto, whose partial messages let the connection close
 with 1009 as soon as the limit is crossed, before the frame is buffered.
 
 A simple binary frame of :data:`ASSEMBLE_FROM` bytes or more (within the channel's
-``max_message_size``) is not gathered in the input buffer: an :data:`Assembler` unmasks
-each piece as it is received straight into the message, so the frame costs one
+``max_message_size``) is not gathered whole in the input buffer: once a
+:data:`RESERVE`-th of it is here, an :data:`Assembler` takes what came and unmasks each
+later piece as it is received straight into the message, so the frame costs one
 allocation of its size.
 
 Unmasking is :data:`unmask` and assembling :data:`Assembler`: the optional compiled ones
@@ -48,6 +49,7 @@ __all__ = [
     "ASSEMBLE_FROM",
     "MASKER",
     "PROGRESS",
+    "RESERVE",
     "UNMASK_LANES_FROM",
     "Assembler",
     "Assembling",
@@ -55,6 +57,7 @@ __all__ = [
     "Masker",
     "Progress",
     "PythonAssembler",
+    "assembler_compiled",
     "unmask",
     "unmask_compiled",
     "unmask_python",
@@ -156,8 +159,13 @@ unmask: Masker = unmask_python if unmask_compiled is None else unmask_compiled
 #: :class:`PythonAssembler` (``feed(piece) -> missing``, then ``take() -> bytes``).
 Assembler: Callable[[int, bytes | bytearray], Assembling] = assembler_compiled or PythonAssembler
 
-#: Simple binary frames of this many payload bytes or more are assembled as they come.
+#: Simple binary frames of this many payload bytes or more are assembled as they come,
+#: when the channel has a ``max_message_size`` (else they are gathered as they come).
 ASSEMBLE_FROM = 65536
+#: An assembler reserves its frame's whole payload; it is made once the bytes of the
+#: payload already here are at least a ``RESERVE``-th of it (until then the frame is
+#: gathered), so a peer never has the server reserve more than ``RESERVE`` times what it sent.
+RESERVE = 32
 
 
 class Progress(Event):
@@ -234,10 +242,10 @@ class FrameReader:
             if self._owed:
                 self._hand_frame()
                 yield from self._wsproto_events()
-                if self._owed:
+                if self._owed and self._pos == len(self._buf):
                     self._compact()
                     return  # the rest of the frame is not here yet
-                continue
+                continue  # (or it came while this generator was suspended)
             event = self._next_frame()
             if event is not None:
                 yield event
@@ -276,15 +284,17 @@ class FrameReader:
             if first == _TEXT:  # wsproto decodes the part that is here now
                 self._owed = total
                 return None
-            if length >= ASSEMBLE_FROM and self._max != _UNLIMITED:
-                with contextlib.suppress(MemoryError):  # (then it is gathered here)
+            here = available - head
+            if length >= ASSEMBLE_FROM and self._max != _UNLIMITED and here * RESERVE >= length:
+                with contextlib.suppress(MemoryError, OverflowError):  # (then it is gathered)
                     assembling = Assembler(length, buf[pos + head - 4 : pos + head])
                     self._missing = assembling.feed(memoryview(buf)[pos + head :])
-                    self._assembling, self._fed, self._seen = assembling, False, 0
+                    seen, self._seen = self._seen, 0
+                    self._assembling, self._fed = assembling, False
                     self._buf, self._pos = b"", 0
-                    return PROGRESS
-            if available - head > self._seen:
-                self._seen = available - head
+                    return PROGRESS if here > seen else None
+            if here > self._seen:
+                self._seen = here
                 return PROGRESS
             return None
         key = buf[pos + head - 4 : pos + head]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import selectors
 import socket
 import ssl
@@ -47,8 +48,19 @@ BACKLOG = 128
 ACCEPT_BATCH = 64
 #: Bytes asked of a socket per read.
 READ_SIZE = 65536
-#: Buffers given to one ``sendmsg``, at most (below every system's ``IOV_MAX``).
-SENDMSG_BUFFERS = 512
+
+
+def _at_most_iov_max(count: int) -> int:
+    """``count``, or the system's ``IOV_MAX`` (buffers per vectored write) if lower."""
+    try:
+        limit = os.sysconf("SC_IOV_MAX")
+    except (AttributeError, ValueError, OSError):  # no sysconf, or no such name here
+        return count
+    return min(count, limit) if limit > 0 else count
+
+
+#: Buffers given to one ``sendmsg``, at most (512, or the system's ``IOV_MAX`` if lower).
+SENDMSG_BUFFERS = _at_most_iov_max(512)
 
 #: Whether sockets here write several buffers at once (``sendmsg``; not on Windows).
 _VECTORED = hasattr(socket.socket, "sendmsg")
@@ -272,8 +284,7 @@ class Link:
                 logger.debug("writing to %s failed: %s", self.conn.peer, exc)
                 self.close(now)
                 return False
-            if sent:
-                self._drop(sent)
+            self._drop(sent)  # (and any empty buffer first)
             if bool(out) != self.paused:  # resumed: the next flush writes more
                 self.paused = not self.paused
                 if self.paused:

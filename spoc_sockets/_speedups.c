@@ -153,11 +153,12 @@ assembler_feed(Assembler *self, PyObject *piece)
     Py_buffer data;
     uint8_t mask[MASK_SIZE];
 
-    if (self->message == NULL) {
-        PyErr_SetString(PyExc_ValueError, "the message was taken");
+    if (PyObject_GetBuffer(piece, &data, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
-    if (PyObject_GetBuffer(piece, &data, PyBUF_SIMPLE) < 0) {
+    if (self->message == NULL) {  /* checked after GetBuffer, which may run Python code */
+        PyErr_SetString(PyExc_ValueError, "the message was taken");
+        PyBuffer_Release(&data);
         return NULL;
     }
     if (data.len > self->length - self->filled) {
@@ -196,10 +197,10 @@ assembler_take(Assembler *self, PyObject *Py_UNUSED(ignored))
 
 static PyMethodDef assembler_methods[] = {
     {"feed", (PyCFunction)assembler_feed, METH_O,
-     "feed(piece, /) -> int\\n\\nUnmask the next piece of the payload into the message; "
+     "feed(piece, /) -> int\n\nUnmask the next piece of the payload into the message; "
      "the bytes still missing."},
     {"take", (PyCFunction)assembler_take, METH_NOARGS,
-     "take() -> bytes\\n\\nThe message, once full (once only)."},
+     "take() -> bytes\n\nThe message, once full (once only)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -207,7 +208,7 @@ static PyType_Slot assembler_slots[] = {
     {Py_tp_new, assembler_new},
     {Py_tp_dealloc, assembler_dealloc},
     {Py_tp_methods, assembler_methods},
-    {Py_tp_doc, "Assembler(length, mask, /)\\n\\n"
+    {Py_tp_doc, "Assembler(length, mask, /)\n\n"
                 "One masked payload of length bytes, unmasked piece by piece into its "
                 "message."},
     {0, NULL},

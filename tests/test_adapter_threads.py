@@ -220,3 +220,18 @@ def test_large_messages_cross_whole_with_or_without_vectored_writes(
                 data += chunk
             sender.join(TIMEOUT)
     assert [payload for _, payload in server_frames(bytes(data))] == messages
+
+
+def test_a_link_forgets_what_was_written_and_every_empty_buffer_before_the_rest() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        link = _listen.Link(ours, lambda link, events: None)
+        link.out = [b"", b"abc", b"", b"defg"]
+        link._drop(0)
+        assert link.out == [b"abc", b"", b"defg"]
+        link._drop(2)  # a view keeps the rest of a buffer written in part
+        assert [bytes(buffer) for buffer in link.out] == [b"c", b"", b"defg"]
+        link._drop(1)
+        assert link.out == [b"defg"]
+        link._drop(4)
+        assert link.out == []

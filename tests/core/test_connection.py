@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import tracemalloc
+import weakref
 import zlib
 
 import pytest
@@ -826,6 +827,11 @@ def test_buffers_to_send_give_a_large_payload_uncopied_and_join_the_small_pieces
     assert [len(b) for b in buffers] == [3 + 3 + 4, JOIN_BELOW, 4 + len(small) + 3]
     assert buffers[1] is big
     assert vectored.server.buffers_to_send(0.0) == []
+
+
+def test_a_connection_can_be_referenced_weakly() -> None:
+    peer = Peer(router_with())
+    assert weakref.ref(peer.server)() is peer.server
 
 
 def test_broadcast_skips_closing_connections() -> None:

@@ -27,6 +27,7 @@ from spoc_sockets import ChannelServer, Hub, Router, UsageError, _fastpath
 from spoc_sockets._fastpath import (
     ASSEMBLE_FROM,
     PROGRESS,
+    RESERVE,
     UNMASK_LANES_FROM,
     FrameReader,
     unmask,
@@ -322,6 +323,57 @@ def test_without_a_limit_a_large_frame_is_gathered_as_it_comes() -> None:
     assert reader._assembling is None and len(reader._buf) == 1000
     reader.receive_data(data[1000:])
     assert list(reader.events()) == [payload]
+
+
+def test_an_assembler_is_made_once_enough_of_its_frame_is_here() -> None:
+    """A header and a few bytes never make the server reserve the announced payload:
+    the frame is gathered until a RESERVE-th of it came, then assembled."""
+    payload = os.urandom(2**20)
+    data = simple(0x2, payload)
+    reader = assembling_reader(2**20)
+    reader.receive_data(data[:15])  # the 14-byte header and one byte
+    assert list(reader.events()) == [PROGRESS]
+    assert reader._assembling is None
+    needed = 14 + 2**20 // RESERVE
+    reader.receive_data(data[15:needed])
+    assert list(reader.events()) == [PROGRESS]
+    assert reader._assembling is not None and reader._buf == b""
+    reader.receive_data(data[needed:])
+    assert list(reader.events()) == [payload]
+
+
+def test_a_frame_too_long_to_reserve_reads_as_wsproto_reads_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A length no buffer can have (past the platform's sizes) under a limit just as
+    large, even where an assembler would be made at once: the frame is gathered, as
+    wsproto gathers it, with no internal error."""
+    monkeypatch.setattr(_fastpath, "RESERVE", 2**64)
+    head = bytes([0x82, 0xFF]) + struct.pack("!Q", 2**63 - 1) + b"\x00\x00\x00\x00"
+    stream = Stream(head + b"x" * 100, (len(head) + 1,), (), False, {"max_message_size": 2**64})
+    outcome = run(stream, True)
+    assert outcome.state == "open" and outcome.error is None
+    assert outcome == run(stream, False)
+
+
+def test_input_that_came_while_the_turn_was_over_is_read_at_the_next_turn() -> None:
+    """The turn's budget ends inside a frame handed to wsproto; its rest and another
+    frame arrive before the next turn: both are read then, as wsproto reads them."""
+    outcomes = []
+    for fast_path in (True, False):
+        echo = Echo()
+        router = Router(fast_path=fast_path)
+        router.add("/echo", echo)
+        peer = Peer(router)
+        peer.handshake()
+        longer = simple(0x1, b"t" * 300)
+        peer.server.receive_data(simple(0x1, b"m") * 63 + longer[:100], peer.now)
+        assert peer.server.input_paused  # 64 events: the turn's budget
+        peer.server.receive_data(longer[100:] + simple(0x1, b"last"), peer.now)
+        peer.flush()
+        outcomes.append(echo.messages)
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][-2:] == ["t" * 300, "last"] and len(outcomes[0]) == 65
 
 
 def test_a_frame_whose_buffer_cannot_be_had_is_gathered(monkeypatch: pytest.MonkeyPatch) -> None:
