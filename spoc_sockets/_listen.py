@@ -178,7 +178,18 @@ class Link:
     ``watch(link, events)`` has the loop wait for ``events`` (:data:`READ`,
     :data:`WRITE`; 0: none) instead of ``link.events``, and call :meth:`ready`."""
 
-    __slots__ = ("closing", "conn", "events", "lost", "out", "paused", "sock", "want", "watch")
+    __slots__ = (
+        "closing",
+        "conn",
+        "events",
+        "lost",
+        "out",
+        "paused",
+        "sock",
+        "vectored",
+        "want",
+        "watch",
+    )
 
     conn: ServerConnection
 
@@ -186,6 +197,8 @@ class Link:
         self.sock = sock
         self.watch = watch
         self.out: list[bytes | memoryview] = []  # not sent yet, in order
+        # writes several buffers in one sendmsg (not through TLS, nor without sendmsg)
+        self.vectored = _VECTORED and not isinstance(sock, ssl.SSLSocket)
         self.paused = False
         self.want = READ  # what a read waits for (WRITE: a TLS read needs writability)
         self.closing = False  # the core said close and gave its last bytes
@@ -233,11 +246,11 @@ class Link:
     def flush(self, now: float) -> None:
         """Write what the core has (the connection was pending), and obey its verdicts."""
         try:
-            if not _VECTORED or isinstance(self.sock, ssl.SSLSocket):  # one buffer then
+            if self.vectored:
+                buffers = self.conn.buffers_to_send(now)
+            else:
                 data = self.conn.data_to_send(now)
                 buffers = [data] if data else []
-            else:
-                buffers = self.conn.buffers_to_send(now)
             if self.lost:  # gone: the core knows
                 return
             if self.conn.should_abort:
@@ -312,7 +325,7 @@ class Link:
 
     def _send_buffers(self) -> int:
         """Write the first buffers in one system call; the bytes written."""
-        if not _VECTORED or isinstance(self.sock, ssl.SSLSocket):  # one at a time then
+        if not self.vectored:  # one at a time
             return self.sock.send(self.out[0])
         return self.sock.sendmsg(self.out[:SENDMSG_BUFFERS])
 
