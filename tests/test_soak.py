@@ -2,7 +2,7 @@
 
 Each adapter gets :data:`SECONDS` of load in its own server process; the soak's own
 verdict is asserted: no message lost, every fault answered, every deadline honoured,
-RSS back within 10% of its level after warm-up, file descriptors back to their start,
+RSS back within 10% of the warm-up's peak, file descriptors back to their start,
 ``router.upgraded`` empty, closed connections freed without the cyclic collector, and
 no traceback on the server. The thresholds are about leaks, not speed.
 """
