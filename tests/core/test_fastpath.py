@@ -280,6 +280,24 @@ def test_the_reader_holds_no_frame_it_has_read_while_it_waits() -> None:
     assert len(reader._buf) == 3  # the start of the next frame, nothing more
 
 
+def test_a_frame_trickled_byte_by_byte_grows_one_buffer_in_place() -> None:
+    """Each piece is appended to the same buffer: a frame sent a byte at a time costs
+    its size once, not once per byte (a new buffer per piece would copy it every time)."""
+    reader = FrameReader(WSConnection(ConnectionType.SERVER), None)
+    data = simple(0x2, b"t" * 1000)
+    reader.receive_data(data[:10])
+    assert list(reader.events()) == [PROGRESS]
+    reader.receive_data(data[10:11])
+    assert list(reader.events()) == [PROGRESS]
+    buffer = reader._buf
+    for at in range(11, len(data) - 1):
+        reader.receive_data(data[at : at + 1])
+        assert list(reader.events()) == [PROGRESS]
+        assert reader._buf is buffer, at
+    reader.receive_data(data[-1:])
+    assert list(reader.events()) == [b"t" * 1000]
+
+
 def test_large_binary_frames_assembled_as_they_come_read_as_wsproto_reads_them() -> None:
     data = (
         simple(0x2, os.urandom(70_000))
