@@ -209,6 +209,10 @@ def simple(opcode: int, payload: bytes, mask: bytes = b"\x0f\xf0\x55\xaa") -> by
         Frame(0x1, b"x" * 200, wide=8).encode(),
         Frame(0x1, b"rsv", rsv=4).encode(),
         simple(0x1, b"m") * 100 + simple(0x9, b"p") + simple(0x1, b"\xff"),  # past a turn
+        Frame(0x2, b"", mask=None).encode(),  # a whole frame in two bytes: 1002 at once
+        # a new message inside a fragmented one (a control frame between): 1002
+        Frame(0x1, b"frag", fin=False).encode() + simple(0x9, b"p") + simple(0x1, b"new"),
+        Frame(0x2, b"frag", fin=False).encode() + simple(0x2, b"new"),
     ],
 )
 def test_known_streams_split_everywhere(data: bytes) -> None:
@@ -216,6 +220,26 @@ def test_known_streams_split_everywhere(data: bytes) -> None:
         stream = Stream(data, (cut,) if cut else (), (), True, {"max_message_size": 200})
         fast, reference = run(stream, True), run(stream, False)
         assert fast == reference, cut
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 65537])
+@pytest.mark.parametrize("opcode", [0x1, 0x2])
+@pytest.mark.parametrize("limit", [None, 2**20])
+def test_a_frame_of_every_length_encoding_is_read_once_it_is_whole(
+    opcode: int, size: int, limit: int | None
+) -> None:
+    """At each edge of the 7-bit, 16-bit and 64-bit length fields, a frame alone, whole
+    or in three pieces (its header, most of it, its last byte), gives its message with
+    its last byte, as wsproto gives it."""
+    payload = b"v" * size
+    data = simple(opcode, payload)
+    for cuts in ((), (len(data) - size, len(data) - 1)):
+        stream = Stream(
+            data, tuple(cut for cut in cuts if cut > 0), (), False, {"max_message_size": limit}
+        )
+        outcome = run(stream, True)
+        assert outcome.messages == [payload.decode() if opcode == 0x1 else payload]
+        assert outcome == run(stream, False)
 
 
 def test_the_limit_closes_before_a_huge_frame_is_buffered() -> None:
@@ -360,6 +384,21 @@ def test_an_assembler_is_made_once_enough_of_its_frame_is_here() -> None:
     assert list(reader.events()) == [payload]
 
 
+@pytest.mark.parametrize(("size", "assembled"), [(ASSEMBLE_FROM - 1, False), (ASSEMBLE_FROM, True)])
+def test_binary_frames_are_assembled_from_assemble_from_bytes_on(
+    size: int, assembled: bool
+) -> None:
+    payload = os.urandom(size)
+    data = simple(0x2, payload)
+    header = len(data) - size
+    reader = assembling_reader(2**20)
+    reader.receive_data(data[: header + -(-size // RESERVE)])  # a RESERVE-th of it
+    assert list(reader.events()) == [PROGRESS]
+    assert (reader._assembling is not None) is assembled
+    reader.receive_data(data[header + -(-size // RESERVE) :])
+    assert list(reader.events()) == [payload]
+
+
 def test_a_frame_too_long_to_reserve_reads_as_wsproto_reads_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -394,11 +433,17 @@ def test_input_that_came_while_the_turn_was_over_is_read_at_the_next_turn() -> N
     assert outcomes[0][-2:] == ["t" * 300, "last"] and len(outcomes[0]) == 65
 
 
-def test_a_frame_whose_buffer_cannot_be_had_is_gathered(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_memory(length: int, key: bytes) -> NoReturn:
-        raise MemoryError
+@pytest.mark.parametrize("failure", [MemoryError, OverflowError])
+def test_a_frame_whose_buffer_cannot_be_had_is_gathered(
+    monkeypatch: pytest.MonkeyPatch, failure: type[Exception]
+) -> None:
+    """No memory for the payload, or a length past the platform's sizes (what the
+    compiled assembler raises for each): the frame is gathered instead."""
 
-    monkeypatch.setattr(_fastpath, "Assembler", no_memory)
+    def no_buffer(length: int, key: bytes) -> NoReturn:
+        raise failure
+
+    monkeypatch.setattr(_fastpath, "Assembler", no_buffer)
     payload = os.urandom(ASSEMBLE_FROM)
     data = simple(0x2, payload)
     stream = Stream(data, (100, 30_000), (), False, {"max_message_size": 2**20})
