@@ -255,6 +255,19 @@ def test_the_limit_closes_before_a_huge_frame_is_buffered() -> None:
     assert struct.unpack("!H", outcome.out.rsplit(b"\x88", 1)[1][1:3])[0] == 1009
 
 
+@pytest.mark.parametrize("length", [2**63, 2**64 - 1])
+@pytest.mark.parametrize("limit", [None, 2**20])
+def test_a_length_with_its_top_bit_set_is_1002_with_or_without_a_limit(
+    length: int, limit: int | None
+) -> None:
+    """RFC 6455 section 5.2: the most significant bit of the 64-bit length is 0."""
+    head = bytes([0x82, 0xFF]) + struct.pack("!Q", length) + b"\x00\x00\x00\x00"
+    stream = Stream(head + b"x" * 10, (), (), False, {"max_message_size": limit})
+    outcome = run(stream, True)
+    assert outcome.closed == [(1002, "8-byte payload length with non-zero MSB")]
+    assert outcome == run(stream, False)
+
+
 def test_a_frame_just_past_the_limit_closes_as_the_limit_is_crossed() -> None:
     """The peer stops after 201 of 230 bytes: 1009 all the same, as wsproto's partial
     messages give it."""
