@@ -209,6 +209,10 @@ def simple(opcode: int, payload: bytes, mask: bytes = b"\x0f\xf0\x55\xaa") -> by
         Frame(0x1, b"x" * 200, wide=8).encode(),
         Frame(0x1, b"rsv", rsv=4).encode(),
         simple(0x1, b"m") * 100 + simple(0x9, b"p") + simple(0x1, b"\xff"),  # past a turn
+        Frame(0x2, b"", mask=None).encode(),  # a whole frame in two bytes: 1002 at once
+        # a new message inside a fragmented one (a control frame between): 1002
+        Frame(0x1, b"frag", fin=False).encode() + simple(0x9, b"p") + simple(0x1, b"new"),
+        Frame(0x2, b"frag", fin=False).encode() + simple(0x2, b"new"),
     ],
 )
 def test_known_streams_split_everywhere(data: bytes) -> None:
@@ -216,6 +220,26 @@ def test_known_streams_split_everywhere(data: bytes) -> None:
         stream = Stream(data, (cut,) if cut else (), (), True, {"max_message_size": 200})
         fast, reference = run(stream, True), run(stream, False)
         assert fast == reference, cut
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 65537])
+@pytest.mark.parametrize("opcode", [0x1, 0x2])
+@pytest.mark.parametrize("limit", [None, 2**20])
+def test_a_frame_of_every_length_encoding_is_read_once_it_is_whole(
+    opcode: int, size: int, limit: int | None
+) -> None:
+    """At each edge of the 7-bit, 16-bit and 64-bit length fields, a frame alone, whole
+    or in three pieces (its header, most of it, its last byte), gives its message with
+    its last byte, as wsproto gives it."""
+    payload = b"v" * size
+    data = simple(opcode, payload)
+    for cuts in ((), (len(data) - size, len(data) - 1)):
+        stream = Stream(
+            data, tuple(cut for cut in cuts if cut > 0), (), False, {"max_message_size": limit}
+        )
+        outcome = run(stream, True)
+        assert outcome.messages == [payload.decode() if opcode == 0x1 else payload]
+        assert outcome == run(stream, False)
 
 
 def test_the_limit_closes_before_a_huge_frame_is_buffered() -> None:
@@ -229,6 +253,19 @@ def test_the_limit_closes_before_a_huge_frame_is_buffered() -> None:
     assert outcome.closed == [] and outcome.state == "closing"
     assert outcome == run(stream, False)
     assert struct.unpack("!H", outcome.out.rsplit(b"\x88", 1)[1][1:3])[0] == 1009
+
+
+@pytest.mark.parametrize("length", [2**63, 2**64 - 1])
+@pytest.mark.parametrize("limit", [None, 2**20])
+def test_a_length_with_its_top_bit_set_is_1002_with_or_without_a_limit(
+    length: int, limit: int | None
+) -> None:
+    """RFC 6455 section 5.2: the most significant bit of the 64-bit length is 0."""
+    head = bytes([0x82, 0xFF]) + struct.pack("!Q", length) + b"\x00\x00\x00\x00"
+    stream = Stream(head + b"x" * 10, (), (), False, {"max_message_size": limit})
+    outcome = run(stream, True)
+    assert outcome.closed == [(1002, "8-byte payload length with non-zero MSB")]
+    assert outcome == run(stream, False)
 
 
 def test_a_frame_just_past_the_limit_closes_as_the_limit_is_crossed() -> None:
@@ -278,6 +315,24 @@ def test_the_reader_holds_no_frame_it_has_read_while_it_waits() -> None:
     reader.receive_data(simple(0x2, b"m" * 100_000) + simple(0x2, b"next")[:3])
     assert list(reader.events()) == [b"m" * 100_000]
     assert len(reader._buf) == 3  # the start of the next frame, nothing more
+
+
+def test_a_frame_trickled_byte_by_byte_grows_one_buffer_in_place() -> None:
+    """Each piece is appended to the same buffer: a frame sent a byte at a time costs
+    its size once, not once per byte (a new buffer per piece would copy it every time)."""
+    reader = FrameReader(WSConnection(ConnectionType.SERVER), None)
+    data = simple(0x2, b"t" * 1000)
+    reader.receive_data(data[:10])
+    assert list(reader.events()) == [PROGRESS]
+    reader.receive_data(data[10:11])
+    assert list(reader.events()) == [PROGRESS]
+    buffer = reader._buf
+    for at in range(11, len(data) - 1):
+        reader.receive_data(data[at : at + 1])
+        assert list(reader.events()) == [PROGRESS]
+        assert reader._buf is buffer, at
+    reader.receive_data(data[-1:])
+    assert list(reader.events()) == [b"t" * 1000]
 
 
 def test_large_binary_frames_assembled_as_they_come_read_as_wsproto_reads_them() -> None:
@@ -342,6 +397,21 @@ def test_an_assembler_is_made_once_enough_of_its_frame_is_here() -> None:
     assert list(reader.events()) == [payload]
 
 
+@pytest.mark.parametrize(("size", "assembled"), [(ASSEMBLE_FROM - 1, False), (ASSEMBLE_FROM, True)])
+def test_binary_frames_are_assembled_from_assemble_from_bytes_on(
+    size: int, assembled: bool
+) -> None:
+    payload = os.urandom(size)
+    data = simple(0x2, payload)
+    header = len(data) - size
+    reader = assembling_reader(2**20)
+    reader.receive_data(data[: header + -(-size // RESERVE)])  # a RESERVE-th of it
+    assert list(reader.events()) == [PROGRESS]
+    assert (reader._assembling is not None) is assembled
+    reader.receive_data(data[header + -(-size // RESERVE) :])
+    assert list(reader.events()) == [payload]
+
+
 def test_a_frame_too_long_to_reserve_reads_as_wsproto_reads_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -376,11 +446,17 @@ def test_input_that_came_while_the_turn_was_over_is_read_at_the_next_turn() -> N
     assert outcomes[0][-2:] == ["t" * 300, "last"] and len(outcomes[0]) == 65
 
 
-def test_a_frame_whose_buffer_cannot_be_had_is_gathered(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_memory(length: int, key: bytes) -> NoReturn:
-        raise MemoryError
+@pytest.mark.parametrize("failure", [MemoryError, OverflowError])
+def test_a_frame_whose_buffer_cannot_be_had_is_gathered(
+    monkeypatch: pytest.MonkeyPatch, failure: type[Exception]
+) -> None:
+    """No memory for the payload, or a length past the platform's sizes (what the
+    compiled assembler raises for each): the frame is gathered instead."""
 
-    monkeypatch.setattr(_fastpath, "Assembler", no_memory)
+    def no_buffer(length: int, key: bytes) -> NoReturn:
+        raise failure
+
+    monkeypatch.setattr(_fastpath, "Assembler", no_buffer)
     payload = os.urandom(ASSEMBLE_FROM)
     data = simple(0x2, payload)
     stream = Stream(data, (100, 30_000), (), False, {"max_message_size": 2**20})
