@@ -4,15 +4,25 @@ directly with virtual time: its deadlines, and the answers it gives, exactly."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 
 import pytest
 
-from spoc_sockets import ChannelServer, Connection, ConnectionState, Deferred, Request, Router
+from spoc_sockets import (
+    ChannelServer,
+    Connection,
+    ConnectionState,
+    Deferred,
+    ProtocolError,
+    Reject,
+    Request,
+    Router,
+)
 from spoc_sockets._session import Accept, Refuse
 from spoc_sockets.channel import CloseRequest, Outgoing
 
-from .wire import Messages, Recorder
+from .wire import Echo, Messages, Recorder
 
 
 class Undecided(Recorder):
@@ -322,3 +332,133 @@ def test_on_close_gets_the_connection_that_ended() -> None:
     assert conn is not None
     session.disconnected(1000)
     assert channel.left == [conn]
+
+
+HERE = ("203.0.113.7", 52311)
+
+
+def connection_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "spoc_sockets.connections"]
+
+
+class Principal(Echo):
+    """Accepts every handshake as ``user``."""
+
+    def __init__(self, user: object) -> None:
+        super().__init__()
+        self.user = user
+
+    def authenticate(self, request: Request) -> object:
+        return self.user
+
+
+def test_a_connection_logs_its_path_peer_user_code_duration_and_traffic(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    router = Router()
+    router.add("/c", Principal("ada"))
+    with caplog.at_level(logging.INFO, "spoc_sockets.connections"):
+        session = Messages(router, Request.parse("GET", "/c?token=t", [], HERE), 10.0)
+        session.actions(10.0)
+        conn = session.connection
+        assert conn is not None
+        assert repr(session.session) == "<Session 203.0.113.7:52311 open>"
+        session.receive("hello", 11.0)
+        session.actions(11.0)  # the echo goes out
+        session.receive(b"\x00\x01", 12.25)  # its echo is never taken: the peer leaves
+        session.disconnected(1001, "gone")
+    assert connection_lines(caplog) == [
+        f"open /c peer=203.0.113.7:52311 user=ada conn={conn.id}",
+        f"closed /c peer=203.0.113.7:52311 user=ada conn={conn.id} code=1001"
+        " duration=2.250s in=2/7B out=1/5B",
+    ]
+
+
+class Anonymous:
+    id = None
+    name = None
+
+
+class Named:
+    def __init__(self, name: object) -> None:
+        self.name = name
+
+
+class Identified(Named):
+    def __init__(self, id: object, name: object = None) -> None:
+        super().__init__(name)
+        self.id = id
+
+
+@pytest.mark.parametrize(
+    ("user", "shown"),
+    [
+        (None, "-"),
+        ("ada", "ada"),
+        (42, "42"),
+        ("x" * 100, "x" * 64),
+        (True, "bool"),
+        (Identified(7, "not shown"), "7"),
+        (Identified("i" * 100), "i" * 64),
+        (Identified(True, "bea"), "bea"),
+        (Named("cy"), "cy"),
+        (Named(False), "Named"),
+        (Anonymous(), "Anonymous"),
+        ({"id": "ada", "password": "SECRET"}, "ada"),
+        ({"id": "d" * 100}, "d" * 64),
+        ({"id": False, "name": "bea"}, "bea"),
+        ({"name": 5}, "5"),
+        ({"password": "SECRET"}, "dict"),
+    ],
+)
+def test_the_log_shows_the_principal_as_itself_its_id_or_name_or_its_type(
+    user: object, shown: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    router = Router()
+    router.add("/c", Principal(user))
+    with caplog.at_level(logging.INFO, "spoc_sockets.connections"):
+        session = Messages(router, Request.parse("GET", "/c", [], HERE), 0.0)
+        session.actions(0.0)
+        session.disconnected(1000)
+    opened, closed = connection_lines(caplog)
+    assert opened.split()[3] == f"user={shown}"
+    assert closed.split()[3] == f"user={shown}"
+
+
+class Refuses(Recorder):
+    def authenticate(self, request: Request) -> object:
+        raise Reject(401, "no")
+
+
+def test_a_refusal_logs_the_path_peer_and_status_and_counts_on_its_route(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    router = Router()
+    router.add("/c", Refuses())
+    deferring = Undecided()
+    router.add("/rooms/{room}", deferring)
+    with caplog.at_level(logging.INFO, "spoc_sockets.connections"):
+        unknown = Messages(router, Request.parse("GET", "/nowhere", []), 0.0)
+        refused = Messages(router, Request.parse("GET", "/c?token=t", [], HERE), 0.0)
+        later = Messages(router, Request.parse("GET", "/rooms/7", [], HERE), 0.0)
+        deferring.deferred.reject(403, "not yours")
+        later.actions(1.0)
+    assert unknown.done and refused.done and later.done
+    assert connection_lines(caplog) == [
+        "refused - peer=- status=404",
+        "refused /c peer=203.0.113.7:52311 status=401",
+        "refused /rooms/7 peer=203.0.113.7:52311 status=403",
+    ]
+    stats = router.stats()
+    assert stats["/c"].refused == {401: 1}
+    assert stats["/rooms/{room}"].refused == {403: 1}
+    assert stats.unrouted_refused == {404: 1}
+
+
+def test_a_protocol_error_without_a_status_is_refused_400() -> None:
+    router = Router()
+    router.add("/c", Undecided())
+    session = Messages(router, Request.parse("GET", "/c", []), 0.0)
+    session.refuse_for(ProtocolError("the request is wrong"))
+    assert session.actions(0.0) == [Refuse(400, (), b"the request is wrong\n")]
+    assert session.done
