@@ -462,3 +462,51 @@ def test_a_protocol_error_without_a_status_is_refused_400() -> None:
     session.refuse_for(ProtocolError("the request is wrong"))
     assert session.actions(0.0) == [Refuse(400, (), b"the request is wrong\n")]
     assert session.done
+
+
+@pytest.mark.parametrize("no_internal_errors_in_the_core", [None])  # one is made here
+def test_an_internal_error_is_logged_with_the_connection_it_ends(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    channel = Recorder()
+    _, session = open_session(channel)
+    conn = session.connection
+    assert conn is not None
+
+    def broken(item: Outgoing, now: float) -> None:
+        raise RuntimeError("core bug")
+
+    monkeypatch.setattr(session.queue, "send_message", broken)
+    conn.send("x")
+    with caplog.at_level(logging.ERROR, "spoc_sockets.core"):
+        assert session.actions(1.0) == []  # no close to send: the transport is dropped
+    (record,) = [r for r in caplog.records if r.name == "spoc_sockets.core"]
+    assert record.getMessage() == f"internal error in the core; dropping {session.queue!r}"
+    assert session.done and channel.closed == [(1011, "internal error")]
+
+
+class AsyncEcho(Recorder):
+    async def on_message(self, conn: Connection, message: str | bytes) -> None:
+        conn.send(message)
+
+
+def test_the_idle_clock_restarts_when_an_async_hook_ends() -> None:
+    channel = AsyncEcho(idle_timeout=10.0, close_timeout=1.0)
+    router = Router()
+    router.add("/c", channel)
+    spawned: list[Coroutine[object, None, None]] = []
+    session = Messages(router, Request.parse("GET", "/c", []), 0.0, spawn=spawned.append)
+    assert session.actions(0.0) == [Accept(None)]
+    assert session.next_deadline() == 10.0
+    session.receive("slow", 2.0)
+    (hook,) = spawned
+    assert session.input_paused
+    asyncio.run(hook)
+    actions = session.actions(6.0)  # the hook ended: input flows again
+    assert [a.message for a in actions if isinstance(a, Outgoing)] == ["slow"]
+    assert not session.input_paused
+    assert session.next_deadline() == 16.0
+    session.handle_timeout(15.9)
+    assert session.state is ConnectionState.OPEN
+    session.handle_timeout(16.0)
+    assert session.actions(16.0) == [CloseRequest(1001, "idle timeout")]
