@@ -202,3 +202,42 @@ def test_a_pong_is_awaited_afresh_once_an_async_hook_ends() -> None:
     hub.handle_timeouts(10.5)
     closing = close_payload(1011, "keepalive ping timeout")
     assert server.data_to_send(10.5) == bytes([0x88, len(closing)]) + closing
+
+
+class HooksReturnCoroutines(ChannelServer):
+    """Plain hooks that return coroutines: a server without ``spawn`` cannot await them."""
+
+    ping_interval = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.returned: list[Coroutine[Any, Any, None]] = []
+
+    async def _later(self) -> None:
+        return None
+
+    def on_message(self, conn: Connection, message: str | bytes) -> Any:
+        self.returned.append(self._later())
+        return self.returned[-1]
+
+    def on_close(self, conn: Connection, code: int, reason: str) -> Any:
+        self.returned.append(self._later())
+        return self.returned[-1]
+
+
+def test_a_hook_that_returns_a_coroutine_where_none_is_awaited_is_1011_and_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    channel = HooksReturnCoroutines()
+    peer = Peer(router_with("/c", channel))
+    peer.handshake("/c")
+    with caplog.at_level(logging.ERROR, "spoc_sockets"):
+        peer.send(frame(0x1, b"hello"))
+        peer.send(frame(0x8, close_payload(1011, "internal error")))
+    assert peer.close == (1011, "internal error")
+    assert peer.server.should_close
+    assert [r.getMessage() for r in caplog.records if r.name == "spoc_sockets.hooks"] == [
+        "a hook is async and this server cannot await it",
+        "on_close is async and this server cannot await it",
+    ]
+    assert [inspect.getcoroutinestate(c) for c in channel.returned] == [inspect.CORO_CLOSED] * 2
