@@ -510,3 +510,21 @@ def test_the_idle_clock_restarts_when_an_async_hook_ends() -> None:
     assert session.state is ConnectionState.OPEN
     session.handle_timeout(16.0)
     assert session.actions(16.0) == [CloseRequest(1001, "idle timeout")]
+
+
+class Breaks(Recorder):
+    def authenticate(self, request: Request) -> object:
+        raise RuntimeError("secret detail")
+
+
+def test_a_handshake_that_raises_is_500_and_logged_with_its_path_and_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    router = Router()
+    router.add("/rooms/{room}", Breaks())
+    with caplog.at_level(logging.ERROR, "spoc_sockets.hooks"):
+        session = Messages(router, Request.parse("GET", "/rooms/7?token=t", []), 0.0)
+    assert session.actions(0.0) == [Refuse(500, (), b"internal server error\n")]
+    (record,) = [r for r in caplog.records if r.name == "spoc_sockets.hooks"]
+    assert record.getMessage() == "handshake of /rooms/7 failed"
+    assert record.exc_info is not None and "secret detail" in str(record.exc_info[1])
