@@ -352,7 +352,7 @@ class Principal(Echo):
         return self.user
 
 
-def test_a_connection_logs_its_path_peer_user_code_duration_and_traffic(
+def test_a_connection_logs_and_counts_its_path_peer_user_code_duration_and_traffic(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     router = Router()
@@ -364,14 +364,18 @@ def test_a_connection_logs_its_path_peer_user_code_duration_and_traffic(
         assert conn is not None
         assert repr(session.session) == "<Session 203.0.113.7:52311 open>"
         session.receive("hello", 11.0)
-        session.actions(11.0)  # the echo goes out
-        session.receive(b"\x00\x01", 12.25)  # its echo is never taken: the peer leaves
+        session.receive(b"\x00\x01", 11.5)
+        session.actions(11.5)  # the echoes go out
+        session.receive("xyz", 12.25)  # its echo is never taken: the peer leaves
         session.disconnected(1001, "gone")
     assert connection_lines(caplog) == [
         f"open /c peer=203.0.113.7:52311 user=ada conn={conn.id}",
         f"closed /c peer=203.0.113.7:52311 user=ada conn={conn.id} code=1001"
-        " duration=2.250s in=2/7B out=1/5B",
+        " duration=2.250s in=3/10B out=2/7B",
     ]
+    stats = router.stats()["/c"]
+    assert (stats.accepted, stats.connections, stats.closed) == (1, 0, {1001: 1})
+    assert (stats.messages_in, stats.bytes_in, stats.messages_out, stats.bytes_out) == (3, 10, 2, 7)
 
 
 class Anonymous:
