@@ -532,3 +532,14 @@ def test_a_handshake_that_raises_is_500_and_logged_with_its_path_and_traceback(
     (record,) = [r for r in caplog.records if r.name == "spoc_sockets.hooks"]
     assert record.getMessage() == "handshake of /rooms/7 failed"
     assert record.exc_info is not None and "secret detail" in str(record.exc_info[1])
+
+
+def test_each_message_the_drop_policy_drops_is_counted() -> None:
+    channel = Flood(max_buffered_amount=42, overflow="drop")
+    router, session = open_session(channel)
+    session.receive("go", 0.0)
+    actions = session.actions(0.0)
+    assert [a.size for a in actions if isinstance(a, Outgoing)] == [42]
+    assert session.connection is not None and session.connection.dropped == 2
+    session.disconnected(1000)
+    assert router.stats()["/c"].dropped == 2
