@@ -543,3 +543,16 @@ def test_each_message_the_drop_policy_drops_is_counted() -> None:
     assert session.connection is not None and session.connection.dropped == 2
     session.disconnected(1000)
     assert router.stats()["/c"].dropped == 2
+
+
+def test_nothing_more_is_queued_once_an_overflow_closes_the_connection() -> None:
+    channel = Recorder(max_buffered_amount=100)
+    _, session = open_session(channel)
+    conn = session.connection
+    assert conn is not None
+    conn.send(b"x" * 60)  # 62 bytes on the wire
+    conn.send(b"x" * 60)  # past 100: the connection closes, 1008
+    conn.send(b"x" * 10)  # would fit, but the connection is closing
+    assert conn.buffered_amount == 62
+    assert session.actions(0.0) == [CloseRequest(1008, "slow consumer")]
+    assert conn.buffered_amount == 0
