@@ -373,6 +373,7 @@ def test_a_connection_logs_and_counts_its_path_peer_user_code_duration_and_traff
         f"closed /c peer=203.0.113.7:52311 user=ada conn={conn.id} code=1001"
         " duration=2.250s in=3/10B out=2/7B",
     ]
+    assert len(caplog.records) == 2  # and nothing from the hooks, which all returned
     stats = router.stats()["/c"]
     assert (stats.accepted, stats.connections, stats.closed) == (1, 0, {1001: 1})
     assert (stats.messages_in, stats.bytes_in, stats.messages_out, stats.bytes_out) == (3, 10, 2, 7)
@@ -556,3 +557,40 @@ def test_nothing_more_is_queued_once_an_overflow_closes_the_connection() -> None
     assert conn.buffered_amount == 62
     assert session.actions(0.0) == [CloseRequest(1008, "slow consumer")]
     assert conn.buffered_amount == 0
+
+
+class RaisesOnClose(Recorder):
+    def on_close(self, conn: Connection, code: int, reason: str) -> None:
+        raise RuntimeError("secret")
+
+
+def test_an_on_close_that_raises_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    _, session = open_session(RaisesOnClose())
+    with caplog.at_level(logging.ERROR, "spoc_sockets.hooks"):
+        session.disconnected(1000)
+    (record,) = caplog.records
+    assert record.name == "spoc_sockets.hooks" and record.exc_info is not None
+    assert session.done
+
+
+class AsyncOnClose(Recorder):
+    async def on_close(self, conn: Connection, code: int, reason: str) -> None:
+        self.closed.append((code, reason))
+
+
+def test_an_async_on_close_runs_where_the_adapter_spawns_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    channel = AsyncOnClose()
+    router = Router()
+    router.add("/c", channel)
+    spawned: list[Coroutine[object, None, None]] = []
+    session = Messages(router, Request.parse("GET", "/c", []), 0.0, spawn=spawned.append)
+    assert session.actions(0.0) == [Accept(None)]
+    with caplog.at_level(logging.ERROR, "spoc_sockets"):
+        session.disconnected(1001, "gone")
+        assert session.done and channel.closed == []  # not yet run: the adapter runs it
+        (hook,) = spawned
+        asyncio.run(hook)
+    assert channel.closed == [(1001, "gone")]
+    assert caplog.records == []
