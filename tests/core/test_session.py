@@ -594,3 +594,13 @@ def test_an_async_on_close_runs_where_the_adapter_spawns_it(
         asyncio.run(hook)
     assert channel.closed == [(1001, "gone")]
     assert caplog.records == []
+
+
+def test_the_idle_clock_starts_when_the_connection_opens() -> None:
+    router = Router()
+    router.add("/c", Recorder(idle_timeout=10.0))
+    session = Messages(router, Request.parse("GET", "/c", []), 0.0)
+    assert session.actions(4.0) == [Accept(None)]  # the adapter's first turn comes later
+    assert session.next_deadline() == 10.0
+    session.handle_timeout(10.0)
+    assert session.actions(10.0) == [CloseRequest(1001, "idle timeout")]
