@@ -604,3 +604,18 @@ def test_the_idle_clock_starts_when_the_connection_opens() -> None:
     assert session.next_deadline() == 10.0
     session.handle_timeout(10.0)
     assert session.actions(10.0) == [CloseRequest(1001, "idle timeout")]
+
+
+class SendsOnClose(Recorder):
+    def on_close(self, conn: Connection, code: int, reason: str) -> None:
+        conn.send("too late")
+
+
+def test_a_message_sent_from_on_close_is_discarded() -> None:
+    channel = SendsOnClose()
+    _, session = open_session(channel)
+    conn = session.connection
+    assert conn is not None
+    session.disconnected(1000)
+    assert conn.buffered_amount == 0
+    assert session.actions(1.0) == []
