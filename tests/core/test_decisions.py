@@ -228,3 +228,12 @@ def test_a_message_that_came_with_the_request_head_counts_as_input_when_it_came(
     assert peer.close is None
     peer.advance(0.5)  # 6.0: idle since 1.0
     assert peer.close == (1001, "idle timeout")
+
+
+def test_with_an_idle_timeout_the_keepalive_still_pings_on_time() -> None:
+    channel = Recorder(idle_timeout=30.0, ping_interval=5.0, ping_timeout=None)
+    peer = Peer(served("/c", channel))
+    peer.handshake("/c")
+    assert peer.server.next_deadline() == 5.0
+    peer.advance(5.0)
+    assert [f.opcode for f in peer.frames] == [0x9]  # the ping, 25 s before the idle limit
