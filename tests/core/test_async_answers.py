@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from spoc_sockets import ChannelServer, Connection, Reject, Request, Router
+from spoc_sockets import ChannelServer, Connection, Hub, Reject, Request, Router
 from spoc_sockets._session import Refuse
 from spoc_sockets.testing import HandshakeRejected, TestClient
 
 from ..frames import upgrade_request
-from .wire import Messages, Peer, router_with
+from .wire import Messages, Peer, close_payload, frame, parse_answer, router_with
 
 
 class AsyncAuth(ChannelServer):
@@ -172,3 +172,72 @@ def test_an_async_authenticate_cancelled_by_a_stopping_server_never_accepts() ->
     asyncio.run(stop_while_waiting())
     assert session.actions(0.0) == [Refuse(500, (), b"internal server error\n")]
     assert router.upgraded == frozenset()
+
+
+class SlowEcho(ChannelServer):
+    ping_interval = 5.0
+    ping_timeout = 3.0
+
+    async def on_message(self, conn: Connection, message: str | bytes) -> None:
+        conn.send(message)
+
+
+def test_a_pong_is_awaited_afresh_once_an_async_hook_ends() -> None:
+    """While the hook runs no pong can be read: ``ping_timeout`` counts from its end."""
+    spawned: list[Coroutine[object, None, None]] = []
+    hub = Hub(router_with("/s", SlowEcho()), spawn=spawned.append)
+    server = hub.open(0.0)
+    server.receive_data(upgrade_request("/s"), 0.0)
+    answer, _ = parse_answer(server.data_to_send(0.0))
+    assert answer.status == 101
+    hub.handle_timeouts(5.0)
+    assert server.data_to_send(5.0)[0] == 0x89  # the ping
+    server.receive_data(frame(0x1, b"slow"), 6.0)
+    assert server.input_paused
+    asyncio.run(spawned.pop())
+    assert server.data_to_send(7.5) == b"\x81\x04slow"  # the hook ended at 7.5
+    assert not server.input_paused and server.next_deadline() == 10.5
+    hub.handle_timeouts(10.4)
+    assert server.data_to_send(10.4) == b"" and not server.should_close
+    hub.handle_timeouts(10.5)
+    closing = close_payload(1011, "keepalive ping timeout")
+    assert server.data_to_send(10.5) == bytes([0x88, len(closing)]) + closing
+
+
+class HooksReturnCoroutines(ChannelServer):
+    """Plain hooks that return coroutines: a server without ``spawn`` cannot await them."""
+
+    ping_interval = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.returned: list[Coroutine[Any, Any, None]] = []
+
+    async def _later(self) -> None:
+        return None
+
+    def on_message(self, conn: Connection, message: str | bytes) -> Any:
+        self.returned.append(self._later())
+        return self.returned[-1]
+
+    def on_close(self, conn: Connection, code: int, reason: str) -> Any:
+        self.returned.append(self._later())
+        return self.returned[-1]
+
+
+def test_a_hook_that_returns_a_coroutine_where_none_is_awaited_is_1011_and_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    channel = HooksReturnCoroutines()
+    peer = Peer(router_with("/c", channel))
+    peer.handshake("/c")
+    with caplog.at_level(logging.ERROR, "spoc_sockets"):
+        peer.send(frame(0x1, b"hello"))
+        peer.send(frame(0x8, close_payload(1011, "internal error")))
+    assert peer.close == (1011, "internal error")
+    assert peer.server.should_close
+    assert [r.getMessage() for r in caplog.records if r.name == "spoc_sockets.hooks"] == [
+        "a hook is async and this server cannot await it",
+        "on_close is async and this server cannot await it",
+    ]
+    assert [inspect.getcoroutinestate(c) for c in channel.returned] == [inspect.CORO_CLOSED] * 2

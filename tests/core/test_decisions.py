@@ -215,3 +215,25 @@ def test_the_session_decides_without_knowing_how_messages_travel() -> None:
         elif isinstance(node, ast.ImportFrom):
             imported.add((node.module or "").split(".")[0])
     assert not imported & {"h11", "wsproto", "_connection", "_hub", "asgi"}, imported
+
+
+def test_a_message_that_came_with_the_request_head_counts_as_input_when_it_came() -> None:
+    """The byte wire holds such frames until ``on_connect`` ran; the idle clock counts
+    from when they came."""
+    channel = Recorder(idle_timeout=5.0, ping_interval=None)
+    peer = Peer(served("/c", channel), now=1.0)
+    peer.send(upgrade_request("/c") + frame(0x1, b"early"))
+    assert channel.messages == ["early"]
+    peer.advance(4.5)
+    assert peer.close is None
+    peer.advance(0.5)  # 6.0: idle since 1.0
+    assert peer.close == (1001, "idle timeout")
+
+
+def test_with_an_idle_timeout_the_keepalive_still_pings_on_time() -> None:
+    channel = Recorder(idle_timeout=30.0, ping_interval=5.0, ping_timeout=None)
+    peer = Peer(served("/c", channel))
+    peer.handshake("/c")
+    assert peer.server.next_deadline() == 5.0
+    peer.advance(5.0)
+    assert [f.opcode for f in peer.frames] == [0x9]  # the ping, 25 s before the idle limit
