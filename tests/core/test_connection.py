@@ -23,7 +23,7 @@ from spoc_sockets import (
     ServerConnection,
     UsageError,
 )
-from spoc_sockets._connection import JOIN_BELOW
+from spoc_sockets._connection import EVENTS_PER_TURN, JOIN_BELOW
 from spoc_sockets.testing import ConnectionClosed, HandshakeRejected, TestClient
 
 from ..frames import KEY, client_frame, upgrade_request
@@ -176,6 +176,14 @@ def test_unfinished_head_is_408_at_handshake_timeout() -> None:
     assert peer.answer.status == 408
     assert peer.server.should_close
     assert peer.server.error is not None and peer.server.error.status == 408
+
+
+def test_one_byte_of_a_request_head_then_silence_is_408() -> None:
+    peer = Peer(router_with(handshake_timeout=5.0))
+    peer.send(b"G")
+    peer.advance(5.0)
+    assert peer.answer.status == 408
+    assert peer.server.should_close
 
 
 def test_nothing_received_by_the_deadline_closes_silently() -> None:
@@ -577,6 +585,23 @@ def test_a_wrong_pong_does_not_count_and_unsolicited_pong_is_fine() -> None:
     assert other.server.next_deadline() == 20.0  # the next ping, one interval after the last
 
 
+def test_the_pong_wait_is_ping_timeout_even_when_the_idle_deadline_comes_first() -> None:
+    recorder = Recorder(ping_interval=5.0, ping_timeout=20.0, idle_timeout=10.0)
+    with TestClient(router_with("/r", recorder)) as client:
+        ws = client.connect("/r", answer_pings=False)
+        client.advance(5.0)
+        assert ws.pings == 1  # its pong is due by 25.0
+        for _ in range(6):  # a message every 3 s: never idle, the idle deadline moves on
+            client.advance(3.0)
+            ws.send("still here")
+        assert client.now == 23.0
+        client.advance(1.9)
+        assert ws.close_code is None
+        client.advance(0.1)
+        assert ws.close_code == 1011
+        assert recorder.closed == [(1011, "keepalive ping timeout")]
+
+
 def test_ping_timeout_none_keeps_pinging_without_waiting() -> None:
     peer = Peer(router_with("/r", Recorder(ping_interval=1.0, ping_timeout=None)))
     peer.handshake("/r")
@@ -827,6 +852,45 @@ def test_buffers_to_send_give_a_large_payload_uncopied_and_join_the_small_pieces
     assert [len(b) for b in buffers] == [3 + 3 + 4, JOIN_BELOW, 4 + len(small) + 3]
     assert buffers[1] is big
     assert vectored.server.buffers_to_send(0.0) == []
+
+
+def test_buffers_to_send_join_two_small_pieces_into_one() -> None:
+    peer = Peer(router_with("/r", Recorder(ping_interval=None)))
+    peer.handshake("/r")
+    assert peer.server.connection is not None
+    peer.server.connection.send(b"small")  # a frame header and its payload
+    (buffer,) = peer.server.buffers_to_send(0.0)
+    assert parse_frames(buffer)[0].payload == b"small"
+
+
+def test_frames_handled_at_a_later_turn_are_input_at_that_turn() -> None:
+    channel = Recorder(ping_interval=None, idle_timeout=10.0)
+    peer = Peer(router_with("/r", channel))
+    peer.handshake("/r")
+    server = peer.server
+    server.receive_data(frame(0x1, b"m") * (EVENTS_PER_TURN + 6), 0.0)
+    assert server.input_paused and len(channel.messages) == EVENTS_PER_TURN
+    server.buffers_to_send(3.0)  # the adapter's next turn, at 3.0: the last six are read
+    assert not server.input_paused and len(channel.messages) == EVENTS_PER_TURN + 6
+    peer.advance(10.0)
+    assert peer.close is None  # the peer spoke at 3.0: idle from 13.0 only
+    peer.advance(3.0)
+    assert peer.close == (1001, "idle timeout")
+
+
+def test_a_transport_reported_gone_has_no_deadline_and_gets_no_verdict() -> None:
+    peer = Peer(router_with("/r", Recorder(ping_interval=None)))
+    peer.handshake("/r")
+    peer.eof()
+    server = peer.server
+    assert server.next_deadline() == peer.hub.drain_timeout  # draining
+    server.transport_lost(1.0)
+    assert server.next_deadline() is None
+    server.handle_timeout(100.0)
+    peer.hub.take_pending()
+    server.abort()  # what a hub's deadline would do: too late, the transport is gone
+    assert not server.should_abort
+    assert peer.hub.take_pending() == []
 
 
 def test_a_connection_can_be_referenced_weakly() -> None:
