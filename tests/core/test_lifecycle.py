@@ -26,7 +26,9 @@ def quiet(**options: object) -> Recorder:
 # -- the drain deadline ---------------------------------------------------------------
 
 
-def test_a_transport_that_does_not_drain_gets_the_abort_verdict_at_the_drain_deadline() -> None:
+def test_a_transport_that_does_not_drain_gets_the_abort_verdict_at_the_drain_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     channel = quiet(close_timeout=1.0)
     with TestClient(router_with("/r", channel), drain_timeout=3.0) as client:
         ws = client.connect("/r")
@@ -41,10 +43,16 @@ def test_a_transport_that_does_not_drain_gets_the_abort_verdict_at_the_drain_dea
         assert client.hub.next_deadline() == 4.0  # finished at 1.0, plus drain_timeout
         client.advance(2.9)
         assert not server.should_abort and ws.close_code is None
-        client.advance(0.1)
+        with caplog.at_level(logging.DEBUG, logger="spoc_sockets.core"):
+            client.advance(0.1)
         assert server.should_abort
+        assert [r.getMessage() for r in caplog.records] == [
+            "output to ('127.0.0.1', 50000) not drained in time"
+        ]
         assert ws.close_code == 1006  # dropped: the close frame never arrived
         assert client.hub.next_deadline() is None
+        assert server.next_deadline() is None
+        server.handle_timeout(100.0)  # nothing is left to time out
         assert client.hub.connections == []
 
 
@@ -91,6 +99,8 @@ def test_without_an_adapter_report_a_finished_connection_is_aborted_at_the_drain
     peer.advance(2.0)
     assert peer.server.should_abort
     assert peer.server in hub.take_pending()  # the adapter hears the verdict
+    assert peer.server.next_deadline() is None  # the verdict is final: nothing left to time
+    peer.server.handle_timeout(60.0)
     peer.server.transport_lost(12.0)
     assert hub.next_deadline() is None
 
@@ -136,7 +146,7 @@ def test_the_shutdown_deadline_aborts_what_remains_and_the_hub_finishes(
         assert mute.close_code == 1006
         assert client.hub.finished
         assert client.hub.connections == []
-        assert sorted(code for code, _ in channel.closed) == [1001, 1006]
+        assert sorted(channel.closed) == [(1001, "server shutting down"), (1006, "")]
 
 
 def test_a_shutdown_with_nothing_left_finishes_before_its_deadline() -> None:
