@@ -45,20 +45,23 @@ def test_a_connection_whose_deadline_ran_is_pending_and_the_adapter_woken_once()
     assert conn.data_to_send(5.0)[:1] == b"\x89"  # a ping frame
 
 
-def test_a_deadline_later_than_the_one_reported_does_not_wake_the_adapter() -> None:
+def test_a_deadline_no_earlier_than_the_one_followed_does_not_wake_the_adapter() -> None:
     woken: list[int] = []
     hub = Hub(router_with("/r", Recorder(), handshake_timeout=10.0), wakeup=lambda: woken.append(1))
     hub.open(0.0)
     assert woken == [1]  # a first deadline: the adapter sets its timer
-    assert hub.next_deadline() == 10.0
     hub.take_pending()
     woken.clear()
-    hub.open(1.0)  # its handshake deadline, 11.0, comes after the timer
+    hub.open(0.0)  # the same deadline, 10.0
+    hub.open(1.0)  # a later one, 11.0
     assert woken == []
     assert hub.next_deadline() == 10.0
     hub.take_pending()
     hub.open(2.0, transport="t")
     assert woken == []
+    hub.open(-1.0)  # an earlier one, 9.0: the adapter must set its timer again
+    assert woken == [1]
+    assert hub.next_deadline() == 9.0
 
 
 def test_a_gone_transport_wakes_the_adapter_only_when_accepting_resumes() -> None:
