@@ -390,6 +390,25 @@ def test_no_accepting_after_shutdown() -> None:
     assert hub.next_deadline() is None
 
 
+def test_by_default_a_transport_drains_for_5_s_and_a_shutdown_takes_at_most_30_s() -> None:
+    router = router_with("/r", quiet(close_timeout=60.0))
+    hub = Hub(router)
+    assert hub.refusing is False and hub.finished is False and hub.accepting is True
+    done, mute = Peer(router, hub=hub, now=1.0), Peer(router, hub=hub, now=1.0)
+    done.handshake("/r")
+    mute.handshake("/r")
+    done.eof()
+    assert done.server.next_deadline() == 1.0 + 5.0  # drain_timeout
+    hub.shutdown(2.0)  # mute never answers the close frame (close_timeout is 60 s)
+    assert hub.refusing is True and hub.finished is False
+    done.server.transport_lost(3.0)
+    assert hub.next_deadline() == 2.0 + 30.0  # shutdown_timeout
+    hub.handle_timeouts(32.0)
+    assert mute.server.should_abort
+    mute.server.transport_lost(32.0)
+    assert hub.finished is True
+
+
 # -- the options ----------------------------------------------------------------------
 
 
