@@ -23,7 +23,7 @@ from spoc_sockets import (
     ServerConnection,
     UsageError,
 )
-from spoc_sockets._connection import EVENTS_PER_TURN, JOIN_BELOW
+from spoc_sockets._connection import EVENTS_PER_TURN, JOIN_BELOW, http_response
 from spoc_sockets.testing import ConnectionClosed, HandshakeRejected, TestClient
 
 from ..frames import KEY, client_frame, upgrade_request
@@ -184,6 +184,25 @@ def test_one_byte_of_a_request_head_then_silence_is_408() -> None:
     peer.advance(5.0)
     assert peer.answer.status == 408
     assert peer.server.should_close
+
+
+def test_the_channel_sees_header_names_in_lower_case_and_values_as_sent() -> None:
+    channel = Recorder(ping_interval=None)
+    peer = Peer(router_with("/r", channel))
+    request = upgrade_request("/r", extra="X-Custom: Mixed Case\r\nX-Latin: cafe\r\n")
+    peer.send(request.replace(b"cafe", b"caf\xe9"))
+    assert peer.answer.status == 101
+    (conn,) = channel.connected
+    headers = conn.request.headers.raw_items()
+    assert ("x-custom", "Mixed Case") in headers
+    assert ("x-latin", "caf\u00e9") in headers  # obs-text bytes, read as latin-1
+    assert [name for name, _ in headers] == [name.lower() for name, _ in headers]
+
+
+def test_a_status_http_does_not_name_gets_a_generic_reason_phrase() -> None:
+    assert http_response(499, ()).startswith(b"HTTP/1.1 499 Error\r\n")
+    assert http_response(299, ()).startswith(b"HTTP/1.1 299 Status\r\n")
+    assert http_response(404, ()).startswith(b"HTTP/1.1 404 Not Found\r\n")
 
 
 def test_nothing_received_by_the_deadline_closes_silently() -> None:
