@@ -447,6 +447,24 @@ def test_1009_as_soon_as_a_fragmented_message_crosses_the_limit() -> None:
     assert router.upgraded == frozenset()
 
 
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_max_fragments_fragments_pass_and_one_more_is_1009(fast_path: bool) -> None:
+    def fragmented(count: int) -> bytes:
+        pieces = [frame(0x1 if i == 0 else 0x0, b"ab", fin=i == count - 1) for i in range(count)]
+        return b"".join(pieces)
+
+    recorder = Recorder(max_fragments=3, ping_interval=None)
+    router = Router(fast_path=fast_path)
+    router.add("/r", recorder)
+    peer = Peer(router)
+    peer.handshake("/r")
+    peer.send(fragmented(3))
+    assert recorder.messages == ["ababab"] and peer.close is None
+    peer.send(fragmented(4))
+    assert peer.close == (1009, "message in over 3 fragments")
+    assert recorder.messages == ["ababab"]
+
+
 def test_1009_within_one_large_frame_before_it_is_complete() -> None:
     recorder = Recorder(max_message_size=1000)
     peer = Peer(router_with("/r", recorder))
