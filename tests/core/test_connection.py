@@ -459,10 +459,15 @@ def test_max_fragments_fragments_pass_and_one_more_is_1009(fast_path: bool) -> N
     peer = Peer(router)
     peer.handshake("/r")
     peer.send(fragmented(3))
-    assert recorder.messages == ["ababab"] and peer.close is None
+    peer.send(fragmented(3))  # the count starts again with each message
+    assert recorder.messages == ["ababab"] * 2 and peer.close is None
+    assert peer.server.error is None
     peer.send(fragmented(4))
     assert peer.close == (1009, "message in over 3 fragments")
-    assert recorder.messages == ["ababab"]
+    assert recorder.messages == ["ababab"] * 2
+    error = peer.server.error  # what the logs say of the peer
+    assert error is not None and error.code == 1009
+    assert str(error) == "message in over 3 fragments"
 
 
 def test_1009_within_one_large_frame_before_it_is_complete() -> None:
