@@ -166,6 +166,40 @@ def test_head_over_max_request_size_is_431_when_it_arrives_in_pieces() -> None:
     assert i < 2048  # refused as soon as the limit was crossed, not at the end
 
 
+def padded_request(size: int) -> bytes:
+    """An upgrade request to /echo of exactly ``size`` bytes."""
+    bare = upgrade_request("/echo", extra="X-Pad: \r\n")
+    return upgrade_request("/echo", extra="X-Pad: " + "a" * (size - len(bare)) + "\r\n")
+
+
+def test_a_head_of_max_request_size_bytes_passes_and_one_byte_more_is_431() -> None:
+    router = router_with(max_request_size=1024)
+    fits = Peer(router)
+    fits.send(padded_request(1024) + frame(0x1, b"early"))  # what follows is not the head
+    assert fits.answer.status == 101
+    too_big = Peer(router)
+    too_big.send(padded_request(1025))
+    assert too_big.answer.status == 431
+    assert too_big.answer.body == b"request head too large\n"
+    error = too_big.server.error  # what the logs say of the peer
+    assert error is not None and error.status == 431
+    assert str(error) == "request head too large"
+
+
+def test_the_peer_fault_behind_a_refusal_is_kept_for_the_logs() -> None:
+    garbage = Peer(router_with())
+    garbage.send(b"NOT HTTP AT ALL\r\n\r\n")  # h11 cannot parse it
+    assert garbage.answer.status == 400
+    error = garbage.server.error
+    assert error is not None and error.status == 400
+    assert garbage.answer.body == f"{error}\n".encode() != b"None\n"
+    bad_key = Peer(router_with())
+    bad_key.send(upgrade_request("/echo", key="short"))  # parsed, then refused by the core
+    assert bad_key.answer.status == 400
+    error = bad_key.server.error
+    assert error is not None and error.status == 400
+
+
 def test_unfinished_head_is_408_at_handshake_timeout() -> None:
     peer = Peer(router_with(handshake_timeout=5.0))
     peer.send(b"GET /echo HTTP/1.1\r\nHost: x\r\n")
@@ -346,6 +380,23 @@ def test_deferred_pending_eof_and_early_flood_are_bounded() -> None:
     later.deferreds[1].accept()
     other.flush()
     assert other.out == b"" and router.upgraded == frozenset()
+
+
+def test_early_frames_while_deciding_are_kept_up_to_max_request_size_bytes() -> None:
+    later = Later()
+    router = router_with("/later", later, max_request_size=2048)
+    kept, dropped = Peer(router), Peer(router)
+    for peer, size in ((kept, 2048), (dropped, 2049)):
+        peer.send(upgrade_request("/later"))
+        early = frame(0x2, b"x" * (size - 8))  # a 2-byte length, the mask: 8 bytes of header
+        assert len(early) == size
+        peer.send(early)
+    assert not kept.server.should_close
+    assert dropped.server.should_close and dropped.out == b""
+    later.deferreds[0].accept()
+    kept.flush()
+    assert kept.answer.status == 101
+    assert later.messages == [b"x" * 2040]
 
 
 def test_shutdown_refuses_an_undecided_deferred_with_503() -> None:
