@@ -19,6 +19,7 @@ from spoc_sockets import (
     Hub,
     Reject,
     Request,
+    Response,
     Router,
     ServerConnection,
     UsageError,
@@ -82,9 +83,41 @@ def test_missing_connection_upgrade_is_400() -> None:
         b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive\r\n"
         b"Sec-WebSocket-Key: " + KEY.encode() + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
-    peer = Peer(router_with())
+    router = router_with()
+    peer = Peer(router)
     peer.send(request)
     assert peer.answer.status == 400
+    assert router.stats()["/echo"].refused == {400: 1}  # counted on the channel's path
+
+
+def test_a_plain_request_on_a_channel_path_counts_as_refused_with_its_status() -> None:
+    router = router_with()
+    Peer(router).send(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    Peer(router).send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    assert router.stats()["/echo"].refused == {426: 1, 405: 1}
+
+
+@pytest.mark.parametrize(("status", "refused"), [(200, {}), (399, {}), (400, {400: 1})])
+def test_an_http_route_at_a_channel_path_counts_its_errors_as_refusals(
+    status: int, refused: dict[int, int]
+) -> None:
+    router = router_with()
+    router.add_http("/echo", lambda request: Response(status, "answer\n"))
+    peer = Peer(router)
+    peer.send(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert peer.answer.status == status
+    assert router.stats()["/echo"].refused == refused
+
+
+def test_max_headers_header_lines_pass_and_one_more_is_431() -> None:
+    router = router_with(max_headers=8)  # the request has five lines of its own
+    fits = Peer(router)
+    fits.send(upgrade_request("/echo", extra="X-A: 1\r\nX-B: 2\r\nX-C: 3\r\n"))
+    assert fits.answer.status == 101
+    too_many = Peer(router)
+    too_many.send(upgrade_request("/echo", extra="X-A: 1\r\nX-B: 2\r\nX-C: 3\r\nX-D: 4\r\n"))
+    assert too_many.answer.status == 431
+    assert too_many.answer.body == b"more than 8 header lines\n"
 
 
 def test_connection_header_token_list_and_case_accepted() -> None:
