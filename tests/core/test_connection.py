@@ -19,11 +19,12 @@ from spoc_sockets import (
     Hub,
     Reject,
     Request,
+    Response,
     Router,
     ServerConnection,
     UsageError,
 )
-from spoc_sockets._connection import JOIN_BELOW
+from spoc_sockets._connection import EVENTS_PER_TURN, JOIN_BELOW, http_response
 from spoc_sockets.testing import ConnectionClosed, HandshakeRejected, TestClient
 
 from ..frames import KEY, client_frame, upgrade_request
@@ -82,9 +83,41 @@ def test_missing_connection_upgrade_is_400() -> None:
         b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive\r\n"
         b"Sec-WebSocket-Key: " + KEY.encode() + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
-    peer = Peer(router_with())
+    router = router_with()
+    peer = Peer(router)
     peer.send(request)
     assert peer.answer.status == 400
+    assert router.stats()["/echo"].refused == {400: 1}  # counted on the channel's path
+
+
+def test_a_plain_request_on_a_channel_path_counts_as_refused_with_its_status() -> None:
+    router = router_with()
+    Peer(router).send(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    Peer(router).send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    assert router.stats()["/echo"].refused == {426: 1, 405: 1}
+
+
+@pytest.mark.parametrize(("status", "refused"), [(200, {}), (399, {}), (400, {400: 1})])
+def test_an_http_route_at_a_channel_path_counts_its_errors_as_refusals(
+    status: int, refused: dict[int, int]
+) -> None:
+    router = router_with()
+    router.add_http("/echo", lambda request: Response(status, "answer\n"))
+    peer = Peer(router)
+    peer.send(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert peer.answer.status == status
+    assert router.stats()["/echo"].refused == refused
+
+
+@pytest.mark.parametrize(
+    ("extra_lines", "answer"), [(3, (101, b"")), (4, (431, b"more than 8 header lines\n"))]
+)
+def test_max_headers_header_lines_pass_and_one_more_is_431(
+    extra_lines: int, answer: tuple[int, bytes]
+) -> None:
+    peer = Peer(router_with(max_headers=8))  # the request has five lines of its own
+    peer.send(upgrade_request("/echo", extra="".join(f"X-{i}: v\r\n" for i in range(extra_lines))))
+    assert (peer.answer.status, peer.answer.body) == answer
 
 
 def test_connection_header_token_list_and_case_accepted() -> None:
@@ -166,6 +199,40 @@ def test_head_over_max_request_size_is_431_when_it_arrives_in_pieces() -> None:
     assert i < 2048  # refused as soon as the limit was crossed, not at the end
 
 
+def padded_request(size: int) -> bytes:
+    """An upgrade request to /echo of exactly ``size`` bytes."""
+    bare = upgrade_request("/echo", extra="X-Pad: \r\n")
+    return upgrade_request("/echo", extra="X-Pad: " + "a" * (size - len(bare)) + "\r\n")
+
+
+def test_a_head_of_max_request_size_bytes_passes_and_one_byte_more_is_431() -> None:
+    router = router_with(max_request_size=1024)
+    fits = Peer(router)
+    fits.send(padded_request(1024) + frame(0x1, b"early"))  # what follows is not the head
+    assert fits.answer.status == 101
+    too_big = Peer(router)
+    too_big.send(padded_request(1025))
+    assert too_big.answer.status == 431
+    assert too_big.answer.body == b"request head too large\n"
+    error = too_big.server.error  # what the logs say of the peer
+    assert error is not None and error.status == 431
+    assert str(error) == "request head too large"
+
+
+def test_the_peer_fault_behind_a_refusal_is_kept_for_the_logs() -> None:
+    garbage = Peer(router_with())
+    garbage.send(b"NOT HTTP AT ALL\r\n\r\n")  # h11 cannot parse it
+    assert garbage.answer.status == 400
+    error = garbage.server.error
+    assert error is not None and error.status == 400
+    assert garbage.answer.body == f"{error}\n".encode() != b"None\n"
+    bad_key = Peer(router_with())
+    bad_key.send(upgrade_request("/echo", key="short"))  # parsed, then refused by the core
+    assert bad_key.answer.status == 400
+    error = bad_key.server.error
+    assert error is not None and error.status == 400
+
+
 def test_unfinished_head_is_408_at_handshake_timeout() -> None:
     peer = Peer(router_with(handshake_timeout=5.0))
     peer.send(b"GET /echo HTTP/1.1\r\nHost: x\r\n")
@@ -176,6 +243,33 @@ def test_unfinished_head_is_408_at_handshake_timeout() -> None:
     assert peer.answer.status == 408
     assert peer.server.should_close
     assert peer.server.error is not None and peer.server.error.status == 408
+
+
+def test_one_byte_of_a_request_head_then_silence_is_408() -> None:
+    peer = Peer(router_with(handshake_timeout=5.0))
+    peer.send(b"G")
+    peer.advance(5.0)
+    assert peer.answer.status == 408
+    assert peer.server.should_close
+
+
+def test_the_channel_sees_header_names_in_lower_case_and_values_as_sent() -> None:
+    channel = Recorder(ping_interval=None)
+    peer = Peer(router_with("/r", channel))
+    request = upgrade_request("/r", extra="X-Custom: Mixed Case\r\nX-Latin: cafe\r\n")
+    peer.send(request.replace(b"cafe", b"caf\xe9"))
+    assert peer.answer.status == 101
+    (conn,) = channel.connected
+    headers = conn.request.headers.raw_items()
+    assert ("x-custom", "Mixed Case") in headers
+    assert ("x-latin", "caf\u00e9") in headers  # obs-text bytes, read as latin-1
+    assert [name for name, _ in headers] == [name.lower() for name, _ in headers]
+
+
+def test_a_status_http_does_not_name_gets_a_generic_reason_phrase() -> None:
+    assert http_response(499, ()).startswith(b"HTTP/1.1 499 Error\r\n")
+    assert http_response(299, ()).startswith(b"HTTP/1.1 299 Status\r\n")
+    assert http_response(404, ()).startswith(b"HTTP/1.1 404 Not Found\r\n")
 
 
 def test_nothing_received_by_the_deadline_closes_silently() -> None:
@@ -321,6 +415,23 @@ def test_deferred_pending_eof_and_early_flood_are_bounded() -> None:
     assert other.out == b"" and router.upgraded == frozenset()
 
 
+def test_early_frames_while_deciding_are_kept_up_to_max_request_size_bytes() -> None:
+    later = Later()
+    router = router_with("/later", later, max_request_size=2048)
+    kept, dropped = Peer(router), Peer(router)
+    for peer, size in ((kept, 2048), (dropped, 2049)):
+        peer.send(upgrade_request("/later"))
+        early = frame(0x2, b"x" * (size - 8))  # a 2-byte length, the mask: 8 bytes of header
+        assert len(early) == size
+        peer.send(early)
+    assert not kept.server.should_close
+    assert dropped.server.should_close and dropped.out == b""
+    later.deferreds[0].accept()
+    kept.flush()
+    assert kept.answer.status == 101
+    assert later.messages == [b"x" * 2040]
+
+
 def test_shutdown_refuses_an_undecided_deferred_with_503() -> None:
     later = Later()
     router = router_with("/later", later)
@@ -418,6 +529,29 @@ def test_1009_as_soon_as_a_fragmented_message_crosses_the_limit() -> None:
     assert peer.server.should_close
     assert recorder.closed[0][0] == 1009
     assert router.upgraded == frozenset()
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_max_fragments_fragments_pass_and_one_more_is_1009(fast_path: bool) -> None:
+    def fragmented(count: int) -> bytes:
+        pieces = [frame(0x1 if i == 0 else 0x0, b"ab", fin=i == count - 1) for i in range(count)]
+        return b"".join(pieces)
+
+    recorder = Recorder(max_fragments=3, ping_interval=None)
+    router = Router(fast_path=fast_path)
+    router.add("/r", recorder)
+    peer = Peer(router)
+    peer.handshake("/r")
+    peer.send(fragmented(3))
+    peer.send(fragmented(3))  # the count starts again with each message
+    assert recorder.messages == ["ababab"] * 2 and peer.close is None
+    assert peer.server.error is None
+    peer.send(fragmented(4))
+    assert peer.close == (1009, "message in over 3 fragments")
+    assert recorder.messages == ["ababab"] * 2
+    error = peer.server.error  # what the logs say of the peer
+    assert error is not None and error.code == 1009
+    assert str(error) == "message in over 3 fragments"
 
 
 def test_1009_within_one_large_frame_before_it_is_complete() -> None:
@@ -575,6 +709,23 @@ def test_a_wrong_pong_does_not_count_and_unsolicited_pong_is_fine() -> None:
     other.advance(4.0)
     assert other.close is None
     assert other.server.next_deadline() == 20.0  # the next ping, one interval after the last
+
+
+def test_the_pong_wait_is_ping_timeout_even_when_the_idle_deadline_comes_first() -> None:
+    recorder = Recorder(ping_interval=5.0, ping_timeout=20.0, idle_timeout=10.0)
+    with TestClient(router_with("/r", recorder)) as client:
+        ws = client.connect("/r", answer_pings=False)
+        client.advance(5.0)
+        assert ws.pings == 1  # its pong is due by 25.0
+        for _ in range(6):  # a message every 3 s: never idle, the idle deadline moves on
+            client.advance(3.0)
+            ws.send("still here")
+        assert client.now == 23.0
+        client.advance(1.9)
+        assert ws.close_code is None
+        client.advance(0.1)
+        assert ws.close_code == 1011
+        assert recorder.closed == [(1011, "keepalive ping timeout")]
 
 
 def test_ping_timeout_none_keeps_pinging_without_waiting() -> None:
@@ -827,6 +978,45 @@ def test_buffers_to_send_give_a_large_payload_uncopied_and_join_the_small_pieces
     assert [len(b) for b in buffers] == [3 + 3 + 4, JOIN_BELOW, 4 + len(small) + 3]
     assert buffers[1] is big
     assert vectored.server.buffers_to_send(0.0) == []
+
+
+def test_buffers_to_send_join_two_small_pieces_into_one() -> None:
+    peer = Peer(router_with("/r", Recorder(ping_interval=None)))
+    peer.handshake("/r")
+    assert peer.server.connection is not None
+    peer.server.connection.send(b"small")  # a frame header and its payload
+    (buffer,) = peer.server.buffers_to_send(0.0)
+    assert parse_frames(buffer)[0].payload == b"small"
+
+
+def test_frames_handled_at_a_later_turn_are_input_at_that_turn() -> None:
+    channel = Recorder(ping_interval=None, idle_timeout=10.0)
+    peer = Peer(router_with("/r", channel))
+    peer.handshake("/r")
+    server = peer.server
+    server.receive_data(frame(0x1, b"m") * (EVENTS_PER_TURN + 6), 0.0)
+    assert server.input_paused and len(channel.messages) == EVENTS_PER_TURN
+    server.buffers_to_send(3.0)  # the adapter's next turn, at 3.0: the last six are read
+    assert not server.input_paused and len(channel.messages) == EVENTS_PER_TURN + 6
+    peer.advance(10.0)
+    assert peer.close is None  # the peer spoke at 3.0: idle from 13.0 only
+    peer.advance(3.0)
+    assert peer.close == (1001, "idle timeout")
+
+
+def test_a_transport_reported_gone_has_no_deadline_and_gets_no_verdict() -> None:
+    peer = Peer(router_with("/r", Recorder(ping_interval=None)))
+    peer.handshake("/r")
+    peer.eof()
+    server = peer.server
+    assert server.next_deadline() == peer.hub.drain_timeout  # draining
+    server.transport_lost(1.0)
+    assert server.next_deadline() is None
+    server.handle_timeout(100.0)
+    peer.hub.take_pending()
+    server.abort()  # what a hub's deadline would do: too late, the transport is gone
+    assert not server.should_abort
+    assert peer.hub.take_pending() == []
 
 
 def test_a_connection_can_be_referenced_weakly() -> None:
