@@ -1007,8 +1007,9 @@ def test_frames_handled_at_a_later_turn_are_input_at_that_turn() -> None:
 def test_a_transport_reported_gone_has_no_deadline_and_gets_no_verdict() -> None:
     peer = Peer(router_with("/r", Recorder(ping_interval=None)))
     peer.handshake("/r")
-    peer.eof()
     server = peer.server
+    assert server.should_abort is False
+    peer.eof()
     assert server.next_deadline() == peer.hub.drain_timeout  # draining
     server.transport_lost(1.0)
     assert server.next_deadline() is None
@@ -1017,6 +1018,16 @@ def test_a_transport_reported_gone_has_no_deadline_and_gets_no_verdict() -> None
     server.abort()  # what a hub's deadline would do: too late, the transport is gone
     assert not server.should_abort
     assert peer.hub.take_pending() == []
+
+
+def test_the_connection_log_lines_name_the_peer(caplog: pytest.LogCaptureFixture) -> None:
+    router = router_with()
+    with caplog.at_level(logging.INFO, logger="spoc_sockets.connections"):
+        Peer(router, peer=("10.0.0.9", 9)).handshake()
+        Peer(router, peer=("10.0.0.8", 8)).send(upgrade_request("/echo", key="short"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("open /echo peer=10.0.0.9:9 ") for line in lines), lines
+    assert "refused /echo peer=10.0.0.8:8 status=400" in lines
 
 
 def test_a_connection_can_be_referenced_weakly() -> None:
