@@ -1004,6 +1004,19 @@ def test_frames_handled_at_a_later_turn_are_input_at_that_turn() -> None:
     assert peer.close == (1001, "idle timeout")
 
 
+def test_frames_that_fit_in_one_turn_ask_for_no_other_turn() -> None:
+    peer = Peer(router_with("/r", Recorder(ping_interval=None)))
+    peer.handshake("/r")
+    peer.hub.take_pending()
+    server = peer.server
+    server.receive_data(frame(0x1, b"m") * (EVENTS_PER_TURN - 1), 0.0)
+    assert not server.input_paused
+    assert peer.hub.take_pending() == []  # nothing to write, nothing left: no wake-up
+    server.receive_data(frame(0x1, b"m") * (EVENTS_PER_TURN + 1), 0.0)
+    assert server.input_paused
+    assert peer.hub.take_pending() == [server]  # the rest needs the next turn
+
+
 def test_a_transport_reported_gone_has_no_deadline_and_gets_no_verdict() -> None:
     peer = Peer(router_with("/r", Recorder(ping_interval=None)))
     peer.handshake("/r")
