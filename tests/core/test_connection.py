@@ -1004,11 +1004,25 @@ def test_frames_handled_at_a_later_turn_are_input_at_that_turn() -> None:
     assert peer.close == (1001, "idle timeout")
 
 
+def test_frames_that_fit_in_one_turn_ask_for_no_other_turn() -> None:
+    peer = Peer(router_with("/r", Recorder(ping_interval=None)))
+    peer.handshake("/r")
+    peer.hub.take_pending()
+    server = peer.server
+    server.receive_data(frame(0x1, b"m") * (EVENTS_PER_TURN - 1), 0.0)
+    assert not server.input_paused
+    assert peer.hub.take_pending() == []  # nothing to write, nothing left: no wake-up
+    server.receive_data(frame(0x1, b"m") * (EVENTS_PER_TURN + 1), 0.0)
+    assert server.input_paused
+    assert peer.hub.take_pending() == [server]  # the rest needs the next turn
+
+
 def test_a_transport_reported_gone_has_no_deadline_and_gets_no_verdict() -> None:
     peer = Peer(router_with("/r", Recorder(ping_interval=None)))
     peer.handshake("/r")
-    peer.eof()
     server = peer.server
+    assert server.should_abort is False
+    peer.eof()
     assert server.next_deadline() == peer.hub.drain_timeout  # draining
     server.transport_lost(1.0)
     assert server.next_deadline() is None
@@ -1017,6 +1031,16 @@ def test_a_transport_reported_gone_has_no_deadline_and_gets_no_verdict() -> None
     server.abort()  # what a hub's deadline would do: too late, the transport is gone
     assert not server.should_abort
     assert peer.hub.take_pending() == []
+
+
+def test_the_connection_log_lines_name_the_peer(caplog: pytest.LogCaptureFixture) -> None:
+    router = router_with()
+    with caplog.at_level(logging.INFO, logger="spoc_sockets.connections"):
+        Peer(router, peer=("10.0.0.9", 9)).handshake()
+        Peer(router, peer=("10.0.0.8", 8)).send(upgrade_request("/echo", key="short"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("open /echo peer=10.0.0.9:9 ") for line in lines), lines
+    assert "refused /echo peer=10.0.0.8:8 status=400" in lines
 
 
 def test_a_connection_can_be_referenced_weakly() -> None:
