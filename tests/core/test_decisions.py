@@ -25,7 +25,7 @@ from spoc_sockets.channel import CloseRequest, Outgoing
 
 from ..frames import upgrade_request
 from .wire import Messages as MessageLevel
-from .wire import Peer, Recorder, frame
+from .wire import Peer, Recorder, close_payload, frame
 
 
 class Driver:
@@ -40,6 +40,10 @@ class Driver:
         raise AssertionError("implemented by each driver")
 
     def message(self, text: str) -> None:
+        raise AssertionError("implemented by each driver")
+
+    def end(self) -> None:
+        """The peer closes with 1000 (the server confirms or reports it)."""
         raise AssertionError("implemented by each driver")
 
 
@@ -73,6 +77,9 @@ class Bytes(Driver):
         self.peer.send(frame(0x1, text.encode()))
         self._read()
 
+    def end(self) -> None:
+        self.peer.send(frame(0x8, close_payload(1000)))
+
 
 class Messages(Driver):
     def __init__(self, router: Router, target: str, *, refusing: bool = False) -> None:
@@ -99,6 +106,9 @@ class Messages(Driver):
     def message(self, text: str) -> None:
         self.messages.receive(text, 0.0)
         self._read()
+
+    def end(self) -> None:
+        self.messages.disconnected(1000)
 
 
 PATHS = [Bytes, Messages]
@@ -237,3 +247,13 @@ def test_with_an_idle_timeout_the_keepalive_still_pings_on_time() -> None:
     assert peer.server.next_deadline() == 5.0
     peer.advance(5.0)
     assert [f.opcode for f in peer.frames] == [0x9]  # the ping, 25 s before the idle limit
+
+
+@pytest.mark.parametrize("kind", PATHS)
+def test_the_handle_is_none_again_once_the_connection_ended(kind: type[Driver]) -> None:
+    channel = Recorder()
+    driver = kind(served("/c", channel), "/c")
+    assert driver.session.connection is channel.connected[0]
+    driver.end()
+    assert driver.session.connection is None
+    assert channel.closed == [(1000, "")]
