@@ -166,7 +166,7 @@ def test_check_number_keeps_its_positional_form() -> None:
 @pytest.mark.parametrize("value", [1, 0, "yes", "True", None, [True]], ids=repr)
 @pytest.mark.parametrize(
     ("make", "option"),
-    [(ChannelServer, "compression"), (ChatServer, "trust_user_param")],
+    [(ChannelServer, "compression"), (ChatServer, "trust_user_param"), (Router, "fast_path")],
 )
 def test_a_flag_is_true_or_false_and_nothing_else(make: Make, option: str, value: object) -> None:
     assert "True or False" in refused(make, option, value)
