@@ -299,18 +299,31 @@ def test_stats_count_each_routes_open_connections_and_refusals() -> None:
         for path in ("/a?no", "/a?no", "/rooms/y?no", "/nowhere"):
             with pytest.raises(HandshakeRejected):
                 client.connect(path)
+        a.send("hello")
+        client.pump()
         stats = router.stats()
-        assert (stats["/a"].connections, stats["/a"].refused) == (2, {403: 2})
+        assert (stats["/a"].connections, stats["/a"].accepted, stats["/a"].refused) == (
+            2,
+            2,
+            {403: 2},
+        )
         assert (stats["/rooms/{room}"].connections, stats["/rooms/{room}"].refused) == (
             1,
             {403: 1},
         )
         assert stats.unrouted_refused == {404: 1}
         a.close()
-        assert router.stats()["/a"].connections == 1
-        b.close()
+        after = router.stats()["/a"]  # a's traffic is kept once it has ended
+        assert (after.connections, after.closed, after.messages_in, after.bytes_in) == (
+            1,
+            {1000: 1},
+            1,
+            5,
+        )
+        b.close(4000)
         room.close()
         assert router.stats()["/a"].connections == 0
+        assert router.stats()["/a"].closed == {1000: 1, 4000: 1}
 
 
 def _handshake(hub: Hub, address: str, now: float) -> bytes:
