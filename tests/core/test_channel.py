@@ -13,7 +13,7 @@ import pytest
 from spoc_sockets import ChannelServer, Connection, Reject, Request
 from spoc_sockets.testing import HandshakeRejected, TestClient
 
-from .wire import router_with
+from .wire import Peer, Recorder, router_with
 
 
 class RejectsAfterTheUpgrade(ChannelServer):
@@ -72,3 +72,29 @@ def test_an_awaitable_given_as_the_decision_is_closed_and_the_log_says_so(
     assert str(record.exc_info[1]) == "authenticate returned an awaitable from its awaitable"
     (awaitable,) = channel.given  # closed, so Python warns of no "never awaited"
     assert inspect.getcoroutinestate(awaitable) == inspect.CORO_CLOSED
+
+
+def test_a_connection_knows_its_route_when_it_opened_and_a_rising_id() -> None:
+    router = router_with("/rooms/{room}", Recorder())
+    first = Peer(router, now=12.5).handshake("/rooms/a")
+    second = Peer(router, now=20.0).handshake("/rooms/b")
+    assert (first.route, first.opened_at) == ("/rooms/{room}", 12.5)
+    assert (second.route, second.opened_at) == ("/rooms/{room}", 20.0)
+    assert second.id > first.id
+
+
+@pytest.mark.parametrize("ending", ["close", "abort", "server close"])
+def test_clients_forgets_a_connection_however_it_ends(ending: str) -> None:
+    channel = Recorder(ping_interval=None)
+    with TestClient(router_with("/r", channel)) as client:
+        ws = client.connect("/r")
+        (conn,) = channel.clients
+        if ending == "close":
+            ws.close()
+        elif ending == "abort":
+            ws.abort()
+        else:
+            conn.close(4000)
+            client.pump()
+        assert channel.clients == frozenset()
+        assert len(channel.closed) == 1
