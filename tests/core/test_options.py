@@ -221,6 +221,17 @@ def test_each_subprotocol_is_a_token(name: object) -> None:
     assert str(error.value).startswith("subprotocols: ") and shown(name) in str(error.value)
 
 
+def test_a_bad_origin_or_subprotocol_is_refused_with_an_example_of_a_good_one() -> None:
+    with pytest.raises(UsageError) as origin:
+        ChannelServer(origins=["https://learn.example.com/"])
+    assert str(origin.value) == (
+        "origins: 'https://learn.example.com/' is not an origin like 'https://host:port' (no path)"
+    )
+    with pytest.raises(UsageError) as subprotocol:
+        ChannelServer(subprotocols=["chat,json"])
+    assert str(subprotocol.value) == "subprotocols: 'chat,json' is not a subprotocol name (a token)"
+
+
 def test_good_collections_are_kept_in_their_checked_form() -> None:
     channel = ChannelServer(origins=["HTTPS://Learn.Example.com", None], subprotocols=["b", "a"])
     assert channel.subprotocols == ("b", "a")  # a tuple: later changes to the list don't leak
