@@ -347,3 +347,17 @@ def test_the_429_of_the_handshake_rate_writes_retry_after_in_its_usual_case() ->
     hub = Hub(router)
     _handshake(hub, "10.0.0.1", 0.0)
     assert b"\r\nRetry-After: 10\r\n" in _handshake(hub, "10.0.0.1", 0.0)
+
+
+def test_a_percent_encoded_static_path_is_routed_by_its_decoding() -> None:
+    router = Router()
+    cafe, echo = router.add("/café", Echo()), router.add("/echo", Echo())
+    assert router.resolve("/caf%C3%A9") == ("/café", cafe, {})
+    assert router.resolve("/ech%6F") == ("/echo", echo, {})
+
+
+def test_an_encoded_slash_never_splits_a_static_path() -> None:
+    router = Router()
+    static = router.add("/a/b", Echo())
+    assert router.resolve("/a/b") == ("/a/b", static, {})
+    assert router.resolve("/a%2Fb") is None
