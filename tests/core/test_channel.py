@@ -13,7 +13,8 @@ import pytest
 from spoc_sockets import ChannelServer, Connection, Reject, Request
 from spoc_sockets.testing import HandshakeRejected, TestClient
 
-from .wire import Peer, Recorder, router_with
+from ..frames import upgrade_request
+from .wire import Peer, Recorder, frame, router_with
 
 
 class RejectsAfterTheUpgrade(ChannelServer):
@@ -98,3 +99,69 @@ def test_clients_forgets_a_connection_however_it_ends(ending: str) -> None:
             client.pump()
         assert channel.clients == frozenset()
         assert len(channel.closed) == 1
+
+
+def test_an_origin_refusal_says_whether_the_origin_was_wrong_or_missing() -> None:
+    router = router_with("/o", Recorder(origins=["https://app.example"]))
+    wrong, missing = Peer(router), Peer(router)
+    wrong.send(upgrade_request("/o", extra="Origin: https://evil.example\r\n"))
+    missing.send(upgrade_request("/o"))
+    assert (wrong.answer.status, wrong.answer.body) == (403, b"origin not allowed")
+    assert (missing.answer.status, missing.answer.body) == (403, b"an Origin header is required")
+
+
+def test_a_subprotocol_refusal_lists_what_was_offered() -> None:
+    peer = Peer(router_with("/s", Recorder(subprotocols=["chat"])))
+    peer.send(upgrade_request("/s", extra="Sec-WebSocket-Protocol: a, b\r\n"))
+    assert (peer.answer.status, peer.answer.body) == (
+        400,
+        b"none of the subprotocols a, b is supported",
+    )
+
+
+class Failing:
+    """A hook that is no function: the log names it by its repr."""
+
+    def __call__(self, conn: Connection, message: str | bytes) -> None:
+        raise RuntimeError("secret")
+
+    def __repr__(self) -> str:
+        return "<the failing hook>"
+
+
+class RaisesOnMessage(Recorder):
+    def on_message(self, conn: Connection, message: str | bytes) -> None:
+        raise RuntimeError("secret")
+
+
+@pytest.mark.parametrize("hook", ["method", "object"])
+def test_a_hook_that_raises_is_logged_by_its_name(
+    hook: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    channel = RaisesOnMessage()
+    logged = "RaisesOnMessage.on_message raised"
+    if hook == "object":
+        channel.on_message = Failing()  # type: ignore[method-assign]
+        logged = "<the failing hook> raised"
+    with caplog.at_level(logging.ERROR, "spoc_sockets"):
+        peer = Peer(router_with("/h", channel))
+        peer.handshake("/h")
+        peer.send(frame(0x1, b"boom"))
+    assert peer.close_code == 1011
+    assert logged in [record.getMessage() for record in caplog.records]
+
+
+class ReturnsAValue(Recorder):
+    def on_message(self, conn: Connection, message: str | bytes) -> None:
+        super().on_message(conn, message)
+        conn.send(message)
+        return message  # type: ignore[return-value]  # not awaitable: ignored
+
+
+def test_a_plain_hook_that_returns_a_value_is_done() -> None:
+    channel = ReturnsAValue()
+    peer = Peer(router_with("/v", channel))
+    peer.handshake("/v")
+    peer.send(frame(0x1, b"one") + frame(0x1, b"two"))
+    assert channel.messages == ["one", "two"]
+    assert peer.close_code is None
