@@ -361,3 +361,20 @@ def test_an_encoded_slash_never_splits_a_static_path() -> None:
     static = router.add("/a/b", Echo())
     assert router.resolve("/a/b") == ("/a/b", static, {})
     assert router.resolve("/a%2Fb") is None
+
+
+def test_one_connection_per_address_admits_the_first_of_each_address() -> None:
+    router = Router(max_connections_per_address=1)
+    router.add("/r", Recorder())
+    hub = Hub(router)
+    assert parse_answer(_handshake(hub, "10.0.0.1", 0.0))[0].status == 101
+    assert parse_answer(_handshake(hub, "10.0.0.2", 0.0))[0].status == 101
+    assert parse_answer(_handshake(hub, "10.0.0.1", 0.0))[0].status == 429
+
+
+def test_the_503_of_a_full_channel_writes_retry_after_in_its_usual_case() -> None:
+    router = Router()
+    router.add("/r", Recorder(max_connections=1))
+    hub = Hub(router)
+    _handshake(hub, "10.0.0.1", 0.0)
+    assert b"\r\nRetry-After: 10\r\n" in _handshake(hub, "10.0.0.2", 0.0)
