@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from spoc_sockets import ChannelServer, Connection, Reject, Request
+from spoc_sockets import ChannelServer, Connection, Reject, Request, UsageError
 from spoc_sockets.testing import HandshakeRejected, TestClient
 
 from ..frames import upgrade_request
-from .wire import Peer, Recorder, frame, router_with
+from .wire import Peer, Recorder, frame, parse_frames, router_with
 
 
 class RejectsAfterTheUpgrade(ChannelServer):
@@ -165,3 +165,39 @@ def test_a_plain_hook_that_returns_a_value_is_done() -> None:
     peer.send(frame(0x1, b"one") + frame(0x1, b"two"))
     assert channel.messages == ["one", "two"]
     assert peer.close_code is None
+
+
+def test_a_bytes_like_message_is_sent_as_it_was_when_sent() -> None:
+    channel = Recorder()
+    peer = Peer(router_with("/b", channel))
+    conn = peer.handshake("/b")
+    data = bytearray(b"abc")
+    conn.send(data)
+    conn.send(memoryview(b"def"))
+    data[:] = b"xyz"  # a later change does not leak into the queued message
+    peer.flush()
+    assert [f.payload for f in parse_frames(bytes(peer.out).partition(b"\r\n\r\n")[2])] == [
+        b"abc",
+        b"def",
+    ]
+
+
+def test_a_message_of_another_type_is_refused_naming_it() -> None:
+    conn = Peer(router_with("/b", Recorder())).handshake("/b")
+    with pytest.raises(UsageError) as refused:
+        conn.send(42)  # type: ignore[arg-type]
+    assert str(refused.value) == "a message is str or bytes, not int"
+
+
+class Decides(Recorder):
+    def authenticate(self, request: Request) -> object:
+        return {"ada": "ada", "no": False}[request.query["who"]]
+
+
+def test_what_a_plain_authenticate_returns_is_the_user_or_a_refusal() -> None:
+    channel = Decides()
+    router = router_with("/d", channel)
+    assert Peer(router).handshake("/d?who=ada").user == "ada"
+    refused = Peer(router)
+    refused.send(upgrade_request("/d?who=no"))
+    assert (refused.answer.status, refused.answer.body) == (403, b"forbidden")

@@ -378,3 +378,12 @@ def test_the_503_of_a_full_channel_writes_retry_after_in_its_usual_case() -> Non
     hub = Hub(router)
     _handshake(hub, "10.0.0.1", 0.0)
     assert b"\r\nRetry-After: 10\r\n" in _handshake(hub, "10.0.0.2", 0.0)
+
+
+def test_a_full_channel_takes_a_new_connection_once_one_has_ended() -> None:
+    router = Router()
+    router.add("/r", Recorder(max_connections=1))
+    with TestClient(router) as client:
+        client.connect("/r").close()
+        with client.connect("/r") as again:
+            assert again.open
