@@ -210,8 +210,8 @@ class Router:
         unique = list({id(server): server for server in found}.values())
         if len(unique) != 1:
             where = f" at {path!r}" if path is not None else ""
-            many = "several are: give the path" if unique else "none is"
-            raise UsageError(f"one {cls.__name__}{where} is asked for, and {many} registered")
+            many = "several are: give the path" if unique else "none is registered"
+            raise UsageError(f"one {cls.__name__}{where} is asked for, and {many}")
         server = unique[0]
         assert isinstance(server, cls)
         return server

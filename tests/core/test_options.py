@@ -166,7 +166,7 @@ def test_check_number_keeps_its_positional_form() -> None:
 @pytest.mark.parametrize("value", [1, 0, "yes", "True", None, [True]], ids=repr)
 @pytest.mark.parametrize(
     ("make", "option"),
-    [(ChannelServer, "compression"), (ChatServer, "trust_user_param")],
+    [(ChannelServer, "compression"), (ChatServer, "trust_user_param"), (Router, "fast_path")],
 )
 def test_a_flag_is_true_or_false_and_nothing_else(make: Make, option: str, value: object) -> None:
     assert "True or False" in refused(make, option, value)
@@ -219,6 +219,17 @@ def test_each_subprotocol_is_a_token(name: object) -> None:
     with pytest.raises(UsageError) as error:
         ChannelServer(subprotocols=[name])  # type: ignore[list-item]
     assert str(error.value).startswith("subprotocols: ") and shown(name) in str(error.value)
+
+
+def test_a_bad_origin_or_subprotocol_is_refused_with_an_example_of_a_good_one() -> None:
+    with pytest.raises(UsageError) as origin:
+        ChannelServer(origins=["https://learn.example.com/"])
+    assert str(origin.value) == (
+        "origins: 'https://learn.example.com/' is not an origin like 'https://host:port' (no path)"
+    )
+    with pytest.raises(UsageError) as subprotocol:
+        ChannelServer(subprotocols=["chat,json"])
+    assert str(subprotocol.value) == "subprotocols: 'chat,json' is not a subprotocol name (a token)"
 
 
 def test_good_collections_are_kept_in_their_checked_form() -> None:

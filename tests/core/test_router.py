@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from spoc_sockets import ChannelServer, Hub, Response, Router, UsageError
-from spoc_sockets.testing import TestClient
+from spoc_sockets import ChannelServer, Hub, Reject, Request, Response, Router, UsageError
+from spoc_sockets.testing import HandshakeRejected, TestClient
 
 from ..frames import upgrade_request
-from .wire import Echo, Peer, Recorder
+from .wire import Echo, Peer, Recorder, parse_answer
 
 
 def test_add_returns_the_instance_and_lists_it() -> None:
@@ -235,3 +235,155 @@ def test_upgraded_set_follows_connections() -> None:
         assert router.upgraded == {b.server.connection}
         b.abort()
         assert router.upgraded == frozenset()
+
+
+class Chat(ChannelServer):
+    pass
+
+
+class Room(Chat):
+    pass
+
+
+def test_get_finds_the_one_instance_of_exactly_that_class() -> None:
+    router = Router()
+    chat, room = router.add("/chat", Chat()), router.add("/room", Room())
+    router.add("/echo", Echo())
+    router.add("/also/chat", chat)  # one instance at two paths is still one
+    assert router.get(Chat) is chat  # a subclass's instance is not a Chat here
+    assert router.get(Room) is room
+    assert router.get(Chat, "/also/chat") is chat
+
+
+def test_get_with_a_path_picks_among_several() -> None:
+    router = Router()
+    first, second = router.add("/a", Chat()), router.add("/b", Chat())
+    assert router.get(Chat, "/a") is first
+    assert router.get(Chat, "/b") is second
+
+
+@pytest.mark.parametrize(
+    ("registered", "path", "message"),
+    [
+        ((), None, "one Chat is asked for, and none is registered"),
+        (("/b",), "/a", "one Chat at '/a' is asked for, and none is registered"),
+        (("/a", "/b"), None, "one Chat is asked for, and several are: give the path"),
+    ],
+)
+def test_get_says_what_is_missing_or_ambiguous(
+    registered: tuple[str, ...], path: str | None, message: str
+) -> None:
+    router = Router()
+    router.add("/room", Room())
+    for where in registered:
+        router.add(where, Chat())
+    with pytest.raises(UsageError) as refused:
+        router.get(Chat, path)
+    assert str(refused.value) == message
+
+
+class Picky(Recorder):
+    def authenticate(self, request: Request) -> object:
+        if "no" in request.query:
+            raise Reject(403, "no")
+        return None
+
+
+def test_stats_count_each_routes_open_connections_and_refusals() -> None:
+    router = Router()
+    router.add("/a", Picky())
+    router.add("/rooms/{room}", Picky())
+    with TestClient(router) as client:
+        a, b = client.connect("/a"), client.connect("/a")
+        room = client.connect("/rooms/x")
+        for path in ("/a?no", "/a?no", "/rooms/y?no", "/nowhere"):
+            with pytest.raises(HandshakeRejected):
+                client.connect(path)
+        a.send("hello")
+        client.pump()
+        stats = router.stats()
+        assert (stats["/a"].connections, stats["/a"].accepted, stats["/a"].refused) == (
+            2,
+            2,
+            {403: 2},
+        )
+        assert (stats["/rooms/{room}"].connections, stats["/rooms/{room}"].refused) == (
+            1,
+            {403: 1},
+        )
+        assert stats.unrouted_refused == {404: 1}
+        a.close()
+        after = router.stats()["/a"]  # a's traffic is kept once it has ended
+        assert (after.connections, after.closed, after.messages_in, after.bytes_in) == (
+            1,
+            {1000: 1},
+            1,
+            5,
+        )
+        b.close(4000)
+        room.close()
+        assert router.stats()["/a"].connections == 0
+        assert router.stats()["/a"].closed == {1000: 1, 4000: 1}
+
+
+def _handshake(hub: Hub, address: str, now: float) -> bytes:
+    server = hub.open(now, peer=(address, 40000))
+    server.receive_data(upgrade_request("/r"), now)
+    return server.data_to_send(now)
+
+
+def test_new_addresses_are_admitted_while_old_rate_windows_are_forgotten() -> None:
+    router = Router(max_handshake_rate=0.1)  # 1 per 10-second window and address
+    router.add("/r", Recorder())
+    hub = Hub(router)
+    for n in range(2500):  # past the sizes at which the table of windows is pruned
+        address = f"10.1.{n // 250}.{n % 250}"
+        assert parse_answer(_handshake(hub, address, n * 0.01))[0].status == 101
+
+
+def test_the_429_of_the_handshake_rate_writes_retry_after_in_its_usual_case() -> None:
+    router = Router(max_handshake_rate=0.1)
+    router.add("/r", Recorder())
+    hub = Hub(router)
+    _handshake(hub, "10.0.0.1", 0.0)
+    assert b"\r\nRetry-After: 10\r\n" in _handshake(hub, "10.0.0.1", 0.0)
+
+
+def test_a_percent_encoded_static_path_is_routed_by_its_decoding() -> None:
+    router = Router()
+    cafe, echo = router.add("/rooms/café", Echo()), router.add("/echo", Echo())
+    assert router.resolve("/rooms/caf%C3%A9") == ("/rooms/café", cafe, {})
+    assert router.resolve("/ech%6F") == ("/echo", echo, {})
+
+
+def test_an_encoded_slash_never_splits_a_static_path() -> None:
+    router = Router()
+    static = router.add("/a/b", Echo())
+    assert router.resolve("/a/b") == ("/a/b", static, {})
+    assert router.resolve("/a%2Fb") is None
+
+
+def test_one_connection_per_address_admits_the_first_of_each_address() -> None:
+    router = Router(max_connections_per_address=1)
+    router.add("/r", Recorder())
+    hub = Hub(router)
+    assert parse_answer(_handshake(hub, "10.0.0.1", 0.0))[0].status == 101
+    assert parse_answer(_handshake(hub, "10.0.0.2", 0.0))[0].status == 101
+    assert parse_answer(_handshake(hub, "10.0.0.1", 0.0))[0].status == 429
+
+
+def test_the_503_of_a_full_channel_writes_retry_after_in_its_usual_case() -> None:
+    router = Router()
+    router.add("/r", Recorder(max_connections=1))
+    hub = Hub(router)
+    _handshake(hub, "10.0.0.1", 0.0)
+    assert b"\r\nRetry-After: 10\r\n" in _handshake(hub, "10.0.0.2", 0.0)
+
+
+def test_a_full_channel_takes_a_new_connection_once_one_has_ended() -> None:
+    router = Router()
+    router.add("/r", Recorder(max_connections=1))
+    with TestClient(router) as client:
+        client.connect("/r").close()
+        with client.connect("/r") as again:
+            assert again.open
