@@ -113,7 +113,7 @@ def _valid_offer(offer: str) -> bool:
             return False
         if takes_value is True and not equals:
             return False
-        if equals and not (value.isdigit() and 8 <= int(value) <= 15):
+        if equals and not (value.isascii() and value.isdigit() and 8 <= int(value) <= 15):
             return False
     return True
 

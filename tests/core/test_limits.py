@@ -4,7 +4,9 @@ channel (503)."""
 
 from __future__ import annotations
 
-from spoc_sockets import Hub, Router
+import pytest
+
+from spoc_sockets import ChannelServer, Hub, Router, UsageError
 
 from ..frames import upgrade_request
 from .wire import Answer, Recorder, parse_answer
@@ -27,6 +29,15 @@ def test_past_the_handshake_rate_429_says_when_to_retry() -> None:
     assert refused.header("Retry-After") == "4"  # the window ends at 110
     assert handshake(hub, "10.0.0.2", 106.5).status == 101  # per address
     assert handshake(hub, "10.0.0.1", 110.0).status == 101  # a new window
+
+
+def test_retry_after_is_one_second_in_the_last_second_of_the_window() -> None:
+    router = Router(max_handshake_rate=0.1)  # 1 per window and address
+    router.add("/r", Recorder())
+    hub = Hub(router)
+    assert handshake(hub, "10.0.0.1", 100.0).status == 101
+    assert handshake(hub, "10.0.0.1", 109.5).header("Retry-After") == "1"  # ends at 110
+    assert handshake(hub, "10.0.0.1", 108.9).header("Retry-After") == "2"
 
 
 def test_the_rate_is_remembered_while_many_other_addresses_come_and_go() -> None:
@@ -56,3 +67,17 @@ def test_open_connections_per_address_and_per_channel() -> None:
         b"this channel is full",
         "10",
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("x" * 78, repr("x" * 78)),  # 80 characters: shown whole
+        ("x" * 79, repr("x" * 79)[:77] + "..."),  # 81: cut to 80 with the dots
+    ],
+    ids=["80-characters", "81-characters"],
+)
+def test_a_bad_value_is_shown_whole_up_to_80_characters(value: str, shown: str) -> None:
+    with pytest.raises(UsageError) as error:
+        ChannelServer(close_timeout=value)  # type: ignore[arg-type]
+    assert str(error.value) == f"close_timeout is a positive number, not {shown}"
