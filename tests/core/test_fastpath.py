@@ -289,6 +289,17 @@ def test_a_trickled_frame_keeps_the_connection_from_being_idle() -> None:
     assert outcome == run(stream, False)
 
 
+def test_the_first_payload_byte_of_the_next_frame_keeps_the_connection_from_being_idle() -> None:
+    """After a whole binary frame, the next one's header and first payload byte are input
+    too: idle_timeout counts from them."""
+    first, second = simple(0x2, b"a"), simple(0x2, b"z" * 300)
+    cuts = (len(first), len(first) + len(second) - 299)
+    stream = Stream(first + second, cuts, (0.0, 4.0, 4.0), False, {"idle_timeout": 5})
+    outcome = run(stream, True)
+    assert outcome.messages == [b"a", b"z" * 300] and outcome.state == "open"
+    assert outcome == run(stream, False)
+
+
 def test_nothing_is_read_after_wsproto_gives_a_close_event() -> None:
     ws = WSConnection(ConnectionType.SERVER)
     reader = FrameReader(ws, None)
