@@ -289,6 +289,21 @@ def test_a_trickled_frame_keeps_the_connection_from_being_idle() -> None:
     assert outcome == run(stream, False)
 
 
+@pytest.mark.parametrize("size", [1, ASSEMBLE_FROM])  # decoded at once, or assembled
+def test_the_first_payload_byte_of_the_next_frame_keeps_the_connection_from_being_idle(
+    size: int,
+) -> None:
+    """After a whole binary frame, the next one's header and first payload byte are input
+    too: idle_timeout counts from them."""
+    first, second = simple(0x2, b"a" * size), simple(0x2, b"z" * 300)
+    cuts = (len(first) // 2, len(first), len(first) + len(second) - 299)
+    options = {"idle_timeout": 5, "max_message_size": 2**20}
+    stream = Stream(first + second, cuts, (0.0, 0.0, 4.0, 4.0), False, options)
+    outcome = run(stream, True)
+    assert outcome.messages == [b"a" * size, b"z" * 300] and outcome.state == "open"
+    assert outcome == run(stream, False)
+
+
 def test_nothing_is_read_after_wsproto_gives_a_close_event() -> None:
     ws = WSConnection(ConnectionType.SERVER)
     reader = FrameReader(ws, None)
@@ -405,7 +420,10 @@ def test_binary_frames_are_assembled_from_assemble_from_bytes_on(
     data = simple(0x2, payload)
     header = len(data) - size
     reader = assembling_reader(2**20)
-    reader.receive_data(data[: header + -(-size // RESERVE)])  # a RESERVE-th of it
+    reader.receive_data(data[: header + -(-size // RESERVE) - 1])  # a byte short of a
+    assert list(reader.events()) == [PROGRESS]  # RESERVE-th of it: gathered
+    assert reader._assembling is None
+    reader.receive_data(data[header + -(-size // RESERVE) - 1 : header + -(-size // RESERVE)])
     assert list(reader.events()) == [PROGRESS]
     assert (reader._assembling is not None) is assembled
     reader.receive_data(data[header + -(-size // RESERVE) :])
