@@ -728,6 +728,18 @@ def test_the_pong_wait_is_ping_timeout_even_when_the_idle_deadline_comes_first()
         assert recorder.closed == [(1011, "keepalive ping timeout")]
 
 
+def test_an_idle_deadline_that_finds_the_client_active_sends_no_ping_before_its_time() -> None:
+    recorder = Recorder(ping_interval=10.0, ping_timeout=None, idle_timeout=4.0)
+    with TestClient(router_with("/r", recorder)) as client, client.connect("/r") as ws:
+        for _ in range(3):  # a message every 3 s: each idle deadline finds it active
+            client.advance(3.0)
+            ws.send("still here")
+        client.advance(0.9)
+        assert client.now == 9.9 and ws.pings == 0
+        client.advance(0.1)
+        assert ws.pings == 1 and ws.close_code is None
+
+
 def test_ping_timeout_none_keeps_pinging_without_waiting() -> None:
     peer = Peer(router_with("/r", Recorder(ping_interval=1.0, ping_timeout=None)))
     peer.handshake("/r")
