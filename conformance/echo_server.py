@@ -2,7 +2,8 @@
 
 ::
 
-    python conformance/echo_server.py [threads|trio|asyncio|asgi|asgi-websockets] [--port 9001]
+    python conformance/echo_server.py [threads|trio|asyncio|asgi|asgi-wsproto|asgi-websockets]
+        [--port 9001]
 
 Serves one channel at ``/`` on 127.0.0.1 that sends every text or binary message back
 as it came, with permessage-deflate accepted (cases 12.x and 13.x), no keepalive pings
@@ -10,9 +11,11 @@ as it came, with permessage-deflate accepted (cases 12.x and 13.x), no keepalive
 suite's biggest messages (16 MiB in cases 9.x).
 
 ``asgi`` serves the same router through :class:`~spoc_sockets.asgi.ASGIApp` inside
-uvicorn with its wsproto implementation (``uvicorn --ws wsproto``); ``asgi-websockets``
-with its websockets implementation (``--ws websockets``). There uvicorn parses the bytes,
-so its settings mirror the channel's: 64 MiB messages, no pings, compression on.
+uvicorn with :class:`spoc_sockets.uvicorn.WSProtocol`
+(``uvicorn --ws spoc_sockets.uvicorn:WSProtocol``); ``asgi-wsproto`` and
+``asgi-websockets`` with uvicorn's own implementations (``--ws wsproto``,
+``--ws websockets``). There uvicorn parses the bytes, so its settings mirror the
+channel's: 64 MiB messages, no pings, compression on.
 
 The first line printed is ``listening on 127.0.0.1:<port> (<adapter>)``; tools wait for
 it. SIGINT or SIGTERM stops the server gracefully.
@@ -88,7 +91,11 @@ def run_asgi(router: Router, port: int, ws: str, on_listen: Callable[[int], None
     asyncio.run(main())
 
 
-ASGI_SERVERS = {"asgi": "wsproto", "asgi-websockets": "websockets"}
+ASGI_SERVERS = {
+    "asgi": "spoc_sockets.uvicorn:WSProtocol",
+    "asgi-wsproto": "wsproto",
+    "asgi-websockets": "websockets",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,8 +4,8 @@
 * ``/notifications`` is a spoc_sockets channel: a browser of the site connects with its
   session cookie, and receives what ``POST /users/{user}/notify`` sends to its user.
 
-Run it with ``uvicorn examples.fastapi_app:app --ws wsproto`` (or hypercorn); FastAPI
-serves every HTTP request, the router every WebSocket handshake.
+Run it with ``uvicorn examples.fastapi_app:app --ws spoc_sockets.uvicorn:WSProtocol`` (or
+hypercorn); FastAPI serves every HTTP request, the router every WebSocket handshake.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``wss://.../ws/notifications`` is the ``/notifications`` channel of
 ``examples/fastapi_app.py``; FastAPI keeps every other path. Run it with
-``uvicorn examples.fastapi_mount:app --ws wsproto``.
+``uvicorn examples.fastapi_mount:app --ws spoc_sockets.uvicorn:WSProtocol``.
 """
 
 from __future__ import annotations

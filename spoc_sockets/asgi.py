@@ -117,18 +117,32 @@ class ASGIApp:
         session.start(request, loop.time(), refusing=self._refusing)
         self._sessions.add(session)
         denial = "websocket.http.response" in scope.get("extensions", {})
-        reader = asyncio.ensure_future(self._read(session, receive, loop, readable))
         # the sends run apart, so that a client that does not read (the server's send
         # waits for its transport to drain) never stops the session's own turns: its
         # limits, its close and its deadlines go on as on the byte adapters
         outbox: asyncio.Queue[list[Action] | None] = asyncio.Queue()
         sender = asyncio.ensure_future(self._sender(send, outbox, queue, denial, woken))
+
+        def turn() -> None:
+            session.turn(loop.time())
+            actions = queue.take()
+            if actions:
+                outbox.put_nowait(actions)
+
+        async def answered() -> None:
+            """Hand what the last message caused to the sender, and let it send, before
+            the next message is asked for: unless the client's transport is full, the
+            answers are written before anything the server reports after that message
+            (a frame error, say), as on the byte adapters. A sender that waits for a
+            client that does not read holds nothing up: its input is still read."""
+            turn()
+            woken.set()
+            await asyncio.sleep(0)  # the sender, woken by the batch, runs first
+
+        reader = asyncio.ensure_future(self._read(session, receive, loop, readable, answered))
         try:
             while True:
-                session.turn(loop.time())
-                actions = queue.take()
-                if actions:
-                    outbox.put_nowait(actions)
+                turn()
                 if session.state is CLOSED:
                     outbox.put_nowait(None)  # the last actions go out, unless stuck
                     await asyncio.wait({sender}, timeout=_LAST_SENDS_TIMEOUT)
@@ -179,6 +193,7 @@ class ASGIApp:
         receive: Receive,
         loop: asyncio.AbstractEventLoop,
         readable: asyncio.Event,
+        answered: Callable[[], Awaitable[None]],
     ) -> None:
         while True:
             message = await receive()
@@ -188,6 +203,7 @@ class ASGIApp:
                     await readable.wait()
                 text = message.get("text")
                 session.receive(text if text is not None else message["bytes"], loop.time())
+                await answered()
             elif message["type"] == "websocket.disconnect":
                 session.disconnected(message.get("code", 1005), message.get("reason") or "")
                 return

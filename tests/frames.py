@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import struct
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
@@ -83,3 +84,31 @@ def server_frames(data: bytes) -> list[tuple[int, bytes]]:
         frames.append((opcode, data[i : i + n]))
         i += n
     return frames
+
+
+def raw_upgrade(
+    port: int, path: str = "/echo", timeout: float = 20.0
+) -> tuple[socket.socket, bytes]:
+    """A raw socket to 127.0.0.1 past the handshake (its reads bounded by ``timeout``),
+    and the bytes read after the 101 head."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.sendall(upgrade_request(path))
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        assert chunk, "closed during the handshake"
+        head += chunk
+    head, _, rest = head.partition(b"\r\n\r\n")
+    assert status_of(head) == 101
+    return sock, rest
+
+
+def read_until_eof(sock: socket.socket, start: bytes = b"") -> bytes:
+    """What the server writes until it closes (a reset counts as closing)."""
+    chunks = [start]
+    try:
+        while chunk := sock.recv(1 << 20):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)

@@ -105,11 +105,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: the documented ASGI server setups: (command without the app, the line giving the port)
 ASGI_SERVERS: dict[str, tuple[list[str], str]] = {
-    f"uvicorn-{ws}": (
+    f"uvicorn-{ws.rpartition(':')[2]}": (
         ["-m", "uvicorn", "--ws", ws, "--host", "127.0.0.1", "--port", "0"],
         r"Uvicorn running on http://127\.0\.0\.1:(\d+)",
     )
-    for ws in ("wsproto", "websockets-sansio", "websockets")
+    for ws in ("spoc_sockets.uvicorn:WSProtocol", "wsproto", "websockets-sansio", "websockets")
 }
 ASGI_SERVERS["hypercorn"] = (
     ["-m", "hypercorn", "--bind", "127.0.0.1:0"],

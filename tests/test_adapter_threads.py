@@ -22,7 +22,7 @@ from spoc_sockets import ChannelServer, Connection, Router, _listen
 from spoc_sockets.threads import Server, serve
 
 from .behaviour.harness_net import wait_for
-from .frames import client_frame, server_frames, status_of, upgrade_request
+from .frames import client_frame, raw_upgrade, read_until_eof, server_frames, upgrade_request
 from .selfsigned import make_certificate
 
 HOST = "127.0.0.1"
@@ -68,31 +68,6 @@ def ws_connect(port: int, path: str = "/echo", **options: Any) -> ContextManager
         compression=None,
         **options,
     )
-
-
-def raw_upgrade(port: int, path: str = "/echo") -> tuple[socket.socket, bytes]:
-    """A raw socket past the handshake, and the bytes read after the 101 head."""
-    sock = socket.create_connection((HOST, port), timeout=TIMEOUT)
-    sock.sendall(upgrade_request(path))
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        assert chunk, "closed during the handshake"
-        head += chunk
-    head, _, rest = head.partition(b"\r\n\r\n")
-    assert status_of(head) == 101
-    return sock, rest
-
-
-def read_until_eof(sock: socket.socket, start: bytes = b"") -> bytes:
-    """What the server writes until it closes (a reset counts as closing)."""
-    chunks = [start]
-    try:
-        while chunk := sock.recv(1 << 20):
-            chunks.append(chunk)
-    except ConnectionResetError:
-        pass
-    return b"".join(chunks)
 
 
 # -- TLS ------------------------------------------------------------------------------

@@ -87,7 +87,9 @@ def test_an_http_endpoint_pushes_to_a_connected_user(server_name: str) -> None:
         assert server.stop(signal.SIGINT) == 0
 
 
-@pytest.mark.parametrize("server_name", ["uvicorn-wsproto", "uvicorn-websockets-sansio"])
+@pytest.mark.parametrize(
+    "server_name", ["uvicorn-WSProtocol", "uvicorn-wsproto", "uvicorn-websockets-sansio"]
+)
 def test_uvicorn_closes_sessions_with_1012_when_it_stops(server_name: str) -> None:
     with asgi_server(server_name, APP) as (server, port):
         with open_ws(port, "/notifications", cookie="session=s-ada") as ws:

@@ -1,4 +1,5 @@
-"""``examples/fastapi_app.py`` served as documented (``uvicorn ... --ws wsproto``): FastAPI's
+"""``examples/fastapi_app.py`` served as documented
+(``uvicorn ... --ws spoc_sockets.uvicorn:WSProtocol``): FastAPI's
 HTTP routes beside the channel, and notifications pushed from an HTTP endpoint."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .test_asgi_servers import APP, TIMEOUT, open_ws
 
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    with asgi_server("uvicorn-wsproto", APP) as (server, port):
+    with asgi_server("uvicorn-WSProtocol", APP) as (server, port):
         yield port
     assert "Traceback" not in server.output
 
@@ -89,7 +90,7 @@ MOUNTED = "examples.fastapi_mount:app"
 
 
 def test_mounted_under_ws_the_channels_answer_below_it() -> None:
-    with asgi_server("uvicorn-wsproto", MOUNTED) as (server, port):
+    with asgi_server("uvicorn-WSProtocol", MOUNTED) as (server, port):
         with open_ws(port, "/ws/notifications", cookie="session=s-ada") as ada:
             assert post(port, "/users/ada/notify", {"text": "hi"}).json() == {"delivered": 1}
             assert notification(ada) == {"type": "notification", "payload": {"text": "hi"}}
