@@ -575,11 +575,11 @@ class ServerConnection:
             if not self._allow_control(now):
                 return
             if kind is Pong:
-                self._on_pong(event, now)  # type: ignore[arg-type]
+                self._on_pong(event)  # type: ignore[arg-type]
             elif self._ws is not None and self._ws.state is WSState.OPEN:
                 self._pong(event, now)  # type: ignore[arg-type]
         elif kind is CloseConnection:
-            self._on_close_frame(event, now)  # type: ignore[arg-type]
+            self._on_close_frame(event)  # type: ignore[arg-type]
 
     def _pong(self, ping: Ping, now: float) -> None:
         """Answer a ping; pongs count against ``max_buffered_amount`` like messages do."""
@@ -658,7 +658,7 @@ class ServerConnection:
             return first + rest.decode() + cast("str", last)
         return b"".join((first, rest, cast("bytes", last)))
 
-    def _on_close_frame(self, event: CloseConnection, now: float) -> None:
+    def _on_close_frame(self, event: CloseConnection) -> None:
         ws = self._ws
         assert ws is not None
         if ws.state is WSState.OPEN:  # wsproto could not parse: the peer broke the protocol
@@ -731,7 +731,7 @@ class ServerConnection:
         if self._ping_payload is not None:
             self._ping_sent = now  # its pong could not be read meanwhile: wait afresh
 
-    def _on_pong(self, event: Pong, now: float) -> None:
+    def _on_pong(self, event: Pong) -> None:
         if self._ping_payload is None or bytes(event.payload) != self._ping_payload:
             return  # unsolicited (allowed by RFC 6455 section 5.5.3), or stale
         self._ping_payload = None

@@ -4,6 +4,7 @@ hooks), and what a server that cannot await answers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import Coroutine
@@ -241,3 +242,33 @@ def test_a_hook_that_returns_a_coroutine_where_none_is_awaited_is_1011_and_says_
         "on_close is async and this server cannot await it",
     ]
     assert [inspect.getcoroutinestate(c) for c in channel.returned] == [inspect.CORO_CLOSED] * 2
+
+
+class PlainRaises(ChannelServer):
+    ping_interval = None
+
+    def on_message(self, conn: Connection, message: str | bytes) -> None:
+        raise RuntimeError("secret")
+
+
+@pytest.mark.parametrize("awaits", [True, False], ids=["server-that-awaits", "cannot-await"])
+def test_a_plain_hook_that_raises_closes_1011_and_logs_its_own_error_only(
+    awaits: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Neither awaited as if it were async nor reported as an async hook."""
+    spawned: list[Coroutine[object, None, None]] = []
+
+    def spawn(coroutine: Coroutine[object, None, None]) -> Any:
+        spawned.append(coroutine)
+        with contextlib.suppress(StopIteration):  # run to its end (nothing it awaits waits)
+            coroutine.send(None)
+        return coroutine.close
+
+    router = router_with("/p", PlainRaises())
+    peer = Peer(router, hub=Hub(router, spawn=spawn if awaits else None))
+    peer.handshake("/p")
+    with caplog.at_level(logging.ERROR, "spoc_sockets"):
+        peer.send(frame(0x1, b"boom"))
+    assert peer.close == (1011, "internal error")
+    assert spawned == []
+    assert [record.getMessage() for record in caplog.records] == ["PlainRaises.on_message raised"]
