@@ -114,10 +114,6 @@ class Unexpected(Exception):
     """A fault injector did not get the answer it expected."""
 
 
-class NoClose(Unexpected):
-    """The server ended the TCP connection without a close frame."""
-
-
 class Late(Exception):
     """The server did not close a connection by its deadline."""
 
@@ -247,7 +243,7 @@ class Raw:
         while True:
             received = await self.read_frame()
             if received is None:
-                raise NoClose(f"the connection ended without a close frame ({codes})")
+                raise Unexpected(f"the connection ended without a close frame ({codes})")
             opcode, payload = received
             if opcode == 0x8:
                 code = close_code(payload)
@@ -255,11 +251,6 @@ class Raw:
                     raise Unexpected(f"close code {code}, expected one of {codes}")
                 break
         await self.expect_end()
-
-    async def expect_close_or_end(self, *codes: int) -> None:
-        """Like :meth:`expect_close`, but the stream may also end without a close frame."""
-        with contextlib.suppress(NoClose):
-            await self.expect_close(*codes)
 
     async def expect_end(self) -> None:
         while True:
@@ -484,10 +475,7 @@ async def malformed(ctx: Context) -> None:
         await raw.upgrade("/echo")
         await raw.send(MALFORMED[kind])
         try:
-            if ctx.owns_bytes:
-                await raw.expect_close(1002)
-            else:  # uvicorn drops the TCP connection without a close frame (RFC: SHOULD send)
-                await raw.expect_close_or_end(1002)
+            await raw.expect_close(1002)
         except Unexpected as error:
             raise Unexpected(f"{kind}: {error}") from None
 

@@ -6,8 +6,8 @@
                                           [--max-fds N]
 
 ``ADAPTER`` is ``asyncio``, ``trio``, ``threads`` or ``asgi`` (:class:`ASGIApp` under
-uvicorn with ``--ws wsproto``). The server listens on 127.0.0.1, on a free port, and
-prints the port alone on the first line of stdout. It serves:
+uvicorn with :class:`spoc_sockets.uvicorn.WSProtocol`). The server listens on 127.0.0.1,
+on a free port, and prints the port alone on the first line of stdout. It serves:
 
 * ``/echo``: every message back to its sender (``max_message_size``: :data:`MAX_MESSAGE`);
 * ``/room/{room}``: every message to every client of the same room, the sender included;
@@ -203,12 +203,13 @@ def serve_asgi(router: Router) -> None:
     import uvicorn
 
     from spoc_sockets.asgi import ASGIApp
+    from spoc_sockets.uvicorn import WSProtocol
 
     config = uvicorn.Config(
         ASGIApp(router),
         host=HOST,
         port=0,
-        ws="wsproto",
+        ws=WSProtocol,
         lifespan="on",
         log_level="warning",
         backlog=1024,
