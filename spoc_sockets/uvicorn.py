@@ -6,22 +6,23 @@ Serve an :class:`~spoc_sockets.asgi.ASGIApp` (or any ASGI application) with it::
     uvicorn.Config(app, ws=WSProtocol)
 
 uvicorn's own protocols fail a connection as soon as they parse an invalid frame, even
-when valid messages came before it in the same read: the application never answers
-them (the Autobahn suite grades that NON-STRICT). :class:`WSProtocol` is uvicorn's
-wsproto protocol except for that. A frame error waits until the application has taken
-every message before it and asks for the next one; then the connection is failed: a
-close frame with the error's code (1002, or 1007 for invalid UTF-8), the application's
-``receive()`` returns ``websocket.disconnect`` with that code, and the TCP connection is
-closed. An application that does not ask within uvicorn's close timeout (10 s) sees the
-connection failed then. (The peer's own close frame is answered at once, as uvicorn
-does: wsproto sends no message after it.)
+when valid messages came before it in the same read: the application never answers them
+(the Autobahn suite grades that NON-STRICT). :class:`WSProtocol` is uvicorn's wsproto
+protocol except for that. A frame error waits until the application has taken every
+message before it and asks for the next one, reading nothing meanwhile; then the
+connection is failed: a close frame with the error's code (1002, or 1007 for invalid
+UTF-8), the application's ``receive()`` returns ``websocket.disconnect`` with that code
+(a later ``send()`` raises uvicorn's ``ClientDisconnected``, from uvicorn 0.53), and the
+TCP connection is closed. An application that does not ask within uvicorn's close
+timeout (10 s) sees the connection failed then. (The peer's own close frame is answered
+at once, as uvicorn does: wsproto sends no message after it.)
+:class:`~spoc_sockets.asgi.ASGIApp` hands the answers of its plain hooks to the server
+before it asks for the next message, so they reach the peer before the close frame, as
+on the byte-level adapters. uvicorn's ``--ws-max-size`` still closes with 1009 at once.
 
-Once the application has returned, the TCP connection is dropped after the close timeout
-even when the peer never reads what is left to write (uvicorn's own protocol waits for
-that output for good). :class:`~spoc_sockets.asgi.ASGIApp` hands a message's answers
-to the server before it asks for the next message, so they reach the peer before the
-close frame, as on the byte-level adapters. uvicorn's ``--ws-max-size`` still closes
-with 1009 at once.
+Once the application has returned, the TCP connection is dropped at the close timeout
+even if the peer has not read all that was left to write (uvicorn's own protocol waits
+for that output for good, so a peer that never reads holds the connection).
 """
 
 from __future__ import annotations
@@ -47,14 +48,15 @@ class WSProtocol(_WSProtocol):
     close_timeout: float = 10.0
 
     _failure: CloseConnection | None = None
+    _failed = False  # a frame error was parsed: nothing more is read
     _failure_timer: asyncio.TimerHandle | None = None
     _abort_timer: asyncio.TimerHandle | None = None
     _receiving = False
     _lost = False
 
-    def handle_events(self) -> None:
-        if self._failure is None:  # nothing after a frame error is read
-            super().handle_events()
+    def data_received(self, data: bytes) -> None:
+        if not self._failed:  # wsproto parses nothing after a frame error: drop it
+            super().data_received(data)
 
     def handle_close(self, event: CloseConnection) -> None:
         if self.close_sent or self.conn.state is not ConnectionState.OPEN:
@@ -62,8 +64,11 @@ class WSProtocol(_WSProtocol):
             return
         # wsproto parsed a frame error (the peer sent no close): fail the connection
         # once the application asks for a message after the last one before it: now if
-        # it waits for one with none queued, else at its next receive() or at the timeout
-        self._failure = event
+        # it waits for one with none queued, else at its next receive() or at the timeout;
+        # meanwhile nothing is read (uvicorn's receive() must not resume reading)
+        self._failure, self._failed = event, True
+        self.read_paused = False
+        self.transport.pause_reading()
         if self._receiving and self.queue.empty():
             self._fail()
         else:
@@ -100,6 +105,7 @@ class WSProtocol(_WSProtocol):
         if failure is None or self.close_sent or self.transport.is_closing():
             return
         self.close_sent = True  # and uvicorn's keepalive sends no more pings
+        self.disconnected = True  # a later send raises ClientDisconnected (uvicorn 0.53+)
         self.queue.put_nowait(
             {"type": "websocket.disconnect", "code": failure.code, "reason": failure.reason}
         )

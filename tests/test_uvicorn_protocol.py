@@ -4,6 +4,7 @@ before it (their answers go out first), then fails the connection with its close
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import MutableMapping
 from typing import Any
@@ -139,3 +140,25 @@ def test_uvicorn_takes_the_protocol_by_its_import_string() -> None:
         frames, _ = exchange(port, client_frame(TEXT, b"a") + client_frame(0x3))
     assert frames[0] == (TEXT, b"a")
     assert close_code(frames[1]) == 1002
+
+
+def test_nothing_is_read_while_a_frame_error_waits_for_the_application() -> None:
+    """A peer that floods behind its frame error while the application is busy gets
+    nothing taken in: TCP pushes back, the flood stops at the kernel's buffers."""
+    app = Recorder(reads=1)  # busy with the first message: never asks for the next
+    chunk = b"\x00" * 2**20
+    sent = 0
+    with run_uvicorn(app, ws=SlowProtocol) as (port, _):
+        sock, _ = raw_upgrade(port, "/echo", timeout=1.0)
+        with sock, contextlib.suppress(OSError):  # a timeout, or the server's close
+            sock.sendall(client_frame(TEXT, b"one") + client_frame(0x3))
+            while sent < 256 * 2**20:
+                sent += sock.send(chunk)
+    assert sent < 32 * 2**20  # the kernel's buffers, not the whole flood
+    assert app.received == [{"type": "websocket.receive", "text": "one"}]
+
+
+class SlowProtocol(WSProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.close_timeout = 3.0
