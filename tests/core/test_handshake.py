@@ -125,6 +125,25 @@ def test_a_head_that_only_mentions_content_length_or_has_blanks_is_accepted(extr
     assert_accepted(upgrade_request("/echo", extra=extra))
 
 
+@pytest.mark.parametrize(
+    ("shape", "text"),
+    [
+        (REQUEST.replace(HOST, b"Host: 127.0.0.1\n"), BARE_LF),
+        (upgrade_request("/echo", extra="X-A: 1\r\n 2\r\n"), OBS_FOLD),
+        (upgrade_request("/echo", extra="Content-Length: 0\r\nContent-Length: 0\r\n"), TWO_LENGTHS),
+    ],
+    ids=["bare-lf", "obs-fold", "two-lengths"],
+)
+def test_a_head_in_pieces_is_checked_whole(shape: bytes, text: str) -> None:
+    """Wherever the reads cut the head, the check sees all of it (not the last read's
+    bytes, nor as many bytes as the last read brought)."""
+    for cut in range(1, len(shape)):
+        peer = Peer(router_with())
+        peer.send(shape[:cut])
+        peer.send(shape[cut:])
+        assert (peer.answer.status, peer.server.error and str(peer.server.error)) == (400, text)
+
+
 # -- the upgrade request -----------------------------------------------------------------------
 
 
