@@ -30,8 +30,19 @@ def imported_modules(path: Path) -> set[str]:
 
 # The layout says which layer a module belongs to (docs/architecture.rst):
 #: the adapters and the command line, the only top-level modules outside the core
-#: (``testing`` is the in-memory adapter: it runs async hooks on asyncio)
-ADAPTERS = {"asyncio", "trio", "threads", "asgi", "testing", "_listen", "cli", "__main__"}
+#: (``testing`` is the in-memory adapter: it runs async hooks on asyncio; ``uvicorn`` is
+#: the ASGI adapter's WebSocket protocol for uvicorn)
+ADAPTERS = {
+    "asyncio",
+    "trio",
+    "threads",
+    "asgi",
+    "uvicorn",
+    "testing",
+    "_listen",
+    "cli",
+    "__main__",
+}
 #: top-level modules that sit on the core without being part of it: the Node module's
 #: names (they build the built-in channels) and the Prometheus exporter
 ON_TOP = {"node_compat", "metrics"}
