@@ -16,6 +16,7 @@ from spoc_sockets.asgi import ASGIApp
 from spoc_sockets.uvicorn import WSProtocol
 
 from .behaviour.harness_asgi import run_uvicorn
+from .behaviour.harness_net import wait_for
 from .frames import client_frame, raw_upgrade, read_until_eof, server_frames
 
 Message = MutableMapping[str, Any]
@@ -110,9 +111,7 @@ def test_the_application_receives_the_messages_then_a_disconnect_with_the_code()
     app = Recorder(reads=5)
     with run_uvicorn(app) as (port, _):
         frames, _ = exchange(port, client_frame(TEXT, b"one") + client_frame(TEXT, b"x", rsv=2))
-        deadline = time.monotonic() + 5
-        while len(app.received) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: len(app.received) == 2)
     assert app.received[0] == {"type": "websocket.receive", "text": "one"}
     assert app.received[1]["type"] == "websocket.disconnect"
     assert app.received[1]["code"] == 1002
