@@ -135,8 +135,7 @@ class ASGIApp:
             answers are written before anything the server reports after that message
             (a frame error, say), as on the byte adapters. A sender that waits for a
             client that does not read holds nothing up: its input is still read."""
-            turn()
-            woken.set()
+            turn()  # (the session woke the main loop if it acted: no wake-up here)
             await asyncio.sleep(0)  # the sender, woken by the batch, runs first
 
         reader = asyncio.ensure_future(self._read(session, receive, loop, readable, answered))
