@@ -27,21 +27,23 @@ from typing import Any, Protocol
 from spoc_sockets import Router
 from spoc_sockets.testing import ConnectionClosed, HandshakeRejected, TestClient, WebSocket
 
+from ..selfsigned import server_context
+
 Message = str | bytes
 
 
 @dataclass(frozen=True)
 class TLS:
     """A certificate for 127.0.0.1 (``tests/selfsigned.py``): the server serves it, the
-    client trusts it and nothing else."""
+    client trusts it and nothing else; the server issues ``tickets`` session tickets
+    (under ASGI, uvicorn makes its own context and issues its default two)."""
 
     cert: Path
     key: Path
+    tickets: int = 0
 
     def server_context(self) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.cert, self.key)
-        return context
+        return server_context(self.cert, self.key, self.tickets)
 
     def client_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.cert))

@@ -29,6 +29,8 @@ HOST = "127.0.0.1"
 # websockets 17 warns unless a directly returned connection is asked for explicitly
 LEGACY = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
 TIMEOUT = 20.0
+#: a TLS client socket's timeout from the start (see :class:`TimedTLSConnection`)
+TLS_SOCKET_TIMEOUT = 3600.0
 #: the longest a graceful shutdown may take before the harness fails it
 SHUTDOWN_BOUND = 60.0
 
@@ -111,6 +113,22 @@ class SocketRaw:
         self.sock.close()
 
 
+class TimedTLSConnection(ClientConnection):
+    """A websockets client connection whose TLS socket has a timeout before its reading
+    thread starts.
+
+    websockets 16 (the last for Python 3.10) gives the socket its close timeout from the
+    closing thread while the reading thread sits in an SSL read begun without one; when
+    that read then needs more bytes, Python's ``ssl`` reports "The read operation timed
+    out" at once and the client drops the server's close frame (1006 instead of 1000).
+    A read begun with a timeout keeps its own deadline, so the race cannot happen.
+    """
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        sock.settimeout(TLS_SOCKET_TIMEOUT)
+        super().__init__(sock, *args, **kwargs)
+
+
 class NetServed:
     def __init__(self, router: Router, server: NetServer, tls: TLS | None) -> None:
         self.router = router
@@ -135,6 +153,7 @@ class NetServed:
                 close_timeout=TIMEOUT,
                 ping_interval=None,
                 ssl=self._tls,
+                create_connection=TimedTLSConnection if self._tls is not None else None,
                 **LEGACY,
             )
         except InvalidStatus as exc:

@@ -13,6 +13,7 @@ import socket
 import ssl
 import struct
 import threading
+from collections.abc import Callable
 
 import pytest
 from websockets.sync.client import connect
@@ -136,6 +137,40 @@ def test_tls_echo(serve_tls: Harness, tls: TLS, request: pytest.FixtureRequest) 
         served.wait_for(lambda: served.held() == 0)
         if request.node.callspec.params["serve_tls"] != "asgi":  # uvicorn's TLS, not ours
             assert _closes_with_close_notify(served.server.port, tls)
+
+
+def test_tls_sessions_resume(serve_tls: Harness, tls: TLS) -> None:
+    """With session tickets (TLS 1.3 writes them from inside the server's reads), a client
+    that comes back with its ticket resumes its session, and every connection is served."""
+    router = Router()
+    router.add("/echo", Echo())
+    with serve_tls(router, tls=TLS(tls.cert, tls.key, tickets=2)) as served:
+        assert isinstance(served, NetServed)
+        context = tls.client_context()
+        session = None
+        for visit in range(3):
+            plain = socket.create_connection(("127.0.0.1", served.server.port), timeout=TIMEOUT)
+            with context.wrap_socket(plain, server_hostname="127.0.0.1", session=session) as sock:
+                sock.sendall(upgrade_request("/echo"))
+                head = _read_at_least(sock, b"", lambda data: b"\r\n\r\n" in data)
+                assert status_of(head) == 101
+                sock.sendall(client_frame(0x1, b"again"))  # (a client waits for the 101)
+                rest = head.partition(b"\r\n\r\n")[2]
+                echo = _read_at_least(sock, rest, lambda data: len(data) >= 7)
+                assert server_frames(echo) == [(0x1, b"again")]
+                assert sock.version() == "TLSv1.3"
+                assert sock.session_reused is (visit > 0)
+                session = sock.session
+        served.wait_for(lambda: served.held() == 0)
+
+
+def _read_at_least(sock: socket.socket, data: bytes, enough: Callable[[bytes], bool]) -> bytes:
+    """``data`` and what ``sock`` reads after it, once ``enough(...)`` holds."""
+    while not enough(data):
+        chunk = sock.recv(65536)
+        assert chunk, "closed too early"
+        data += chunk
+    return data
 
 
 def _closes_with_close_notify(port: int, tls: TLS) -> bool:
