@@ -25,13 +25,9 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
 
 
 def server_context(cert: Path, key: Path, tickets: int = 0) -> ssl.SSLContext:
-    """A server context for ``cert``, issuing ``tickets`` TLS 1.3 session tickets.
-
-    None by default: the ``websockets`` sync client reads and writes its one SSL object
-    from two threads, and a ticket that its reading thread takes in while the other
-    writes the upgrade request now and then loses the request (1 connection in 50 here;
-    a single-threaded client never does). ``test_tls_sessions_resume`` serves tickets.
-    """
+    """A server context for ``cert``, issuing ``tickets`` TLS 1.3 session tickets: none by
+    default, for the ``websockets`` client races on them ("TLS and the websockets
+    client" in docs/test-suite.rst)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     context.num_tickets = tickets
