@@ -35,8 +35,7 @@ Message = str | bytes
 @dataclass(frozen=True)
 class TLS:
     """A certificate for 127.0.0.1 (``tests/selfsigned.py``): the server serves it, the
-    client trusts it and nothing else; the server issues ``tickets`` session tickets
-    (under ASGI, uvicorn makes its own context and issues its default two)."""
+    client trusts it and nothing else; the server issues ``tickets`` session tickets."""
 
     cert: Path
     key: Path

@@ -1,8 +1,9 @@
 """The behaviour suite through ASGIApp inside uvicorn (with
 :class:`spoc_sockets.uvicorn.WSProtocol`), on 127.0.0.1.
 
-uvicorn serves the TLS (from the certificate's files). The shutdown and drain deadlines
-are the ASGI server's, not options of :class:`ASGIApp`: this harness takes neither."""
+uvicorn serves the TLS (from the certificate's files; the harness sets its tickets). The
+shutdown and drain deadlines are the ASGI server's, not options of :class:`ASGIApp`: this
+harness takes neither."""
 
 from __future__ import annotations
 
@@ -23,11 +24,17 @@ from .harness_net import NetServer, net_harness
 
 
 @contextmanager
-def run_uvicorn(app: Any, **config: Any) -> Iterator[tuple[int, asyncio.AbstractEventLoop]]:
+def run_uvicorn(
+    app: Any, tickets: int = 0, **config: Any
+) -> Iterator[tuple[int, asyncio.AbstractEventLoop]]:
     """uvicorn serving ``app`` on 127.0.0.1 in a thread (``config``: more of
-    ``uvicorn.Config``'s arguments): its port and event loop, until the block ends."""
+    ``uvicorn.Config``'s arguments): its port and event loop, until the block ends. Over
+    TLS, it issues ``tickets`` session tickets (``tests/selfsigned.py`` says why none)."""
     config = {"ws": WSProtocol, "ws_max_size": 2**26, "log_level": "warning", **config}
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, **config))
+    server.config.load()  # (uvicorn loads it once) its TLS context, to set the tickets
+    if server.config.ssl is not None:
+        server.config.ssl.num_tickets = tickets
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),))
     thread.start()
@@ -49,6 +56,7 @@ def start(router: Router, options: Options = DEFAULTS) -> Iterator[NetServer]:
     tls = options.tls
     with run_uvicorn(
         app,
+        tls.tickets if tls else 0,
         lifespan="on",
         ssl_certfile=tls.cert if tls else None,
         ssl_keyfile=tls.key if tls else None,
