@@ -32,3 +32,13 @@ def server_context(cert: Path, key: Path, tickets: int = 0) -> ssl.SSLContext:
     context.load_cert_chain(cert, key)
     context.num_tickets = tickets
     return context
+
+
+def client_context(cert: Path, *, tls12: bool = False) -> ssl.SSLContext:
+    """A client context that trusts ``cert`` and nothing else; ``tls12``: at most TLS 1.2,
+    for a ``websockets`` client of a server that issues TLS 1.3 session tickets (TLS 1.2
+    gives them inside the handshake, where the client does not race on them)."""
+    context = ssl.create_default_context(cafile=str(cert))
+    if tls12:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+    return context

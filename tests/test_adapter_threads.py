@@ -23,7 +23,7 @@ from spoc_sockets.threads import Server, serve
 
 from .behaviour.harness_net import wait_for
 from .frames import client_frame, raw_upgrade, read_until_eof, server_frames, upgrade_request
-from .selfsigned import make_certificate, server_context
+from .selfsigned import client_context, make_certificate, server_context
 
 HOST = "127.0.0.1"
 TIMEOUT = 20.0
@@ -77,10 +77,7 @@ def ws_connect(port: int, path: str = "/echo", **options: Any) -> ContextManager
 def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """(server context, client context trusting it): a self-signed cert for 127.0.0.1."""
     cert, key = make_certificate(tmp_path_factory.mktemp("tls"))
-    server = server_context(cert, key)
-    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    client.load_verify_locations(cert)
-    return server, client
+    return server_context(cert, key), client_context(cert)
 
 
 def test_tls_handshake_is_bounded_and_failures_are_contained(

@@ -22,7 +22,7 @@ from spoc_sockets.trio import handle_stream
 from .behaviour.harness_net import HOST, LEGACY, TIMEOUT, wait_for
 from .behaviour.harness_trio import TrioThread, serving
 from .frames import close_frame_code, status_of, upgrade_request
-from .selfsigned import make_certificate, server_context
+from .selfsigned import client_context, make_certificate, server_context
 
 
 class Echo(ChannelServer):
@@ -85,7 +85,7 @@ def stubborn_client(port: int) -> socket.socket:
 def tls(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     cert, key = make_certificate(tmp_path)
     server = server_context(cert, key)
-    return server, ssl.create_default_context(cafile=str(cert))
+    return server, client_context(cert)
 
 
 def test_trio_is_the_library_not_this_module() -> None:

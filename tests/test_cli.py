@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import signal
-import ssl
 import subprocess
 import sys
 import textwrap
@@ -20,7 +19,7 @@ from spoc_sockets.cli import load_router
 
 from .behaviour.harness_net import LEGACY
 from .processes import ServerProcess, running
-from .selfsigned import make_certificate
+from .selfsigned import client_context, make_certificate
 
 ADAPTERS = ["asyncio", "trio", "threads"]
 COMMAND = [sys.executable, "-c", "from spoc_sockets.cli import main; main()"]
@@ -175,10 +174,7 @@ def test_tls_with_certfile_and_keyfile(app_dir: Path, adapter: str) -> None:
     with running([*command, "--certfile", str(cert), "--keyfile", str(key)], app_dir) as server:
         match = server.wait_for_line(SERVING)
         assert match.group(3) == "https"
-        trusting = ssl.create_default_context(cafile=str(cert))
-        # the CLI's context issues TLS 1.3 session tickets, which the websockets client
-        # races on (docs/test-suite.rst); TLS 1.2 gives them inside the handshake
-        trusting.maximum_version = ssl.TLSVersion.TLSv1_2
+        trusting = client_context(cert, tls12=True)  # the CLI's context issues tickets
         url = f"wss://127.0.0.1:{match.group(4)}/echo?token=secret"
         with connect(url, ssl=trusting, open_timeout=TIMEOUT, **LEGACY) as ws:
             ws.send("over tls")

@@ -28,7 +28,7 @@ from spoc_sockets.threads import Server, serve
 
 from .behaviour.harness_net import LEGACY, wait_for
 from .processes import wait_until_listening
-from .selfsigned import make_certificate
+from .selfsigned import client_context, make_certificate
 
 
 def connect(url: str, **options: object) -> ClientConnection:
@@ -154,10 +154,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
 
         process, listen = start_nginx(tmp_path, site, error_log)
         try:
-            trusting = ssl.create_default_context(cafile=str(cert))
-            # nginx issues TLS 1.3 session tickets, which the websockets client races on
-            # (docs/test-suite.rst); TLS 1.2 gives them inside the handshake
-            trusting.maximum_version = ssl.TLSVersion.TLSv1_2
+            trusting = client_context(cert, tls12=True)  # nginx issues tickets
             yield Deployment(listen, server, trusting, access_log, error_log)
         finally:
             process.terminate()  # fast shutdown of the master and its worker

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from spoc_sockets import Router
 from spoc_sockets.testing import ConnectionClosed, HandshakeRejected, TestClient, WebSocket
 
-from ..selfsigned import server_context
+from ..selfsigned import client_context, server_context
 
 Message = str | bytes
 
@@ -45,7 +45,7 @@ class TLS:
         return server_context(self.cert, self.key, self.tickets)
 
     def client_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.cert))
+        return client_context(self.cert)
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,7 @@ def _read_at_least(sock: socket.socket, data: bytes, enough: Callable[[bytes], b
 def _closes_with_close_notify(port: int, tls: TLS) -> bool:
     """Upgrade, close, and read to the end: whether the server's TLS ended with a
     close_notify (a truncation attack is indistinguishable from a bare TCP close)."""
-    context = ssl.create_default_context(cafile=str(tls.cert))
+    context = tls.client_context()
     plain = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
     with context.wrap_socket(
         plain, server_hostname="127.0.0.1", suppress_ragged_eofs=False
